@@ -1,0 +1,70 @@
+"""Calling another etax service: channels, deadlines, and errors that keep their reason.
+
+A domain error raised by the called service comes back as the same `DomainError`, so the
+end user sees the original reason and text. A dependency that is down or too slow becomes
+UNAVAILABLE / PROVIDER_UNAVAILABLE, never INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from etax_platform.errors import DomainError, Reason, from_rpc_error
+from etax_platform.observability import request_id
+from etax_platform.server import REQUEST_ID_HEADER
+
+log = logging.getLogger("etax.clients")
+
+Response = TypeVar("Response")
+
+# Transparent retries of calls that never reached the server application.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def open_channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )
+
+
+def call(
+    method: Callable[..., Response], request: Any, *, timeout: float, dependency: str
+) -> Response:
+    """Calls a stub method with a deadline and the current request id."""
+    metadata = ((REQUEST_ID_HEADER, request_id.get()),)
+    try:
+        return method(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as error:
+        domain_error = from_rpc_error(error)
+        if domain_error is not None:
+            raise domain_error from None
+        code = error.code() if hasattr(error, "code") else None
+        log.warning("%s call failed: %s", dependency, code)
+        raise DomainError(
+            Reason.PROVIDER_UNAVAILABLE, metadata={"dependency": dependency}
+        ) from None

@@ -1,0 +1,115 @@
+"""SQLAlchemy engine and transactions, and Alembic migrations per service.
+
+The embedded default is one SQLite file per service; production and tests use
+PostgreSQL by URL. Races are settled by the database: unique constraints, upserts, row
+locks. On SQLite every writing transaction starts with BEGIN IMMEDIATE, so two writers
+queue on the file lock instead of failing when a read lock cannot be upgraded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, pool, text
+from sqlalchemy.orm import Session, sessionmaker
+
+_READ_ONLY = "etax_read_only"
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=pool.QueuePool,
+        pool_size=8,
+        max_overflow=24,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, start transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    return create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True)
+
+
+class Database:
+    """An engine and units of work: a transaction commits only if its block succeeds."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A writing unit of work: commits when the block ends, rolls back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only unit of work (never blocks writers on SQLite)."""
+        with self._read_sessions() as session, session.begin():
+            yield session
+
+    def migrate(self, script_location: Path) -> None:
+        """Brings the schema to the newest migration; safe when replicas start together."""
+        config = Config()
+        config.set_main_option("script_location", str(script_location))
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                lock_id = int.from_bytes(
+                    hashlib.sha256(str(script_location).encode()).digest()[:8], "big", signed=True
+                )
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def run_migrations(target_metadata: MetaData) -> None:
+    """The body of every service's migrations/env.py."""
+    connection = context.config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("run migrations through Database.migrate()")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,34 @@
+"""Validation and normalisation of identifiers every service meets: phones and emails."""
+
+from __future__ import annotations
+
+import re
+
+from etax_platform.errors import DomainError, Reason
+
+_MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")
+_MAX_EMAIL = 254
+
+
+def normalize_phone(raw: str, field_name: str = "phone") -> str:
+    """A mainland mobile number as 11 digits; +86 / 86 prefixes, spaces and dashes dropped.
+
+    Raises INVALID_PHONE for anything else.
+    """
+    compact = re.sub(r"[\s-]", "", raw)
+    if compact.startswith("+86"):
+        compact = compact[3:]
+    elif compact.startswith("86") and len(compact) == 13:
+        compact = compact[2:]
+    if not _MAINLAND_MOBILE.fullmatch(compact):
+        raise DomainError(Reason.INVALID_PHONE, metadata={"field": field_name})
+    return compact
+
+
+def normalize_email(raw: str, field_name: str = "email") -> str:
+    """A lower-case email address; raises INVALID_EMAIL when it is not one."""
+    email = raw.strip().lower()
+    if len(email) > _MAX_EMAIL or not _EMAIL.fullmatch(email):
+        raise DomainError(Reason.INVALID_EMAIL, metadata={"field": field_name})
+    return email

@@ -1,0 +1,109 @@
+"""Typed settings from environment variables, validated when a service starts.
+
+Every variable starts with ETAX_. Settings all services share live in `PlatformSettings`;
+each service adds its own class with its own prefix (ETAX_SMS_, ETAX_AUTH_, ...) derived
+from `ServiceSettings`. A bad value stops the service at start with a clear message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from etax_platform.pii import Keyring
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PlatformSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ETAX_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = "development"
+    # Where the embedded default keeps SQLite files and development secrets.
+    data_dir: Path = REPO_ROOT / "var"
+    # "memory://" (in-process, one replica) or "redis://host:port/db".
+    kv_url: str = "memory://"
+    # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
+    pii_keys: SecretStr | None = None
+    pii_active_key_id: str = "k1"
+    pii_index_key: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kv_url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError("kv_url must be memory:// or redis://host:port/db")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_real_keys(self) -> PlatformSettings:
+        if self.environment == "production":
+            if self.pii_keys is None or self.pii_index_key is None:
+                raise ValueError("production needs ETAX_PII_KEYS and ETAX_PII_INDEX_KEY")
+            if self.kv_url.startswith("memory://"):
+                raise ValueError("production needs a shared store: set ETAX_KV_URL to Redis")
+        return self
+
+    def keyring(self) -> Keyring:
+        if self.pii_keys is not None and self.pii_index_key is not None:
+            return Keyring.parse(
+                self.pii_keys.get_secret_value(),
+                self.pii_active_key_id,
+                self.pii_index_key.get_secret_value(),
+            )
+        stored = development_secret(self.data_dir, "pii-keys", lambda: Keyring.generate().dump())
+        return Keyring.parse(stored["keys"], stored["active_key_id"], stored["index_key"])
+
+
+class ServiceSettings(BaseSettings):
+    """What every service process needs; subclasses set env_prefix and the port."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    # Empty: a SQLite file <data_dir>/<service>.sqlite3 (the embedded default).
+    database_url: str = ""
+    max_workers: int = Field(default=64, ge=2, le=1024)
+    grace_seconds: float = Field(default=5.0, ge=0)
+    platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    def database_url_for(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        self.platform.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.platform.data_dir / f'{service}.sqlite3'}"
+
+
+def development_secret(
+    data_dir: Path, name: str, generate: Callable[[], dict[str, str]]
+) -> dict[str, str]:
+    """A secret generated once and kept under data_dir, for the embedded default only.
+
+    Several services start at once and must agree, so the file is created atomically: the
+    first writer wins and everybody reads its content.
+    """
+    secrets_dir = data_dir / "secrets"
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    target = secrets_dir / f"{name}.json"
+    if not target.exists():
+        fd, temp_path = tempfile.mkstemp(dir=secrets_dir, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(generate(), handle)
+            Path(temp_path).chmod(0o600)
+            with contextlib.suppress(FileExistsError):
+                os.link(temp_path, target)
+        finally:
+            Path(temp_path).unlink()
+    loaded: dict[str, str] = json.loads(target.read_text())
+    return loaded

@@ -1,0 +1,228 @@
+"""Access tokens: Ed25519-signed JWTs (EdDSA) that every service verifies itself.
+
+Auth issues them (and owns key storage and rotation); Envoy checks them at the gateway,
+and each service checks them again, since internal callers bypass the gateway. Expiry is
+checked against the injected clock, not the wall clock, so tests can move time.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from etax_platform.clock import Clock
+from etax_platform.errors import DomainError, Reason
+
+ISSUER = "etax-auth"
+AUDIENCE = "etax"
+_ALGORITHM = "EdDSA"
+_LEEWAY = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    """What an access token says (DESIGN.md, "Tokens")."""
+
+    person_id: str
+    session_id: str
+    entry: int  # etax.common.v1.Entry
+    province: str
+    real_name_level: int
+    methods: tuple[str, ...] = ()
+    enterprise_code: str = ""
+    role: int = 0  # etax.common.v1.Role
+    subject_type: int = 0
+    project_number: str = ""
+    agency_code: str = ""
+    client_code: str = ""
+    # The APP that holds the session (D3, Q17): "etax-web", "etax-app", "iit-app".
+    client_app: str = "etax-web"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_jwt_claims(self) -> dict[str, Any]:
+        body = asdict(self)
+        extra = body.pop("extra")
+        claims = {
+            "sub": body.pop("person_id"),
+            "sid": body.pop("session_id"),
+            "amr": list(body.pop("methods")),
+            **body,
+            **extra,
+        }
+        return claims
+
+    @staticmethod
+    def from_jwt_claims(claims: Mapping[str, Any]) -> AccessClaims:
+        known = {
+            "entry",
+            "province",
+            "real_name_level",
+            "enterprise_code",
+            "role",
+            "subject_type",
+            "project_number",
+            "agency_code",
+            "client_code",
+            "client_app",
+        }
+        reserved = {"sub", "sid", "amr", "iss", "aud", "iat", "nbf", "exp", "jti"}
+        return AccessClaims(
+            person_id=str(claims["sub"]),
+            session_id=str(claims["sid"]),
+            methods=tuple(claims.get("amr", ())),
+            extra={k: v for k, v in claims.items() if k not in known | reserved},
+            **{k: claims[k] for k in known if k in claims},
+        )
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private_key: Ed25519PrivateKey
+
+    @staticmethod
+    def generate() -> SigningKey:
+        return SigningKey(uuid.uuid4().hex[:16], Ed25519PrivateKey.generate())
+
+    def private_pem(self) -> bytes:
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    @staticmethod
+    def from_pem(kid: str, pem: bytes) -> SigningKey:
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("signing keys must be Ed25519")
+        return SigningKey(kid, key)
+
+    def public_jwk(self) -> dict[str, str]:
+        raw = self.private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": x,
+            "kid": self.kid,
+            "alg": _ALGORITHM,
+            "use": "sig",
+        }
+
+
+class TokenIssuer:
+    def __init__(self, key: SigningKey, clock: Clock, ttl: timedelta = timedelta(minutes=15)):
+        self._key = key
+        self._clock = clock
+        self.ttl = ttl
+
+    def issue(self, claims: AccessClaims) -> tuple[str, datetime]:
+        now = self._clock.now()
+        expires = now + self.ttl
+        payload = {
+            **claims.to_jwt_claims(),
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "iat": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(
+            payload, self._key.private_key, _ALGORITHM, headers={"kid": self._key.kid}
+        )
+        return token, expires
+
+
+def _public_key(jwk: Mapping[str, str]) -> Ed25519PublicKey:
+    raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+class TokenVerifier:
+    """Verifies access tokens against a published key set, refreshed on unknown key ids."""
+
+    _REFRESH_AT_MOST_EVERY = 5.0  # seconds
+
+    def __init__(self, fetch_keys: Callable[[], Sequence[Mapping[str, str]]], clock: Clock):
+        self._fetch_keys = fetch_keys
+        self._clock = clock
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._fetched_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def _key(self, kid: str) -> Ed25519PublicKey | None:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        with self._lock:
+            if (
+                kid not in self._keys
+                and time.monotonic() - self._fetched_at > self._REFRESH_AT_MOST_EVERY
+            ):
+                self._fetched_at = time.monotonic()
+                try:
+                    fetched = self._fetch_keys()
+                except grpc.RpcError as error:
+                    raise DomainError(Reason.PROVIDER_UNAVAILABLE) from error
+                self._keys = {
+                    k["kid"]: _public_key(k) for k in fetched if k.get("crv") == "Ed25519"
+                }
+            return self._keys.get(kid)
+
+    def verify(self, token: str) -> AccessClaims:
+        unauthenticated = DomainError(Reason.UNAUTHENTICATED)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise unauthenticated from error
+        key = self._key(str(header.get("kid", "")))
+        if key is None or header.get("alg") != _ALGORITHM:
+            raise unauthenticated
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[_ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "require": ["exp", "sub", "sid"],
+                },
+            )
+        except jwt.PyJWTError as error:
+            raise unauthenticated from error
+        now = self._clock.now().timestamp()
+        if not int(claims["exp"]) + _LEEWAY.total_seconds() > now:
+            raise unauthenticated
+        return AccessClaims.from_jwt_claims(claims)
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :].strip()
+    return None
+
+
+def require_claims(verifier: TokenVerifier, context: grpc.ServicerContext) -> AccessClaims:
+    """The verified caller of a public RPC that needs a session; UNAUTHENTICATED otherwise."""
+    token = bearer_token(context)
+    if not token:
+        raise DomainError(Reason.UNAUTHENTICATED)
+    return verifier.verify(token)

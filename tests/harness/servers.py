@@ -1,0 +1,171 @@
+"""Real Redis and PostgreSQL servers for tests, on free loopback ports.
+
+PostgreSQL refuses to run as root, so as root its server runs as the `postgres` user
+(runuser) in a data directory handed to that user; the tests themselves stay root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(check: object, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except Exception as error:
+            last = error
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start: {last}")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is missing: run `make system-deps`")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="etax-redis-")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--protected-mode",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        _wait(client.ping, "redis-server")
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pg_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not candidates:
+        raise RuntimeError("PostgreSQL is missing: run `make system-deps`")
+    return candidates[-1].parent
+
+
+class PostgresServer:
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port = port
+        self.workdir = workdir
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def admin(self) -> psycopg.Connection:
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        )
+
+    def create_database(self, template: str | None = None) -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with self.admin() as conn:
+            suffix = f" TEMPLATE {template}" if template else ""
+            conn.execute(f'CREATE DATABASE "{name}"{suffix}')
+        return name
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    bin_dir = _pg_bin()
+    as_root = os.geteuid() == 0
+    workdir = Path(tempfile.mkdtemp(prefix="etax-pg-"))
+    data, sockets = workdir / "data", workdir / "sock"
+    sockets.mkdir()
+    if as_root:
+        shutil.chown(workdir, "postgres", "postgres")
+        shutil.chown(sockets, "postgres", "postgres")
+        workdir.chmod(0o755)
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    port = free_port()
+    options = (
+        f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+    )
+    subprocess.run(
+        [
+            *prefix,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(workdir / "log"),
+            "-w",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    server = PostgresServer(port, workdir)
+    try:
+        _wait(lambda: server.admin().close() is None, "postgres")
+        yield server
+    finally:
+        subprocess.run(
+            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
