@@ -1,0 +1,136 @@
+"""The gRPC host every service runs on: health, reflection, errors, request ids, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from etax_platform.errors import DomainError, Reason, from_rpc_error
+from etax_platform.server import GrpcHost, Registration
+
+SERVICE = "etax.test.v1.ProbeService"
+
+
+def _probe(request: bytes, context: grpc.ServicerContext) -> bytes:
+    if request == b"domain":
+        raise DomainError(Reason.SMS_RATE_LIMITED, retry_after=timedelta(seconds=42))
+    if request == b"bug":
+        raise RuntimeError("secret detail 11010519491231002X")
+    return request
+
+
+def _add_probe(server: grpc.Server) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(_probe)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler}),)
+    )
+
+
+@pytest.fixture
+def host() -> Iterator[GrpcHost]:
+    host = GrpcHost([Registration(SERVICE, _add_probe)], port=0).start()
+    yield host
+    host.stop(grace=0)
+
+
+@pytest.fixture
+def channel(host: GrpcHost) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(host.address) as channel:
+        yield channel
+
+
+def _echo(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    return channel.unary_unary(f"/{SERVICE}/Echo")
+
+
+def test_health_is_serving_per_service_name(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        response = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_turns_not_serving_on_shutdown(host: GrpcHost, channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    host.health.enter_graceful_shutdown()
+    response = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+    assert response.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.mark.parametrize("version", ["v1alpha", "v1"])
+def test_reflection_lists_services_on_both_protocol_versions(
+    channel: grpc.Channel, version: str
+) -> None:
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    call = channel.stream_stream(
+        method,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    responses = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= names
+
+
+def test_reflection_v1_describes_itself(channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="grpc.reflection.v1.ServerReflection"
+    )
+    (response,) = list(stub.ServerReflectionInfo(iter([request])))
+    assert response.file_descriptor_response.file_descriptor_proto
+
+
+def test_domain_error_carries_reason_user_text_and_retry_info(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"domain", timeout=5)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(error)
+    kinds = {d.type_url.rsplit("/", 1)[-1] for d in status.details}
+    assert kinds == {"google.rpc.ErrorInfo", "google.rpc.LocalizedMessage", "google.rpc.RetryInfo"}
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert (info.domain, info.reason) == ("etax", "SMS_RATE_LIMITED")
+    domain_error = from_rpc_error(error)
+    assert domain_error is not None
+    assert domain_error.reason is Reason.SMS_RATE_LIMITED
+    assert domain_error.user_text == "短信验证码获取频繁，请稍后重试"
+    assert domain_error.retry_after == timedelta(seconds=42)
+
+
+def test_unexpected_failure_is_internal_without_its_text(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"bug", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (caught.value.details() or "")
+    assert from_rpc_error(caught.value) is None
+
+
+def test_request_id_is_echoed_in_trailing_metadata(channel: grpc.Channel) -> None:
+    _, call = _echo(channel).with_call(b"hello", metadata=(("x-request-id", "req-123"),), timeout=5)
+    assert ("x-request-id", "req-123") in tuple(call.trailing_metadata())
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"domain", metadata=(("x-request-id", "req-456"),), timeout=5)
+    assert ("x-request-id", "req-456") in tuple(caught.value.trailing_metadata())
+
+
+def test_stopped_host_refuses_new_calls(host: GrpcHost) -> None:
+    channel = grpc.insecure_channel(host.address)
+    assert _echo(channel)(b"before", timeout=5) == b"before"
+    host.stop(grace=1)
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"after", timeout=2)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
