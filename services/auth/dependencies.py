@@ -1,0 +1,132 @@
+"""The SMS and face services as auth uses them, through their protobuf contracts only.
+
+Each call has a deadline; a reason raised by the called service (CODE_INVALID,
+TICKET_INVALID, FACE_SERVICE_BUSY, ...) reaches the user unchanged, and a service that is
+down becomes PROVIDER_UNAVAILABLE (etax_platform.clients.call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from etax.common.v1 import types_pb2
+from etax.face.v1 import face_pb2, face_pb2_grpc
+from etax.sms.v1 import sms_pb2, sms_pb2_grpc
+
+from etax_platform.clients import call
+from etax_platform.clock import CST
+from etax_platform.documents import Document
+from services.auth.domain import Channel, Purpose
+
+
+@dataclass(frozen=True)
+class VerifiedCode:
+    channel: Channel
+    # Normalised by the SMS service: 11-digit phone or lower-case email.
+    recipient: str
+    verified_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FaceChallenge:
+    ticket_id: str
+    qr_payload: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    ticket_id: str
+    verified_at: datetime | None
+
+
+def _instant(stamp: object, present: bool) -> datetime | None:
+    if not present:
+        return None
+    return stamp.ToDatetime(tzinfo=CST)  # type: ignore[attr-defined, no-any-return]
+
+
+def _named_document(document: Document, name: str) -> types_pb2.NamedDocument:
+    return types_pb2.NamedDocument(
+        document=types_pb2.Document(type=int(document.type), number=document.number),  # type: ignore[arg-type]
+        name=name,
+    )
+
+
+class SmsCodes:
+    """InternalSmsService.VerifyCode: single use, purpose-bound (E2)."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
+        self._stub = sms_pb2_grpc.InternalSmsServiceStub(channel)
+        self._timeout = timeout
+
+    def verify(self, verification_id: str, code: str, purpose: Purpose) -> VerifiedCode:
+        response: sms_pb2.VerifyCodeResponse = call(
+            self._stub.VerifyCode,
+            sms_pb2.VerifyCodeRequest(
+                verification_id=verification_id,
+                code=code,
+                purpose=int(purpose),  # type: ignore[arg-type]
+            ),
+            timeout=self._timeout,
+            dependency="sms",
+        )
+        return VerifiedCode(
+            channel=Channel(response.channel),
+            recipient=response.recipient,
+            verified_at=_instant(response.verified_at, response.HasField("verified_at")),
+        )
+
+
+class FaceChecks:
+    """InternalFaceService: identity check, tickets, single-use proofs (B1-B3, B7)."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
+        self._stub = face_pb2_grpc.InternalFaceServiceStub(channel)
+        self._timeout = timeout
+
+    def identity_matches(self, document: Document, name: str) -> bool:
+        response: face_pb2.CheckIdentityResponse = call(
+            self._stub.CheckIdentity,
+            face_pb2.CheckIdentityRequest(identity=_named_document(document, name)),
+            timeout=self._timeout,
+            dependency="face",
+        )
+        return response.match
+
+    def create_ticket(
+        self, purpose: Purpose, subject_ref: str, document: Document, name: str
+    ) -> FaceChallenge:
+        response: face_pb2.CreateTicketResponse = call(
+            self._stub.CreateTicket,
+            face_pb2.CreateTicketRequest(
+                purpose=int(purpose),  # type: ignore[arg-type]
+                subject_ref=subject_ref,
+                identity=_named_document(document, name),
+            ),
+            timeout=self._timeout,
+            dependency="face",
+        )
+        return FaceChallenge(
+            ticket_id=response.ticket_id,
+            qr_payload=response.qr_payload,
+            expires_at=_instant(response.expires_at, response.HasField("expires_at")),
+        )
+
+    def redeem(self, proof: str, purpose: Purpose, subject_ref: str) -> FaceResult:
+        response: face_pb2.RedeemProofResponse = call(
+            self._stub.RedeemProof,
+            face_pb2.RedeemProofRequest(
+                proof=proof,
+                purpose=int(purpose),  # type: ignore[arg-type]
+                subject_ref=subject_ref,
+            ),
+            timeout=self._timeout,
+            dependency="face",
+        )
+        return FaceResult(
+            ticket_id=response.ticket_id,
+            verified_at=_instant(response.verified_at, response.HasField("verified_at")),
+        )

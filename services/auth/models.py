@@ -1,0 +1,143 @@
+"""Auth's tables. Personal numbers are stored sealed (PersonalData.encrypt, one context per
+column) and found by blind index; names are sealed too.
+
+Designed for the next issue as well: a person's password hash (with its parameters, for
+rehash on login), the phones that log in (C3) and their last SMS check (C4, D2), the
+signing keys of access tokens (rotation adds rows). Sessions, lockout and audit tables
+come with their migrations then.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+from etax_platform.clock import CST
+
+
+class Instant(TypeDecorator[datetime]):
+    """An aware instant: timestamptz on PostgreSQL, UTC text on SQLite (which orders
+    correctly as text), returned in China Standard Time."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        instant: datetime = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return instant.astimezone(CST)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = 32  # uuid4 hex
+INDEX = 64  # HMAC-SHA256 hex
+
+persons = Table(
+    "persons",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("document_type", Integer, nullable=False),
+    Column("document_number", Text, nullable=False),  # sealed, context persons.document_number
+    # Decides concurrent registrations of one document (B1: registered once).
+    Column("document_index", String(INDEX), nullable=False, unique=True),
+    Column("name", Text, nullable=False),  # sealed, context persons.name
+    # B6: registered as an overseas person (restricted until the hall collects them).
+    Column("overseas", Boolean, nullable=False),
+    Column("real_name_level", SmallInteger, nullable=False),
+    Column("face_verified_at", Instant, nullable=True),
+    Column("email", Text, nullable=True),  # sealed, context persons.email
+    Column("email_index", String(INDEX), nullable=True, index=True),
+    Column("username", String(20), nullable=True),
+    Column("username_key", String(20), nullable=True, unique=True),  # case-folded (C2)
+    # The last change of an existing username (C2: one per CST calendar year).
+    Column("username_changed_at", Instant, nullable=True),
+    # PHC string with its parameters; NULL: none yet (migrated, must use forgot password).
+    Column("password_hash", Text, nullable=True),
+    Column("password_changed_at", Instant, nullable=True),
+    Column("registered_province", String(2), nullable=False),
+    # "registration" or "legacy_import".
+    Column("origin", String(16), nullable=False),
+    Column("created_at", Instant, nullable=False),
+    Column("updated_at", Instant, nullable=False),
+)
+
+phones = Table(
+    "phones",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("person_id", ForeignKey("persons.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("number", Text, nullable=False),  # sealed, context phones.number
+    # C4: one row per phone number, so at most one holder, whatever runs concurrently.
+    Column("number_index", String(INDEX), nullable=False, unique=True),
+    Column("is_default", Boolean, nullable=False),
+    # The holder's last passed SMS check on it (C4, D2); NULL: imported, never checked here.
+    Column("verified_at", Instant, nullable=True),
+    Column("created_at", Instant, nullable=False),
+    # C3: at most one default phone per person.
+    Index(
+        "uq_phones_default_per_person",
+        "person_id",
+        unique=True,
+        postgresql_where=text("is_default"),
+        sqlite_where=text("is_default"),
+    ),
+)
+
+# B2, B5, B6: the hall collected a person's real-name information offline. Keyed by the
+# document, since the hall may collect a person before they register.
+offline_collections = Table(
+    "offline_collections",
+    metadata,
+    Column("document_index", String(INDEX), primary_key=True),
+    Column("document_type", Integer, nullable=False),
+    Column("document_number", Text, nullable=False),  # sealed
+    Column("name", Text, nullable=False),  # sealed
+    Column("tax_authority_code", String(11), nullable=False),
+    Column("tax_authority_name", String(100), nullable=False),
+    Column("province", String(2), nullable=False),
+    Column("collected_at", Instant, nullable=False),
+)
+
+# Ed25519 keys that sign access tokens. One is created at first start; the next issue adds
+# rotation (new rows, retirement) and publishes them through AuthService.GetPublicKeys.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(ID), primary_key=True),
+    Column("private_key", Text, nullable=False),  # PKCS#8 PEM, sealed
+    Column("created_at", Instant, nullable=False),
+)

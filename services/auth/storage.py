@@ -1,0 +1,467 @@
+"""Persons, phones and offline collections in auth's database.
+
+Each public method is one unit of work. Races are decided by the database: the unique
+document index decides concurrent registrations, the unique phone index plus one
+conditional upsert decides who holds a phone (C4), the unique username key decides
+usernames, and conditions in UPDATE statements decide once-a-year changes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Row, case, delete, exists, or_, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from etax_platform.db import Database
+from etax_platform.documents import Document, DocumentType
+from etax_platform.errors import DomainError, Reason
+from etax_platform.pii import PersonalData
+from services.auth.domain import PhoneRecord, with_default
+from services.auth.models import offline_collections, persons, phones
+
+_DOCUMENT = "persons.document_number"
+_NAME = "persons.name"
+_EMAIL = "persons.email"
+_PHONE = "phones.number"
+_OFFLINE_DOCUMENT = "offline_collections.document_number"
+_OFFLINE_NAME = "offline_collections.name"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    person_id: str
+    document: Document
+    name: str
+    overseas: bool
+    offline_collected: bool
+    real_name_level: int
+    face_verified_at: datetime | None
+    email: str | None
+    username: str | None
+    username_changed_at: datetime | None
+    password_hash: str | None
+    registered_province: str
+    created_at: datetime
+
+    @property
+    def overseas_restricted(self) -> bool:
+        """B6: overseas and not yet collected by the hall."""
+        return self.overseas and not self.offline_collected
+
+
+@dataclass(frozen=True)
+class NewPerson:
+    document: Document
+    name: str
+    overseas: bool
+    real_name_level: int
+    registered_province: str
+    origin: Literal["registration", "legacy_import"]
+    password_hash: str | None = None
+    face_verified_at: datetime | None = None
+    email: str | None = None
+    username: str | None = None
+    username_key: str | None = None
+
+
+@dataclass(frozen=True)
+class PhoneClaim:
+    number: str
+    # When the SMS check passed; None for an imported phone, which only takes a free number.
+    verified_at: datetime | None
+    make_default: bool = False
+
+
+class AccountStore:
+    def __init__(self, database: Database, personal_data: PersonalData) -> None:
+        self._db = database
+        self._pd = personal_data
+
+    # --- indexes ---------------------------------------------------------------------------
+
+    def document_index(self, document: Document) -> str:
+        return document.blind_index(self._pd)
+
+    def phone_index(self, number: str) -> str:
+        return self._pd.blind_index(number, "phone")
+
+    def email_index(self, email: str) -> str:
+        return self._pd.blind_index(email, "email")
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def person(self, person_id: str) -> PersonRecord | None:
+        with self._db.reading() as session:
+            row = session.execute(_person_query().where(persons.c.id == person_id)).first()
+        return None if row is None else self._person(row)
+
+    def person_id_for_document(self, document: Document) -> str | None:
+        with self._db.reading() as session:
+            return session.scalar(
+                select(persons.c.id).where(
+                    persons.c.document_index == self.document_index(document)
+                )
+            )
+
+    def is_offline_collected(self, document: Document) -> bool:
+        with self._db.reading() as session:
+            return bool(
+                session.scalar(
+                    select(
+                        exists().where(
+                            offline_collections.c.document_index == self.document_index(document)
+                        )
+                    )
+                )
+            )
+
+    def username_owner(self, username_key: str) -> str | None:
+        with self._db.reading() as session:
+            return session.scalar(
+                select(persons.c.id).where(persons.c.username_key == username_key)
+            )
+
+    def any_person_with_document_index(self, indexes: list[str]) -> bool:
+        with self._db.reading() as session:
+            return bool(
+                session.scalar(select(exists().where(persons.c.document_index.in_(indexes))))
+            )
+
+    def phones(self, person_id: str) -> list[PhoneRecord]:
+        with self._db.reading() as session:
+            rows = session.execute(
+                select(
+                    phones.c.id, phones.c.number, phones.c.is_default, phones.c.verified_at
+                ).where(phones.c.person_id == person_id)
+            ).all()
+        return with_default(
+            [
+                PhoneRecord(
+                    row.id, self._pd.decrypt(row.number, _PHONE), row.is_default, row.verified_at
+                )
+                for row in rows
+            ]
+        )
+
+    def holder_of_phone(self, number: str) -> str | None:
+        with self._db.reading() as session:
+            return session.scalar(
+                select(phones.c.person_id).where(phones.c.number_index == self.phone_index(number))
+            )
+
+    # --- persons -------------------------------------------------------------------------------
+
+    def create_person(
+        self, new: NewPerson, phone: PhoneClaim | None, now: datetime
+    ) -> tuple[str, PhoneRecord | None]:
+        """Inserts the person (and claims the phone) in one transaction.
+
+        ALREADY_REGISTERED when the document is registered, USERNAME_TAKEN when the
+        username is; the unique indexes decide, whoever came first.
+        """
+        person_id = new_id()
+        try:
+            with self._db.transaction() as session:
+                session.execute(
+                    persons.insert().values(
+                        id=person_id,
+                        document_type=int(new.document.type),
+                        document_number=self._pd.encrypt(new.document.number, _DOCUMENT),
+                        document_index=self.document_index(new.document),
+                        name=self._pd.encrypt(new.name, _NAME),
+                        overseas=new.overseas,
+                        real_name_level=new.real_name_level,
+                        face_verified_at=new.face_verified_at,
+                        email=None if new.email is None else self._pd.encrypt(new.email, _EMAIL),
+                        email_index=None if new.email is None else self.email_index(new.email),
+                        username=new.username,
+                        username_key=new.username_key,
+                        username_changed_at=None,
+                        password_hash=new.password_hash,
+                        password_changed_at=None if new.password_hash is None else now,
+                        registered_province=new.registered_province,
+                        origin=new.origin,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                held = None if phone is None else self._claim(session, person_id, phone, now)
+        except IntegrityError:
+            if self.person_id_for_document(new.document) is not None:
+                raise DomainError(Reason.ALREADY_REGISTERED) from None
+            if new.username_key is not None and self.username_owner(new.username_key):
+                raise DomainError(Reason.USERNAME_TAKEN, metadata={"field": "username"}) from None
+            raise
+        return person_id, held
+
+    def set_password(
+        self, person_id: str, expected_hash: str | None, new_hash: str, now: datetime
+    ) -> bool:
+        """Replaces the hash only if it is still the one the caller checked."""
+        with self._db.transaction() as session:
+            result = session.execute(
+                update(persons)
+                .where(persons.c.id == person_id, persons.c.password_hash == expected_hash)
+                .values(password_hash=new_hash, password_changed_at=now, updated_at=now)
+            )
+        return _count(result) == 1
+
+    def set_username(
+        self, person_id: str, display: str, key: str, now: datetime, year_start: datetime
+    ) -> Literal["set", "too_soon", "unknown"]:
+        """C2 decided in one UPDATE: adding is free; a change needs the last one to be before
+        this CST calendar year. USERNAME_TAKEN when the unique key says so."""
+        is_change = persons.c.username.is_not(None)
+        try:
+            with self._db.transaction() as session:
+                result = session.execute(
+                    update(persons)
+                    .where(
+                        persons.c.id == person_id,
+                        or_(
+                            persons.c.username.is_(None),
+                            persons.c.username == display,
+                            persons.c.username_changed_at.is_(None),
+                            persons.c.username_changed_at < year_start,
+                        ),
+                    )
+                    .values(
+                        username=display,
+                        username_key=key,
+                        # Setting the same name again is no change.
+                        username_changed_at=case(
+                            (persons.c.username == display, persons.c.username_changed_at),
+                            (is_change, now),
+                            else_=None,
+                        ),
+                        updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise DomainError(Reason.USERNAME_TAKEN, metadata={"field": "username"}) from None
+        if _count(result) == 1:
+            return "set"
+        return "unknown" if self.person(person_id) is None else "too_soon"
+
+    def raise_level(self, person_id: str, level: int, face_verified_at: datetime) -> int:
+        """B3: never lowers a level; returns the level now stored."""
+        with self._db.transaction() as session:
+            session.execute(
+                update(persons)
+                .where(persons.c.id == person_id)
+                .values(
+                    real_name_level=case(
+                        (persons.c.real_name_level < level, level),
+                        else_=persons.c.real_name_level,
+                    ),
+                    face_verified_at=face_verified_at,
+                    updated_at=face_verified_at,
+                )
+            )
+            stored = session.scalar(
+                select(persons.c.real_name_level).where(persons.c.id == person_id)
+            )
+        if stored is None:
+            raise DomainError(Reason.NOT_FOUND, metadata={"field": "person_id"})
+        return int(stored)
+
+    # --- offline real-name collection (B2, B5, B6) ------------------------------------------
+
+    def record_offline_collection(
+        self,
+        document: Document,
+        name: str,
+        tax_authority: tuple[str, str, str],
+        now: datetime,
+        level: int,
+    ) -> str | None:
+        """Records (or refreshes) the hall's collection; an already registered person gets
+        `level` (the hall checked them in person) and loses the overseas restriction."""
+        index = self.document_index(document)
+        code, authority_name, province = tax_authority
+        values: dict[str, Any] = {
+            "document_index": index,
+            "document_type": int(document.type),
+            "document_number": self._pd.encrypt(document.number, _OFFLINE_DOCUMENT),
+            "name": self._pd.encrypt(name, _OFFLINE_NAME),
+            "tax_authority_code": code,
+            "tax_authority_name": authority_name,
+            "province": province,
+            "collected_at": now,
+        }
+        with self._db.transaction() as session:
+            insert = _insert(session)(offline_collections).values(**values)
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=[offline_collections.c.document_index],
+                    set_={k: v for k, v in values.items() if k != "document_index"},
+                )
+            )
+            person_id: str | None = session.scalar(
+                update(persons)
+                .where(persons.c.document_index == index)
+                .values(
+                    real_name_level=case(
+                        (persons.c.real_name_level < level, level),
+                        else_=persons.c.real_name_level,
+                    ),
+                    updated_at=now,
+                )
+                .returning(persons.c.id)
+            )
+        return person_id
+
+    # --- phones (C3, C4) -------------------------------------------------------------------
+
+    def claim_phone(self, person_id: str, claim: PhoneClaim, now: datetime) -> PhoneRecord | None:
+        """C4: the person who passed the most recent SMS check on the number holds it.
+
+        None when a more recent check by someone else already holds it.
+        """
+        with self._db.transaction() as session:
+            return self._claim(session, person_id, claim, now)
+
+    def _claim(
+        self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
+    ) -> PhoneRecord | None:
+        # Serialises this person's own phone changes (their default flag); SQLite already
+        # serialises writers with BEGIN IMMEDIATE.
+        session.execute(
+            select(persons.c.id).where(persons.c.id == person_id).with_for_update(key_share=True)
+        )
+        holds_any = session.scalar(select(exists().where(phones.c.person_id == person_id)))
+        make_default = claim.make_default or not holds_any
+        if make_default:
+            session.execute(
+                update(phones)
+                .where(phones.c.person_id == person_id, phones.c.is_default == true())
+                .values(is_default=False)
+            )
+        insert = _insert(session)(phones).values(
+            id=new_id(),
+            person_id=person_id,
+            number=self._pd.encrypt(claim.number, _PHONE),
+            number_index=self.phone_index(claim.number),
+            is_default=make_default,
+            verified_at=claim.verified_at,
+            created_at=now,
+        )
+        returning = (phones.c.id, phones.c.person_id, phones.c.is_default, phones.c.verified_at)
+        if claim.verified_at is None:
+            # An imported phone never takes a number someone holds.
+            statement: Any = insert.on_conflict_do_nothing(
+                index_elements=[phones.c.number_index]
+            ).returning(*returning)
+        else:
+            ours = phones.c.person_id == insert.excluded.person_id
+            # One statement decides: the row moves to the newer check (ties: the later
+            # writer), row-locked by the upsert, so two holders can never exist.
+            statement = insert.on_conflict_do_update(
+                index_elements=[phones.c.number_index],
+                set_={
+                    "id": case((ours, phones.c.id), else_=insert.excluded.id),
+                    "person_id": insert.excluded.person_id,
+                    "number": insert.excluded.number,
+                    "is_default": case(
+                        (ours, or_(phones.c.is_default, insert.excluded.is_default)),
+                        else_=insert.excluded.is_default,
+                    ),
+                    "verified_at": insert.excluded.verified_at,
+                    "created_at": case(
+                        (ours, phones.c.created_at), else_=insert.excluded.created_at
+                    ),
+                },
+                where=or_(
+                    phones.c.verified_at.is_(None),
+                    phones.c.verified_at <= insert.excluded.verified_at,
+                ),
+            ).returning(*returning)
+        row = session.execute(statement).first()
+        if row is None or row.person_id != person_id:
+            return None
+        return PhoneRecord(row.id, claim.number, row.is_default, row.verified_at)
+
+    def remove_phone(self, person_id: str, phone_id: str) -> bool:
+        with self._db.transaction() as session:
+            result = session.execute(
+                delete(phones).where(phones.c.id == phone_id, phones.c.person_id == person_id)
+            )
+        return _count(result) == 1
+
+    def set_default_phone(self, person_id: str, phone_id: str) -> bool:
+        with self._db.transaction() as session:
+            session.execute(
+                select(persons.c.id)
+                .where(persons.c.id == person_id)
+                .with_for_update(key_share=True)
+            )
+            held = session.scalar(
+                select(exists().where(phones.c.id == phone_id, phones.c.person_id == person_id))
+            )
+            if not held:
+                return False
+            session.execute(
+                update(phones)
+                .where(
+                    phones.c.person_id == person_id,
+                    phones.c.id != phone_id,
+                    phones.c.is_default == true(),
+                )
+                .values(is_default=False)
+            )
+            session.execute(
+                update(phones)
+                .where(phones.c.id == phone_id, phones.c.person_id == person_id)
+                .values(is_default=True)
+            )
+        return True
+
+    # --- mapping ------------------------------------------------------------------------
+
+    def _person(self, row: Row[Any]) -> PersonRecord:
+        return PersonRecord(
+            person_id=row.id,
+            document=Document(
+                DocumentType(row.document_type), self._pd.decrypt(row.document_number, _DOCUMENT)
+            ),
+            name=self._pd.decrypt(row.name, _NAME),
+            overseas=row.overseas,
+            offline_collected=bool(row.offline_collected),
+            real_name_level=row.real_name_level,
+            face_verified_at=row.face_verified_at,
+            email=None if row.email is None else self._pd.decrypt(row.email, _EMAIL),
+            username=row.username,
+            username_changed_at=row.username_changed_at,
+            password_hash=row.password_hash,
+            registered_province=row.registered_province,
+            created_at=row.created_at,
+        )
+
+
+def _person_query() -> Any:
+    collected = (
+        select(offline_collections.c.document_index)
+        .where(offline_collections.c.document_index == persons.c.document_index)
+        .exists()
+    )
+    return select(*persons.c, collected.label("offline_collected"))
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (upsert) on both databases."""
+    bind = session.get_bind()
+    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+
+
+def _count(result: Any) -> int:
+    return int(result.rowcount)
