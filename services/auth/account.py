@@ -125,7 +125,9 @@ class AccountCenter:
             raise DomainError(
                 Reason.STATE_CONFLICT, "该手机号码刚被他人验证绑定，请重新获取验证码后再试"
             )
-        return held
+        # As the profile shows it (the first phone is the default even when not asked for).
+        shown = (p for p in self._accounts.phones(person_id) if p.phone_id == held.phone_id)
+        return next(shown, held)
 
     def remove_phone(self, person_id: str, phone_id: str) -> None:
         _check_phone_id(phone_id)

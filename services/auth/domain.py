@@ -150,21 +150,21 @@ def require_enterprise_business(overseas_restricted: bool) -> None:
 class PhoneRecord:
     phone_id: str
     number: str
-    is_default: bool
+    # The holder's last passed SMS check on it; None: imported, never checked here.
     verified_at: datetime | None
+    is_default: bool = False
 
 
-def with_default(phones: list[PhoneRecord]) -> list[PhoneRecord]:
-    """The person's phones, exactly one marked default when they hold any.
+def with_default(phones: list[PhoneRecord], chosen_id: str | None) -> list[PhoneRecord]:
+    """The person's phones, newest verification first, exactly one default if any.
 
-    The chosen default wins; when it was taken by another person (C4), the phone verified
-    most recently takes its place. Newest verification first.
+    The chosen default wins while the person holds it; when it was removed or taken by
+    another person (C4), the phone verified most recently takes its place.
     """
-    if not phones:
-        return []
     oldest = datetime.min.replace(tzinfo=CST)
     ordered = sorted(phones, key=lambda p: (p.verified_at or oldest, p.phone_id), reverse=True)
-    default_id = next((p.phone_id for p in ordered if p.is_default), ordered[0].phone_id)
+    held = {p.phone_id for p in ordered}
+    default_id = chosen_id if chosen_id in held else (ordered[0].phone_id if ordered else None)
     return [replace(p, is_default=p.phone_id == default_id) for p in ordered]
 
 

@@ -17,14 +17,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     SmallInteger,
     String,
     Table,
     Text,
-    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -88,6 +86,10 @@ persons = Table(
     # PHC string with its parameters; NULL: none yet (migrated, must use forgot password).
     Column("password_hash", Text, nullable=True),
     Column("password_changed_at", Instant, nullable=True),
+    # C3: the phone the person chose as default. Not a foreign key: a phone taken by
+    # another person (C4) gets a new id there, and the default falls back to the phone
+    # verified most recently (domain.with_default), without touching this row.
+    Column("default_phone_id", String(ID), nullable=True),
     Column("registered_province", String(2), nullable=False),
     # "registration" or "legacy_import".
     Column("origin", String(16), nullable=False),
@@ -103,18 +105,9 @@ phones = Table(
     Column("number", Text, nullable=False),  # sealed, context phones.number
     # C4: one row per phone number, so at most one holder, whatever runs concurrently.
     Column("number_index", String(INDEX), nullable=False, unique=True),
-    Column("is_default", Boolean, nullable=False),
     # The holder's last passed SMS check on it (C4, D2); NULL: imported, never checked here.
     Column("verified_at", Instant, nullable=True),
     Column("created_at", Instant, nullable=False),
-    # C3: at most one default phone per person.
-    Index(
-        "uq_phones_default_per_person",
-        "person_id",
-        unique=True,
-        postgresql_where=text("is_default"),
-        sqlite_where=text("is_default"),
-    ),
 )
 
 # B2, B5, B6: the hall collected a person's real-name information offline. Keyed by the

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, case, delete, exists, or_, select, true, update
+from sqlalchemy import Row, case, delete, exists, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ from etax_platform.documents import Document, DocumentType
 from etax_platform.errors import DomainError, Reason
 from etax_platform.pii import PersonalData
 from services.auth.domain import PhoneRecord, with_default
-from services.auth.models import offline_collections, persons, phones
+from services.auth.models import Instant, offline_collections, persons, phones
 
 _DOCUMENT = "persons.document_number"
 _NAME = "persons.name"
@@ -139,18 +139,20 @@ class AccountStore:
 
     def phones(self, person_id: str) -> list[PhoneRecord]:
         with self._db.reading() as session:
+            chosen = session.scalar(
+                select(persons.c.default_phone_id).where(persons.c.id == person_id)
+            )
             rows = session.execute(
-                select(
-                    phones.c.id, phones.c.number, phones.c.is_default, phones.c.verified_at
-                ).where(phones.c.person_id == person_id)
+                select(phones.c.id, phones.c.number, phones.c.verified_at).where(
+                    phones.c.person_id == person_id
+                )
             ).all()
         return with_default(
             [
-                PhoneRecord(
-                    row.id, self._pd.decrypt(row.number, _PHONE), row.is_default, row.verified_at
-                )
+                PhoneRecord(row.id, self._pd.decrypt(row.number, _PHONE), row.verified_at)
                 for row in rows
-            ]
+            ],
+            chosen,
         )
 
     def holder_of_phone(self, number: str) -> str | None:
@@ -241,7 +243,7 @@ class AccountStore:
                         # Setting the same name again is no change.
                         username_changed_at=case(
                             (persons.c.username == display, persons.c.username_changed_at),
-                            (is_change, now),
+                            (is_change, literal(now, Instant())),
                             else_=None,
                         ),
                         updated_at=now,
@@ -334,29 +336,17 @@ class AccountStore:
     def _claim(
         self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
     ) -> PhoneRecord | None:
-        # Serialises this person's own phone changes (their default flag); SQLite already
-        # serialises writers with BEGIN IMMEDIATE.
-        session.execute(
-            select(persons.c.id).where(persons.c.id == person_id).with_for_update(key_share=True)
-        )
-        holds_any = session.scalar(select(exists().where(phones.c.person_id == person_id)))
-        make_default = claim.make_default or not holds_any
-        if make_default:
-            session.execute(
-                update(phones)
-                .where(phones.c.person_id == person_id, phones.c.is_default == true())
-                .values(is_default=False)
-            )
+        """One statement decides who holds the number; it touches only the phone's row (and
+        the claimant's own row for the default), so concurrent claims cannot deadlock."""
         insert = _insert(session)(phones).values(
             id=new_id(),
             person_id=person_id,
             number=self._pd.encrypt(claim.number, _PHONE),
             number_index=self.phone_index(claim.number),
-            is_default=make_default,
             verified_at=claim.verified_at,
             created_at=now,
         )
-        returning = (phones.c.id, phones.c.person_id, phones.c.is_default, phones.c.verified_at)
+        returning = (phones.c.id, phones.c.person_id, phones.c.verified_at)
         if claim.verified_at is None:
             # An imported phone never takes a number someone holds.
             statement: Any = insert.on_conflict_do_nothing(
@@ -364,18 +354,15 @@ class AccountStore:
             ).returning(*returning)
         else:
             ours = phones.c.person_id == insert.excluded.person_id
-            # One statement decides: the row moves to the newer check (ties: the later
-            # writer), row-locked by the upsert, so two holders can never exist.
+            # The row moves to the newer check (ties: the later writer). The upsert locks
+            # the row and re-reads it, so two holders can never exist. A moved phone gets a
+            # new id: the previous holder's references to it (their default) lapse.
             statement = insert.on_conflict_do_update(
                 index_elements=[phones.c.number_index],
                 set_={
                     "id": case((ours, phones.c.id), else_=insert.excluded.id),
                     "person_id": insert.excluded.person_id,
                     "number": insert.excluded.number,
-                    "is_default": case(
-                        (ours, or_(phones.c.is_default, insert.excluded.is_default)),
-                        else_=insert.excluded.is_default,
-                    ),
                     "verified_at": insert.excluded.verified_at,
                     "created_at": case(
                         (ours, phones.c.created_at), else_=insert.excluded.created_at
@@ -389,7 +376,24 @@ class AccountStore:
         row = session.execute(statement).first()
         if row is None or row.person_id != person_id:
             return None
-        return PhoneRecord(row.id, claim.number, row.is_default, row.verified_at)
+        # The new phone becomes the default when asked, or when the person has none left
+        # (their first phone, or the chosen one was removed or taken).
+        becomes_default = (
+            true()
+            if claim.make_default
+            else or_(
+                persons.c.default_phone_id.is_(None),
+                ~exists().where(
+                    phones.c.id == persons.c.default_phone_id, phones.c.person_id == persons.c.id
+                ),
+            )
+        )
+        session.execute(
+            update(persons)
+            .where(persons.c.id == person_id, becomes_default)
+            .values(default_phone_id=row.id)
+        )
+        return PhoneRecord(row.id, claim.number, row.verified_at, is_default=claim.make_default)
 
     def remove_phone(self, person_id: str, phone_id: str) -> bool:
         with self._db.transaction() as session:
@@ -399,32 +403,14 @@ class AccountStore:
         return _count(result) == 1
 
     def set_default_phone(self, person_id: str, phone_id: str) -> bool:
+        held = exists().where(phones.c.id == phone_id, phones.c.person_id == person_id)
         with self._db.transaction() as session:
-            session.execute(
-                select(persons.c.id)
-                .where(persons.c.id == person_id)
-                .with_for_update(key_share=True)
+            result = session.execute(
+                update(persons)
+                .where(persons.c.id == person_id, held)
+                .values(default_phone_id=phone_id)
             )
-            held = session.scalar(
-                select(exists().where(phones.c.id == phone_id, phones.c.person_id == person_id))
-            )
-            if not held:
-                return False
-            session.execute(
-                update(phones)
-                .where(
-                    phones.c.person_id == person_id,
-                    phones.c.id != phone_id,
-                    phones.c.is_default == true(),
-                )
-                .values(is_default=False)
-            )
-            session.execute(
-                update(phones)
-                .where(phones.c.id == phone_id, phones.c.person_id == person_id)
-                .values(is_default=True)
-            )
-        return True
+        return _count(result) == 1
 
     # --- mapping ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("username_changed_at", instant, nullable=True),
         sa.Column("password_hash", sa.Text(), nullable=True),
         sa.Column("password_changed_at", instant, nullable=True),
+        sa.Column("default_phone_id", sa.String(32), nullable=True),
         sa.Column("registered_province", sa.String(2), nullable=False),
         sa.Column("origin", sa.String(16), nullable=False),
         sa.Column("created_at", instant, nullable=False),
@@ -47,7 +48,6 @@ def upgrade() -> None:
         sa.Column("person_id", sa.String(32), nullable=False),
         sa.Column("number", sa.Text(), nullable=False),
         sa.Column("number_index", sa.String(64), nullable=False),
-        sa.Column("is_default", sa.Boolean(), nullable=False),
         sa.Column("verified_at", instant, nullable=True),
         sa.Column("created_at", instant, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_phones"),
@@ -57,14 +57,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("number_index", name="uq_phones_number_index"),
     )
     op.create_index("ix_phones_person_id", "phones", ["person_id"])
-    op.create_index(
-        "uq_phones_default_per_person",
-        "phones",
-        ["person_id"],
-        unique=True,
-        postgresql_where=sa.text("is_default"),
-        sqlite_where=sa.text("is_default"),
-    )
     op.create_table(
         "offline_collections",
         sa.Column("document_index", sa.String(64), nullable=False),
