@@ -81,7 +81,9 @@ class Face:
         return response.ticket
 
     def get(self, ticket_id: str) -> face_pb2.Ticket:
-        return self.public.GetTicket(face_pb2.GetTicketRequest(ticket_id=ticket_id), timeout=5).ticket
+        return self.public.GetTicket(
+            face_pb2.GetTicketRequest(ticket_id=ticket_id), timeout=5
+        ).ticket
 
     def redeem(
         self, proof: str, purpose: int = LOGIN, subject_ref: str = PERSON
@@ -91,7 +93,9 @@ class Face:
             timeout=5,
         )
 
-    def collect(self, ticket_id: str, subject_ref: str = PERSON) -> face_pb2.CollectFailuresResponse:
+    def collect(
+        self, ticket_id: str, subject_ref: str = PERSON
+    ) -> face_pb2.CollectFailuresResponse:
         return self.internal.CollectFailures(
             face_pb2.CollectFailuresRequest(ticket_id=ticket_id, subject_ref=subject_ref),
             timeout=5,
@@ -134,13 +138,16 @@ def face_factory(
     """Builds started hosts sharing one store (replicas), stopped at the end."""
     made: list[Face] = []
 
-    def make(provider: FaceProvider | None = None, **overrides: Any) -> Face:
+    def make(with_provider: FaceProvider | None = None, **overrides: Any) -> Face:
+        """A host with `with_provider`, or the one its settings name (default: simulator)."""
         settings = face_settings.model_copy(update=overrides)
+        if with_provider is None and settings.provider == "simulator":
+            with_provider = SimulatedProvider(slow_seconds=0.05)
         host = build(
             settings,
             clock=clock,
             store=kv_store,
-            provider=provider or SimulatedProvider(slow_seconds=0.05),
+            provider=with_provider,
             personal_data=personal_data,
         ).start()
         channel = grpc.insecure_channel(host.address)

@@ -67,7 +67,7 @@ def _signature_ok(key: bytes, path: str, headers: Any, raw: bytes) -> bool:
 
 def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -84,7 +84,12 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
             ok = _signature_ok(fake.key, self.path, self.headers, raw)
             with fake.lock:
                 fake.seen.append(
-                    Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw), ok)
+                    Seen(
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        json.loads(raw),
+                        ok,
+                    )
                 )
             if not ok:
                 self._send(401, b'{"error": "bad signature"}')
@@ -118,7 +123,7 @@ def fake_provider(key: bytes) -> Iterator[FakeProvider]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield fake

@@ -15,7 +15,7 @@ from etax.face.v1 import face_pb2
 from etax_platform.clock import ManualClock, to_millis
 from etax_platform.errors import Reason
 from etax_platform.kv import KeyValueStore
-from services.face.domain import CaptureVerdict, Identity, MAX_CAPTURE_BYTES
+from services.face.domain import MAX_CAPTURE_BYTES, CaptureVerdict, Identity
 from services.face.providers.simulator import SimulatedProvider
 from tests.face.conftest import (
     APP_IDENTITY,
@@ -91,7 +91,11 @@ def test_d2_scan_verification_passes_and_proof_is_redeemed_once(
     created = face.create()
     assert created.expires_at.ToMilliseconds() == to_millis(clock.now() + timedelta(seconds=120))
     ticket = face.get(created.ticket_id)
-    assert (ticket.state, ticket.purpose, ticket.attempts_left) == (S.TICKET_STATE_CREATED, LOGIN, 3)
+    assert (ticket.state, ticket.purpose, ticket.attempts_left) == (
+        S.TICKET_STATE_CREATED,
+        LOGIN,
+        3,
+    )
     assert not ticket.proof
 
     scan = face.scan(created.qr_payload)
@@ -281,7 +285,7 @@ def test_g2_unredeemed_proof_expires_by_the_clock(face: Face, clock: ManualClock
 def test_g2_a_verdict_arriving_after_expiry_is_not_recorded(
     face_factory: FaceFactory, clock: ManualClock
 ) -> None:
-    face = face_factory(provider=ClockMovingProvider(clock, timedelta(seconds=121)))
+    face = face_factory(with_provider=ClockMovingProvider(clock, timedelta(seconds=121)))
     ticket_id, token = face.scanned_ticket()
     error = _fails(face.submit, ticket_id, token, b"pass")
     assert _reason(error)[1] is Reason.TICKET_INVALID
@@ -305,7 +309,7 @@ def test_d5_subjectless_ticket_takes_the_identity_from_the_app(
     face_factory: FaceFactory,
 ) -> None:
     provider = RecordingProvider()
-    face = face_factory(provider=provider)
+    face = face_factory(with_provider=provider)
     created = face.create(identity=None, subject_ref="challenge-7")
     scan = face.scan(created.qr_payload)
     assert scan.identity_required and scan.masked_name == ""
@@ -324,7 +328,7 @@ def test_identity_from_the_app_is_refused_when_the_ticket_has_a_subject(
     face_factory: FaceFactory,
 ) -> None:
     provider = RecordingProvider()
-    face = face_factory(provider=provider)
+    face = face_factory(with_provider=provider)
     ticket_id, token = face.scanned_ticket()
     error = _fails(face.submit, ticket_id, token, b"pass", identity=APP_IDENTITY)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -364,7 +368,10 @@ def test_bad_input_gets_a_clear_status(face: Face) -> None:
         assert domain_error(error).metadata["field"] == field
 
     def ticket_invalid(*call: object) -> None:
-        assert _reason(_fails(*call)) == (grpc.StatusCode.FAILED_PRECONDITION, Reason.TICKET_INVALID)
+        assert _reason(_fails(*call)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            Reason.TICKET_INVALID,
+        )
 
     # Tickets and QR payloads.
     ticket_invalid(face.get, "A" * 32)
@@ -418,7 +425,7 @@ def test_a_capture_of_exactly_two_mib_is_accepted(face: Face) -> None:
 
 def test_b7_a_second_capture_waits_for_the_one_being_judged(face_factory: FaceFactory) -> None:
     provider = GatedProvider()
-    face = face_factory(provider=provider)
+    face = face_factory(with_provider=provider)
     ticket_id, token = face.scanned_ticket()
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(face.submit, ticket_id, token, b"mismatch")
@@ -434,7 +441,7 @@ def test_b7_a_capture_held_by_a_lost_replica_is_freed_by_the_clock(
     face_factory: FaceFactory, clock: ManualClock
 ) -> None:
     provider = GatedProvider()
-    face = face_factory(provider=provider)
+    face = face_factory(with_provider=provider)
     ticket_id, token = face.scanned_ticket()
     with ThreadPoolExecutor(1) as pool:
         stuck = pool.submit(face.submit, ticket_id, token, b"mismatch")
