@@ -244,11 +244,11 @@ class FaceService:
             return new, new
 
         started = self._change(ticket_id, start)
-        if started.identity_sealed is None:
-            assert identity is not None
-            target, target_sealed = identity, self._seal(identity)
-        else:
-            target, target_sealed = self._unseal(started.identity_sealed), started.identity_sealed
+        # Subject-less tickets compare with the identity the APP sent (D5 face login).
+        target = (
+            identity if started.identity_sealed is None else self._unseal(started.identity_sealed)
+        )
+        assert target is not None
 
         try:
             verdict = self._provider.verify_face(target, capture)
@@ -266,11 +266,12 @@ class FaceService:
         decided_at = self._clock.now()
         proof_expires_at = decided_at + self._proof_ttl
         passed = verdict.verdict is Verdict.PASS
-        proof = (
-            self._signer.proof(ticket_id, started.purpose, started.subject_ref, proof_expires_at)
-            if passed
-            else ""
-        )
+        proof, passed_identity_sealed = "", ""
+        if passed:
+            proof = self._signer.proof(
+                ticket_id, started.purpose, started.subject_ref, proof_expires_at
+            )
+            passed_identity_sealed = started.identity_sealed or self._seal(target)
 
         def judge(ticket: Ticket) -> tuple[Ticket, tuple[Ticket, bool]]:
             recorded = ticket.is_open_at(decided_at)
@@ -281,7 +282,7 @@ class FaceService:
                 decided_at,
                 proof=proof,
                 proof_expires_at=proof_expires_at,
-                passed_identity_sealed=target_sealed if passed else "",
+                passed_identity_sealed=passed_identity_sealed,
             )
             return new, (new, recorded)
 
