@@ -6,13 +6,16 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
 
-.PHONY: help run test lint protos system-deps clean format
+.PHONY: help run test lint protos system-deps clean format tools
+GOBIN := $(CURDIR)/build/bin
+GRPCURL_VERSION := v1.9.4
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store)"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL)"
 	@echo "make lint    - ruff, mypy, buf lint"
 	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
+	@echo "make tools   - grpcurl into build/bin"
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +41,12 @@ lint: protos
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(BUF) lint
+
+# grpcurl for calling the services by hand (README); Go is on this machine for tools only.
+tools: $(GOBIN)/grpcurl
+
+$(GOBIN)/grpcurl:
+	GOBIN=$(GOBIN) go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
 format: $(INSTALLED)
 	$(PY) -m ruff check --fix .

@@ -10,6 +10,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from google.protobuf import timestamp_pb2
+
 CST = ZoneInfo("Asia/Shanghai")
 
 
@@ -61,3 +63,14 @@ def to_millis(instant: datetime) -> int:
 
 def from_millis(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=CST)
+
+
+def to_timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
+    """A protobuf Timestamp for an aware datetime."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(instant)
+    return stamp
+
+
+def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=CST)

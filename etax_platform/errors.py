@@ -179,7 +179,8 @@ def invalid(
 
 
 def to_status(error: DomainError) -> grpc.Status:
-    """The status a servicer returns for a domain error."""
+    """The status a servicer returns for a domain error; its message is the user text, so a
+    client that reads no details still shows something true."""
     details = [
         error_details_pb2.ErrorInfo(
             reason=error.reason.value, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
@@ -195,7 +196,7 @@ def to_status(error: DomainError) -> grpc.Status:
         any_detail = any_pb2.Any()
         any_detail.Pack(detail)
         packed.append(any_detail)
-    status = status_pb2.Status(code=error.code.value[0], message=error.reason.value, details=packed)
+    status = status_pb2.Status(code=error.code.value[0], message=error.user_text, details=packed)
     return rpc_status.to_status(status)
 
 

@@ -12,10 +12,10 @@ shutdown on SIGTERM (health turns NOT_SERVING, in-flight calls get `grace_second
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ def _request_id_of(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    return os.urandom(12).hex()
 
 
 class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -59,13 +59,25 @@ class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     the trailing metadata, so a user's error report can be found in the logs.
     """
 
+    def __init__(self) -> None:
+        # Handlers never change after start, so each method is wrapped once, not per call.
+        self._wrapped: dict[str, Any] = {}
+
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: Any
     ) -> Any:
-        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrap(method, continuation(handler_call_details))
+            if wrapped is not None:
+                self._wrapped[method] = wrapped
+        return wrapped
+
+    @staticmethod
+    def _wrap(method: str, handler: Any) -> Any:
         if handler is None:
             return None
-        method: str = handler_call_details.method
         if handler.unary_unary:
             return handler._replace(unary_unary=_unary(method, handler.unary_unary))
         if handler.unary_stream:

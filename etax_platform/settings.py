@@ -31,6 +31,8 @@ class PlatformSettings(BaseSettings):
     data_dir: Path = REPO_ROOT / "var"
     # "memory://" (in-process, one replica) or "redis://host:port/db".
     kv_url: str = "memory://"
+    # Key prefix in the shared store, so environments can share one Redis.
+    kv_prefix: str = "etax:"
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"

@@ -1,0 +1,92 @@
+"""Wiring of the SMS service: settings in, a ready GrpcHost out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from etax.sms.v1 import sms_pb2_grpc
+
+from etax_platform.clock import Clock, SystemClock
+from etax_platform.db import Database
+from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.pii import PersonalData
+from etax_platform.server import GrpcHost, Registration
+from services.sms.providers import HttpProvider, Outbox, Provider
+from services.sms.service import CodeService, Policy
+from services.sms.servicer import InternalSmsServicer, OutboxServicer, SmsServicer
+from services.sms.settings import SmsSettings
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SMS_SERVICE = "etax.sms.v1.SmsService"
+INTERNAL_SMS_SERVICE = "etax.sms.v1.InternalSmsService"
+OUTBOX_SERVICE = "etax.sms.v1.SmsOutboxService"
+
+
+def build(
+    settings: SmsSettings,
+    *,
+    clock: Clock | None = None,
+    store: KeyValueStore | None = None,
+    provider: Provider | None = None,
+) -> GrpcHost:
+    """The SMS service's server, not yet started. Tests pass their own clock and store."""
+    store = store or open_store(settings.platform.kv_url, prefix=settings.platform.kv_prefix)
+    database = Database(settings.database_url_for("sms"))
+    database.migrate(MIGRATIONS)
+    outbox = Outbox(store)
+    if provider is None:
+        if settings.provider == "http":
+            assert settings.http_secret is not None  # checked by SmsSettings
+            provider = HttpProvider(
+                settings.http_url,
+                settings.http_secret.get_secret_value().encode(),
+                timeout=settings.http_timeout_seconds,
+                attempts=settings.http_attempts,
+            )
+        else:
+            provider = outbox
+    codes = CodeService(
+        store=store,
+        provider=provider,
+        personal_data=PersonalData(settings.platform.keyring()),
+        clock=clock or SystemClock(),
+        database=database,
+        policy=Policy(
+            throttle_limit=settings.throttle_limit,
+            throttle_window=timedelta(seconds=settings.throttle_window_seconds),
+            code_ttl=timedelta(seconds=settings.code_ttl_seconds),
+            max_attempts=settings.max_verify_attempts,
+        ),
+    )
+    registrations = [
+        Registration(
+            SMS_SERVICE,
+            lambda server: sms_pb2_grpc.add_SmsServiceServicer_to_server(
+                SmsServicer(codes), server
+            ),
+        ),
+        Registration(
+            INTERNAL_SMS_SERVICE,
+            lambda server: sms_pb2_grpc.add_InternalSmsServiceServicer_to_server(
+                InternalSmsServicer(codes), server
+            ),
+        ),
+    ]
+    if settings.outbox_enabled:
+        registrations.append(
+            Registration(
+                OUTBOX_SERVICE,
+                lambda server: sms_pb2_grpc.add_SmsOutboxServiceServicer_to_server(
+                    OutboxServicer(codes, outbox), server
+                ),
+            )
+        )
+    return GrpcHost(
+        registrations,
+        host=settings.host,
+        port=settings.port,
+        max_workers=settings.max_workers,
+        grace_seconds=settings.grace_seconds,
+        on_stop=[database.dispose, store.close],
+    )

@@ -1,0 +1,152 @@
+"""Settings validated at start, the CST clock, access tokens, log masking, generated code."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from etax_platform.clock import CST, ManualClock, cst_day, next_cst_midnight
+from etax_platform.errors import DomainError, Reason
+from etax_platform.observability import MaskingFormatter
+from etax_platform.pii import Keyring
+from etax_platform.settings import PlatformSettings, development_secret
+from etax_platform.tokens import AccessClaims, SigningKey, TokenIssuer, TokenVerifier
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_production_refuses_generated_keys_and_the_in_process_store() -> None:
+    with pytest.raises(ValidationError, match="ETAX_PII_KEYS"):
+        PlatformSettings(environment="production")
+    keys = Keyring.generate().dump()
+    with pytest.raises(ValidationError, match="ETAX_KV_URL"):
+        PlatformSettings(
+            environment="production", pii_keys=keys["keys"], pii_index_key=keys["index_key"]
+        )
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETAX_KV_URL", "redis://127.0.0.1:6390/2")
+    monkeypatch.setenv("ETAX_LOG_LEVEL", "DEBUG")
+    settings = PlatformSettings()
+    assert (settings.kv_url, settings.log_level) == ("redis://127.0.0.1:6390/2", "DEBUG")
+    monkeypatch.setenv("ETAX_KV_URL", "mongodb://nope")
+    with pytest.raises(ValidationError, match="kv_url"):
+        PlatformSettings()
+
+
+def test_development_keys_are_made_once_and_shared_by_concurrent_starts(tmp_path: Path) -> None:
+    def load(_: int) -> dict[str, str]:
+        return PlatformSettings(data_dir=tmp_path).keyring().dump()
+
+    with ThreadPoolExecutor(8) as pool:
+        rings = list(pool.map(load, range(16)))
+    assert all(ring == rings[0] for ring in rings)
+    assert development_secret(tmp_path, "pii-keys", dict) == rings[0]
+    assert (tmp_path / "secrets" / "pii-keys.json").stat().st_mode & 0o077 == 0
+
+
+def test_cst_days_and_midnights() -> None:
+    late_utc = datetime(2026, 11, 27, 16, 30, tzinfo=CST).astimezone(CST)
+    assert cst_day(late_utc).isoformat() == "2026-11-27"
+    utc_evening = datetime.fromisoformat("2026-11-27T17:00:00+00:00")  # 01:00 next day in CST
+    assert cst_day(utc_evening).isoformat() == "2026-11-28"
+    assert next_cst_midnight(utc_evening) == datetime(2026, 11, 29, tzinfo=CST)
+
+
+def _claims() -> AccessClaims:
+    return AccessClaims(
+        person_id="p-1",
+        session_id="s-1",
+        entry=2,
+        province="37",
+        real_name_level=4,
+        methods=("password", "sms"),
+        enterprise_code="91110000600037341L",
+        role=3,
+    )
+
+
+def test_access_token_round_trip() -> None:
+    clock = ManualClock()
+    key = SigningKey.generate()
+    token, expires = TokenIssuer(key, clock).issue(_claims())
+    verifier = TokenVerifier(lambda: [key.public_jwk()], clock)
+    claims = verifier.verify(token)
+    assert claims == _claims()
+    assert expires == clock.now() + timedelta(minutes=15)
+
+
+def test_access_token_expires_by_the_injected_clock() -> None:
+    clock = ManualClock()
+    key = SigningKey.generate()
+    token, _ = TokenIssuer(key, clock, ttl=timedelta(minutes=5)).issue(_claims())
+    verifier = TokenVerifier(lambda: [key.public_jwk()], clock)
+    clock.advance(timedelta(minutes=6))
+    with pytest.raises(DomainError) as caught:
+        verifier.verify(token)
+    assert caught.value.reason is Reason.UNAUTHENTICATED
+
+
+def test_forged_and_tampered_tokens_are_refused() -> None:
+    clock = ManualClock()
+    key, other = SigningKey.generate(), SigningKey.generate()
+    verifier = TokenVerifier(lambda: [key.public_jwk()], clock)
+    forged, _ = TokenIssuer(SigningKey(key.kid, other.private_key), clock).issue(_claims())
+    genuine, _ = TokenIssuer(key, clock).issue(_claims())
+    header, payload, signature = genuine.split(".")
+    tampered = ".".join(
+        [header, payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB"), signature]
+    )
+    for token in (forged, tampered, "not-a-token", genuine + "x"):
+        with pytest.raises(DomainError):
+            verifier.verify(token)
+
+
+def test_verifier_fetches_keys_again_for_a_new_key_id() -> None:
+    clock = ManualClock()
+    first, second = SigningKey.generate(), SigningKey.generate()
+    published = [first.public_jwk()]
+    verifier = TokenVerifier(lambda: list(published), clock)
+    verifier.verify(TokenIssuer(first, clock).issue(_claims())[0])
+    published.append(second.public_jwk())
+    verifier._fetched_at = float("-inf")  # the rate limit between refreshes has passed
+    assert verifier.verify(TokenIssuer(second, clock).issue(_claims())[0]).person_id == "p-1"
+
+
+def test_log_lines_are_masked_including_tracebacks() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(MaskingFormatter("%(message)s"))
+    logger = logging.getLogger("test.masking")
+    logger.addHandler(handler)
+    try:
+        logger.warning("login by %s from %s", "13812341234", "11010519491231002X")
+        try:
+            raise ValueError("bad document 11010519491231002X")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert "13812341234" not in output and "138****1234" in output
+    assert "11010519491231002X" not in output and "1101**********002X" in output
+
+
+def test_generated_code_is_fresh() -> None:
+    """make protos regenerates whenever a .proto changed; tests never run on stale code."""
+    result = subprocess.run(
+        [sys.executable, "scripts/gen_protos.py", "--check"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+    )
+    assert result.returncode == 0, result.stderr
