@@ -1,10 +1,10 @@
-"""The auth service on port 0 with a real database and store, and the SMS and face
-services it calls (fakes of their contracts on real gRPC servers, see fakes.py)."""
+"""The auth service on port 0 with a real database and store, and the real SMS and face
+services it calls (each on port 0 with its own store, sharing the test's clock)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,8 @@ import grpc
 import pytest
 from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.common.v1 import types_pb2
+from etax.face.v1 import face_pb2, face_pb2_grpc
+from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 
 from etax_platform.clock import ManualClock
 from etax_platform.db import Database
@@ -25,7 +27,10 @@ from etax_platform.tokens import AccessClaims, TokenIssuer
 from services.auth.app import build
 from services.auth.keys import SigningKeys
 from services.auth.settings import AuthSettings
-from tests.auth.fakes import FakeFace, FakeSms, serve_fake_face, serve_fake_sms
+from services.face.app import build as build_face
+from services.face.settings import FaceSettings
+from services.sms.app import build as build_sms
+from services.sms.settings import SmsSettings
 
 PASSWORD = "Passw0rd.1"
 REGISTRATION = types_pb2.VERIFICATION_PURPOSE_REGISTRATION
@@ -64,22 +69,65 @@ def named(number: str, name: str = "张小三", kind: int = 201) -> types_pb2.Na
 @dataclass(frozen=True)
 class Backend:
     database_url: str
-    store: KeyValueStore
+    # A fresh, empty store per service (each service has its own keys).
+    new_store: Callable[[], KeyValueStore]
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
     databases and both stores."""
-    store: KeyValueStore
     if request.param == "sqlite+memory":
-        url = f"sqlite:///{tmp_path / 'auth.sqlite3'}"
-        store = MemoryStore()
-    else:
-        server = request.getfixturevalue("postgres")
-        url = server.url(server.create_database())
-        store = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex}:")
-    yield Backend(url, store)
+        return Backend(f"sqlite:///{tmp_path / 'auth.sqlite3'}", MemoryStore)
+    server = request.getfixturevalue("postgres")
+    redis_url = request.getfixturevalue("redis_url")
+    return Backend(
+        server.url(server.create_database()),
+        lambda: RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:"),
+    )
+
+
+@dataclass
+class SmsDriver:
+    """What a person's phone (or mailbox) does: ask for a code, read it from the outbox."""
+
+    public: sms_pb2_grpc.SmsServiceStub
+    outbox: sms_pb2_grpc.SmsOutboxServiceStub
+
+    def issue(self, recipient: str, purpose: int) -> tuple[str, str]:
+        to = {"email": recipient} if "@" in recipient else {"phone": recipient}
+        sent = self.public.SendCode(
+            sms_pb2.SendCodeRequest(purpose=purpose, **to),  # type: ignore[arg-type]
+            timeout=10,
+        )
+        messages = self.outbox.ListMessages(
+            sms_pb2.ListMessagesRequest(recipient=recipient), timeout=10
+        ).messages
+        (code,) = [m.code for m in messages if m.verification_id == sent.verification_id]
+        return sent.verification_id, code
+
+
+@dataclass
+class FaceDriver:
+    """What the tax APP does with a QR code: scan it and submit a capture."""
+
+    public: face_pb2_grpc.FaceServiceStub
+
+    def scan(self, challenge: auth_pb2.FaceChallenge) -> face_pb2.ScanTicketResponse:
+        return self.public.ScanTicket(
+            face_pb2.ScanTicketRequest(qr_payload=challenge.qr_payload), timeout=10
+        )
+
+    def pass_(self, challenge: auth_pb2.FaceChallenge) -> str:
+        scanned = self.scan(challenge)
+        ticket = self.public.SubmitCapture(
+            face_pb2.SubmitCaptureRequest(
+                ticket_id=scanned.ticket_id, scan_token=scanned.scan_token, capture=b"pass"
+            ),
+            timeout=10,
+        ).ticket
+        assert ticket.state == face_pb2.TICKET_STATE_PASSED, ticket
+        return ticket.proof
 
 
 @dataclass
@@ -88,8 +136,9 @@ class Auth:
     account: auth_pb2_grpc.AccountServiceStub
     internal: auth_pb2_grpc.InternalAuthServiceStub
     clock: ManualClock
-    sms: FakeSms
-    face: FakeFace
+    sms: SmsDriver
+    face: FaceDriver
+    face_host: GrpcHost
     settings: AuthSettings
     backend: Backend
     issuer: TokenIssuer
@@ -117,7 +166,7 @@ class Auth:
         )
 
     def pass_face(self, challenge: auth_pb2.FaceChallenge) -> str:
-        return self.face.pass_ticket(challenge.ticket_id)
+        return self.face.pass_(challenge)
 
     def register(
         self,
@@ -186,37 +235,54 @@ def auth_settings(tmp_path: Path, database_url: str) -> AuthSettings:
 @pytest.fixture
 def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
     clock = ManualClock()
-    sms, face = FakeSms(clock), FakeFace(clock)
-    sms_host, face_host = serve_fake_sms(sms), serve_fake_face(face)
-    settings = auth_settings(tmp_path, backend.database_url)
+    sms_host = build_sms(
+        SmsSettings(
+            port=0,
+            outbox_enabled=True,
+            throttle_limit=100_000,  # E2 is the SMS service's rule, tested there
+            platform=PlatformSettings(data_dir=tmp_path / "sms"),
+        ),
+        clock=clock,
+        store=backend.new_store(),
+    ).start()
+    face_host = build_face(
+        FaceSettings(port=0, platform=PlatformSettings(data_dir=tmp_path / "face")),
+        clock=clock,
+        store=backend.new_store(),
+    ).start()
+    settings = auth_settings(tmp_path / "auth", backend.database_url)
     host = build(
         settings,
         clock=clock,
-        store=backend.store,
+        store=backend.new_store(),
         sms_channel=grpc.insecure_channel(sms_host.address),
         face_channel=grpc.insecure_channel(face_host.address),
     ).start()
     database = Database(backend.database_url)
     key = SigningKeys(database, PersonalData(settings.platform.keyring()), clock).current()
     database.dispose()
-    channel = grpc.insecure_channel(host.address)
+    channels = [grpc.insecure_channel(h.address) for h in (host, sms_host, face_host)]
     try:
         yield Auth(
             host=host,
-            account=auth_pb2_grpc.AccountServiceStub(channel),
-            internal=auth_pb2_grpc.InternalAuthServiceStub(channel),
+            account=auth_pb2_grpc.AccountServiceStub(channels[0]),
+            internal=auth_pb2_grpc.InternalAuthServiceStub(channels[0]),
             clock=clock,
-            sms=sms,
-            face=face,
+            sms=SmsDriver(
+                sms_pb2_grpc.SmsServiceStub(channels[1]),
+                sms_pb2_grpc.SmsOutboxServiceStub(channels[1]),
+            ),
+            face=FaceDriver(face_pb2_grpc.FaceServiceStub(channels[2])),
+            face_host=face_host,
             settings=settings,
             backend=backend,
             issuer=TokenIssuer(key, clock),
         )
     finally:
-        channel.close()
-        host.stop(grace=0)
-        sms_host.stop(grace=0)
-        face_host.stop(grace=0)
+        for channel in channels:
+            channel.close()
+        for running in (host, sms_host, face_host):
+            running.stop(grace=0)
 
 
 @dataclass(frozen=True)

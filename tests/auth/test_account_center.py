@@ -365,11 +365,9 @@ def test_b3_migrated_person_upgrades_from_3_to_4_by_face(auth: Auth) -> None:
     face = auth.account.StartRealNameUpgrade(
         auth_pb2.StartRealNameUpgradeRequest(), metadata=metadata, timeout=10
     ).face
-    ticket = auth.face.tickets[face.ticket_id]
-    assert (ticket.purpose, ticket.subject_ref) == (
-        types_pb2.VERIFICATION_PURPOSE_REAL_NAME_UPGRADE,
-        person_id,
-    )
+    scanned = auth.face.scan(face)
+    assert scanned.purpose == types_pb2.VERIFICATION_PURPOSE_REAL_NAME_UPGRADE
+    assert scanned.masked_name == "张*三"
     proof = auth.pass_face(face)
     upgraded = auth.account.CompleteRealNameUpgrade(
         auth_pb2.CompleteRealNameUpgradeRequest(proof=proof), metadata=metadata, timeout=10

@@ -97,9 +97,8 @@ def test_b1_registration_creates_a_level_4_person_with_the_proven_phone(auth: Au
 
 
 def test_b1_identity_check_refuses_a_name_that_does_not_match(auth: Auth) -> None:
-    number = new_resident_id()
-    auth.face.mismatched_numbers.add(number)
-    failure = failure_of(auth.start, number)
+    # The face service's simulated authority knows no one called 不符….
+    failure = failure_of(auth.start, new_resident_id(), "不符张三")
     assert (failure.code, failure.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         "IDENTITY_MISMATCH",
@@ -300,7 +299,6 @@ def test_b2_hall_collected_person_registers_without_the_face_step(auth: Auth) ->
     assert failure.reason == "STATE_CONFLICT"
     completed = _complete(auth, started.registration_id, phone=new_phone())
     assert completed.real_name_level == 4
-    assert auth.face.tickets == {}
 
 
 VALID_ONLINE = [
@@ -409,9 +407,12 @@ def test_b6_overseas_registration_takes_only_foreign_documents(auth: Auth) -> No
 
 
 def test_b1_face_service_trouble_is_unavailable_and_records_nothing(auth: Auth) -> None:
-    auth.face.unavailable = True
-    failure = failure_of(auth.start, new_resident_id())
+    # The simulated authority is busy for names starting "busy".
+    failure = failure_of(auth.start, "P1234567", "busy Jane", 299, True)
     assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "FACE_SERVICE_BUSY")
+    auth.face_host.stop(grace=0)
+    failure = failure_of(auth.start, new_resident_id())
+    assert (failure.code, failure.reason) == (grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     assert _count(auth, persons) == 0
 
 
