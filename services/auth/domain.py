@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from etax_platform.clock import CST, from_millis, to_millis
 from etax_platform.documents import (
@@ -280,8 +280,3 @@ class Registration:
             ),
             face_verified_at=None if face_verified_at is None else from_millis(face_verified_at),
         )
-
-
-def registration_ttl(expires_at: datetime, now: datetime) -> timedelta:
-    """How long the store keeps a registration: its deadline plus a little (GC only)."""
-    return max(expires_at - now, timedelta(0)) + timedelta(minutes=1)

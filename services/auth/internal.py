@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from etax_platform.clock import Clock
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
@@ -13,6 +15,8 @@ from services.auth.domain import (
 )
 from services.auth.passwords import is_supported_hash
 from services.auth.storage import AccountStore, NewPerson, PersonRecord, PhoneClaim
+
+_PERSON_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class InternalAccounts:
@@ -66,7 +70,9 @@ class InternalAccounts:
         return person_id, level
 
     def get_person(self, person_id: str) -> PersonRecord:
-        person = self._accounts.person(person_id) if person_id else None
+        if not _PERSON_ID.fullmatch(person_id):
+            raise invalid("person_id")
+        person = self._accounts.person(person_id)
         if person is None:
             raise DomainError(Reason.NOT_FOUND, metadata={"field": "person_id"})
         return person

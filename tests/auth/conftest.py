@@ -139,6 +139,7 @@ class Auth:
     sms: SmsDriver
     face: FaceDriver
     face_host: GrpcHost
+    store: KeyValueStore
     settings: AuthSettings
     backend: Backend
     issuer: TokenIssuer
@@ -251,10 +252,11 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
         store=backend.new_store(),
     ).start()
     settings = auth_settings(tmp_path / "auth", backend.database_url)
+    store = backend.new_store()
     host = build(
         settings,
         clock=clock,
-        store=backend.new_store(),
+        store=store,
         sms_channel=grpc.insecure_channel(sms_host.address),
         face_channel=grpc.insecure_channel(face_host.address),
     ).start()
@@ -274,6 +276,7 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
             ),
             face=FaceDriver(face_pb2_grpc.FaceServiceStub(channels[2])),
             face_host=face_host,
+            store=store,
             settings=settings,
             backend=backend,
             issuer=TokenIssuer(key, clock),

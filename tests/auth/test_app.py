@@ -1,0 +1,118 @@
+"""The auth service as a host and as a process; its settings, schema and signing keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+from sqlalchemy import select
+
+from etax_platform.clock import ManualClock
+from etax_platform.db import Database
+from etax_platform.pii import PersonalData
+from etax_platform.settings import PlatformSettings
+from services.auth.app import ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE, MIGRATIONS
+from services.auth.keys import SigningKeys
+from services.auth.models import metadata, signing_keys
+from services.auth.settings import AuthSettings
+from tests.auth.conftest import Auth
+from tests.harness.processes import ServiceProcess
+
+SERVICES = {ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE}
+
+
+def _health(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def _listed_services(channel: grpc.Channel) -> set[str]:
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (response,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    return {s.name for s in response.list_services_response.service}
+
+
+def test_built_host_is_serving_and_reflects_its_services(auth: Auth) -> None:
+    assert {"etax.auth.v1.AccountService", "etax.auth.v1.InternalAuthService"} == SERVICES
+    with grpc.insecure_channel(auth.host.address) as channel:
+        for name in ("", *SERVICES):
+            assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
+        assert _listed_services(channel) >= SERVICES
+
+
+def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = AuthSettings()
+    assert defaults.port == 50051
+    assert (defaults.sms_target, defaults.face_target, defaults.binding_target) == (
+        "127.0.0.1:50053",
+        "127.0.0.1:50054",
+        "127.0.0.1:50052",
+    )
+    assert defaults.hash_workers >= 1
+    monkeypatch.setenv("ETAX_AUTH_SMS_TARGET", "sms.internal:443")
+    monkeypatch.setenv("ETAX_AUTH_HASH_WORKERS", "3")
+    configured = AuthSettings()
+    assert (configured.sms_target, configured.hash_workers) == ("sms.internal:443", 3)
+
+
+def test_python_m_services_auth_serves_until_sigterm(tmp_path: Path) -> None:
+    process = ServiceProcess(
+        "auth",
+        {"ETAX_DATA_DIR": str(tmp_path), "ETAX_KV_URL": "memory://"},
+        tmp_path / "auth.log",
+    )
+    try:
+        process.wait_serving()
+        with grpc.insecure_channel(process.address) as channel:
+            for name in ("", *SERVICES):
+                assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
+            assert _listed_services(channel) >= SERVICES
+    finally:
+        assert process.terminate() == 0, process.log()
+    assert "Traceback" not in process.log()
+    assert (tmp_path / "auth.sqlite3").exists()
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        database.migrate(MIGRATIONS)
+        with database.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        database.dispose()
+
+
+def test_signing_key_is_created_once_sealed_and_kept(
+    database_url: str, personal_data: PersonalData
+) -> None:
+    database = Database(database_url)
+    try:
+        database.migrate(MIGRATIONS)
+        clock = ManualClock()
+        first = SigningKeys(database, personal_data, clock)
+        first.ensure()
+        again = SigningKeys(database, personal_data, clock)
+        again.ensure()
+        assert again.current().kid == first.current().kid
+        assert [k["kid"] for k in again.public_jwks()] == [first.current().kid]
+        with database.reading() as session:
+            stored = session.scalar(select(signing_keys.c.private_key))
+        assert stored is not None and "PRIVATE KEY" not in stored
+    finally:
+        database.dispose()
+
+
+def test_development_keys_come_from_the_data_dir(tmp_path: Path) -> None:
+    settings = AuthSettings(port=0, platform=PlatformSettings(data_dir=tmp_path))
+    assert settings.database_url_for("auth") == f"sqlite:///{tmp_path / 'auth.sqlite3'}"
