@@ -11,6 +11,7 @@ from etax_platform.clock import Clock
 from etax_platform.documents import OVERSEAS_TYPES, readings
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_phone
+from services.auth.credentials import PasswordCheck
 from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
 from services.auth.domain import (
     LEVEL_FACE_VERIFIED,
@@ -47,6 +48,7 @@ class AccountCenter:
         self._face = face
         self._hasher = hasher
         self._clock = clock
+        self._passwords = PasswordCheck(accounts, hasher, clock)
 
     def _person(self, person_id: str) -> PersonRecord:
         person = self._accounts.person(person_id)
@@ -71,7 +73,7 @@ class AccountCenter:
                 "您尚未设置个人用户密码，请通过忘记密码设置",
                 {"field": "old_password"},
             )
-        if not self._hasher.verify(old_password, person.password_hash).matches:
+        if not self._passwords.matches(person, old_password, rehash=False):
             raise DomainError(Reason.CREDENTIALS_INVALID, "原密码错误", {"field": "old_password"})
         new_hash = self._hasher.hash(new_password)
         if not self._accounts.set_password(

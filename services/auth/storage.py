@@ -218,6 +218,16 @@ class AccountStore:
             )
         return _count(result) == 1
 
+    def replace_password_hash(self, person_id: str, expected_hash: str, new_hash: str) -> bool:
+        """The same password under new hash parameters (not a password change)."""
+        with self._db.transaction() as session:
+            result = session.execute(
+                update(persons)
+                .where(persons.c.id == person_id, persons.c.password_hash == expected_hash)
+                .values(password_hash=new_hash)
+            )
+        return _count(result) == 1
+
     def set_username(
         self, person_id: str, display: str, key: str, now: datetime, year_start: datetime
     ) -> Literal["set", "too_soon", "unknown"]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from etax.auth.v1 import auth_pb2
 from etax.common.v1 import types_pb2
 
@@ -68,12 +72,18 @@ def test_imported_password_hash_must_be_a_known_format(auth: Auth) -> None:
         "$argon2id$v=19$m=19456,t=2,p=1$W6inZNZ5GPx2FL470X0qjQ"
         "$DraYz9Ci3GVusrli/xpIRWSbsmIjJ5T0hWFnvZEHujE"
     )
-    person_id = _import(auth, new_resident_id(), legacy_password_hash=argon).person_id
-    auth.account.ChangePassword(
-        auth_pb2.ChangePasswordRequest(old_password="Passw0rd!", new_password="New.pass12"),
-        metadata=auth.as_person(person_id),
-        timeout=10,
+    salt = b"0123456789abcdef"
+    digest = PBKDF2HMAC(hashes.SHA256(), 32, salt, 1000).derive(b"Old.pass1")
+    pbkdf2 = "$pbkdf2-sha256$1000${}${}".format(
+        *(base64.b64encode(raw).decode().rstrip("=").replace("+", ".") for raw in (salt, digest))
     )
+    for legacy_hash, password in ((argon, "Passw0rd!"), (pbkdf2, "Old.pass1")):
+        person_id = _import(auth, new_resident_id(), legacy_password_hash=legacy_hash).person_id
+        auth.account.ChangePassword(
+            auth_pb2.ChangePasswordRequest(old_password=password, new_password="New.pass12"),
+            metadata=auth.as_person(person_id),
+            timeout=10,
+        )
 
 
 def test_get_and_resolve_person_for_binding(auth: Auth) -> None:

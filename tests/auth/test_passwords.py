@@ -5,18 +5,28 @@ from __future__ import annotations
 import base64
 import os
 import threading
+from datetime import datetime
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
+from etax_platform.clock import CST, ManualClock
+from etax_platform.db import Database
+from etax_platform.documents import Document, DocumentType
 from etax_platform.errors import DomainError, Reason
+from etax_platform.pii import PersonalData
+from services.auth.app import MIGRATIONS
+from services.auth.credentials import PasswordCheck
 from services.auth.passwords import (
     Argon2Parameters,
     PasswordHasher,
     check_policy,
     is_supported_hash,
 )
+from services.auth.storage import AccountStore, NewPerson
+
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=CST)
 
 POLICY_TEXT = "密码长度为8-16个字符，必须包含数字、字母（区分大小写）、特殊字符三者中至少两种"
 
@@ -135,3 +145,44 @@ def test_hashing_runs_in_its_own_bounded_pool(hasher: PasswordHasher) -> None:
         del hasher._hash
     assert seen and all(name.startswith("argon2") for name in seen)
     assert len(seen) <= 2
+
+
+def test_a_match_on_an_old_hash_stores_a_current_one(
+    database_url: str, personal_data: PersonalData, hasher: PasswordHasher
+) -> None:
+    """The rehash-on-login hook: same password, current parameters, no "password change"."""
+    database = Database(database_url)
+    database.migrate(MIGRATIONS)
+    try:
+        accounts = AccountStore(database, personal_data)
+        weaker = PasswordHasher(1, Argon2Parameters(memory_kib=8 * 1024, iterations=1))
+        old_hash = weaker.hash("Passw0rd.1")
+        weaker.close()
+        person_id, _ = accounts.create_person(
+            NewPerson(
+                document=Document(DocumentType.RESIDENT_IDENTITY_CARD, "11010519491231002X"),
+                name="张三",
+                overseas=False,
+                real_name_level=3,
+                registered_province="37",
+                origin="legacy_import",
+                password_hash=old_hash,
+            ),
+            None,
+            T0,
+        )
+        check = PasswordCheck(accounts, hasher, ManualClock(T0))
+        person = accounts.person(person_id)
+        assert person is not None
+        assert not check.matches(person, "Passw0rd.2")
+        assert accounts.person(person_id).password_hash == old_hash  # type: ignore[union-attr]
+        assert check.matches(person, "Passw0rd.1")
+        rehashed = accounts.person(person_id)
+        assert rehashed is not None and rehashed.password_hash is not None
+        assert rehashed.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert check.matches(rehashed, "Passw0rd.1")
+        # A stale read loses against the newer hash (compare-and-set), and still matches.
+        assert check.matches(person, "Passw0rd.1")
+        assert accounts.person(person_id).password_hash == rehashed.password_hash  # type: ignore[union-attr]
+    finally:
+        database.dispose()
