@@ -19,12 +19,11 @@ from services.auth.domain import (
     PhoneRecord,
     Purpose,
     parse_username,
+    require_id,
     start_of_cst_year,
 )
 from services.auth.passwords import MAX_CHECKED_LENGTH, PasswordHasher, check_policy
 from services.auth.storage import AccountStore, PersonRecord, PhoneClaim
-
-_ID_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -132,12 +131,12 @@ class AccountCenter:
         return next(shown, held)
 
     def remove_phone(self, person_id: str, phone_id: str) -> None:
-        _check_phone_id(phone_id)
+        require_id(phone_id, "phone_id")
         if not self._accounts.remove_phone(person_id, phone_id):
             raise DomainError(Reason.NOT_FOUND, metadata={"field": "phone_id"})
 
     def set_default_phone(self, person_id: str, phone_id: str) -> None:
-        _check_phone_id(phone_id)
+        require_id(phone_id, "phone_id")
         if not self._accounts.set_default_phone(person_id, phone_id):
             raise DomainError(Reason.NOT_FOUND, metadata={"field": "phone_id"})
 
@@ -159,8 +158,3 @@ class AccountCenter:
         return self._accounts.raise_level(
             person_id, LEVEL_FACE_VERIFIED, result.verified_at or self._clock.now()
         )
-
-
-def _check_phone_id(phone_id: str) -> None:
-    if len(phone_id) != _ID_LENGTH or not phone_id.isalnum():
-        raise invalid("phone_id")

@@ -14,9 +14,10 @@ import grpc
 from etax.common.v1 import types_pb2
 from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
+from google.protobuf import timestamp_pb2
 
 from etax_platform.clients import call
-from etax_platform.clock import CST
+from etax_platform.clock import from_timestamp
 from etax_platform.documents import Document
 from services.auth.domain import Channel, Purpose
 
@@ -42,10 +43,8 @@ class FaceResult:
     verified_at: datetime | None
 
 
-def _instant(stamp: object, present: bool) -> datetime | None:
-    if not present:
-        return None
-    return stamp.ToDatetime(tzinfo=CST)  # type: ignore[attr-defined, no-any-return]
+def _instant(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return from_timestamp(stamp) if present else None
 
 
 def _named_document(document: Document, name: str) -> types_pb2.NamedDocument:

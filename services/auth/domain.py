@@ -51,7 +51,15 @@ class Channel(enum.IntEnum):
 
 
 _TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
+# Person, phone and registration ids: 128 random bits as 32 lower-case hex digits.
+_ID = re.compile(r"[0-9a-f]{32}")
 _NAME_MAX = 100
+
+
+def require_id(value: str, field_name: str) -> str:
+    if not _ID.fullmatch(value):
+        raise invalid(field_name)
+    return value
 
 
 def require_province(province: str, field_name: str = "province") -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from etax_platform.clock import Clock
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
@@ -11,12 +9,11 @@ from services.auth.domain import (
     LEVEL_FACE_VERIFIED,
     LEVEL_MIGRATED,
     LEVELS,
+    require_id,
     require_real_name_level,
 )
 from services.auth.passwords import is_supported_hash
 from services.auth.storage import AccountStore, NewPerson, PersonRecord, PhoneClaim
-
-_PERSON_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class InternalAccounts:
@@ -70,8 +67,7 @@ class InternalAccounts:
         return person_id, level
 
     def get_person(self, person_id: str) -> PersonRecord:
-        if not _PERSON_ID.fullmatch(person_id):
-            raise invalid("person_id")
+        require_id(person_id, "person_id")
         person = self._accounts.person(person_id)
         if person is None:
             raise DomainError(Reason.NOT_FOUND, metadata={"field": "person_id"})

@@ -33,6 +33,7 @@ from services.auth.domain import (
     Registration,
     parse_username,
     plan_registration,
+    require_id,
 )
 from services.auth.passwords import PasswordHasher, check_policy
 from services.auth.storage import AccountStore, NewPerson, PhoneClaim
@@ -246,7 +247,7 @@ class Registrations:
         return document, self._pd.decrypt(registration.name_sealed, _NAME)
 
     def _load(self, registration_id: str) -> Registration:
-        _check_id(registration_id)
+        require_id(registration_id, "registration_id")
         found = self._kv.get(_key(registration_id))
         if found is None:
             raise _unknown()
@@ -278,13 +279,6 @@ class Registrations:
 
 def _key(registration_id: str) -> str:
     return f"auth:registration:{registration_id}"
-
-
-def _check_id(registration_id: str) -> None:
-    if len(registration_id) != _ID_BYTES * 2 or not all(
-        c in "0123456789abcdef" for c in registration_id
-    ):
-        raise invalid("registration_id")
 
 
 def _unknown() -> DomainError:

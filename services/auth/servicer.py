@@ -10,7 +10,7 @@ from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.common.v1 import types_pb2
 from google.protobuf import timestamp_pb2
 
-from etax_platform.clock import Clock
+from etax_platform.clock import Clock, to_timestamp
 from etax_platform.documents import Document, parse_document
 from etax_platform.identifiers import normalize_phone
 from etax_platform.pii import mask_document, mask_email, mask_name, mask_phone
@@ -28,11 +28,7 @@ from services.auth.registration import Completion, Registrations
 
 
 def _timestamp(instant: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if instant is None:
-        return None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
+    return None if instant is None else to_timestamp(instant)
 
 
 class _Convert:

@@ -157,11 +157,16 @@ class Auth:
         return (("authorization", f"Bearer {token}"),)
 
     def start(
-        self, number: str, name: str = "张小三", kind: int = 201, overseas: bool = False
+        self,
+        number: str,
+        name: str = "张小三",
+        kind: int = 201,
+        overseas: bool = False,
+        province: str = "37",
     ) -> auth_pb2.StartRegistrationResponse:
         return self.account.StartRegistration(
             auth_pb2.StartRegistrationRequest(
-                identity=named(number, name, kind), overseas=overseas, province="37"
+                identity=named(number, name, kind), overseas=overseas, province=province
             ),
             timeout=10,
         )

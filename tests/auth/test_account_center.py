@@ -73,7 +73,8 @@ def _change(auth: Auth, person_id: str, old: str, new: str) -> None:
     )
 
 
-def test_c1_change_password_needs_the_old_one_and_the_policy(auth: Auth) -> None:
+def test_a1_c1_change_password_needs_the_old_one_and_the_policy(auth: Auth) -> None:
+    """A1: the person's one personal password (there is no other), changed under C1."""
     person_id = auth.register()
     failure = failure_of(_change, auth, person_id, "Wrong.pass1", "New.pass12")
     assert (failure.code, failure.reason, failure.metadata["field"]) == (

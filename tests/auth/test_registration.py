@@ -170,6 +170,19 @@ def test_b1_registering_a_registered_document_says_so(auth: Auth) -> None:
     assert failure_of(auth.start, "110105491231002").reason == "ALREADY_REGISTERED"
 
 
+def test_a3_a_person_registers_once_for_every_province(auth: Auth) -> None:
+    number = new_resident_id()
+    person_id = auth.register(number)  # through Shandong's bureau ("37")
+    for province in ("11", "44", "37"):
+        failure = failure_of(auth.start, number, "张小三", 201, False, province)
+        assert failure.reason == "ALREADY_REGISTERED"
+    assert auth.profile(person_id).registered_province == "37"
+    person = auth.internal.GetPerson(
+        auth_pb2.GetPersonRequest(person_id=person_id), timeout=10
+    ).person
+    assert person.registered_province == "37"
+
+
 def test_b1_half_finished_registration_leaves_nothing_and_never_blocks_a_retry(
     auth: Auth,
 ) -> None:
