@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2
 from etax_platform.certs import CertificatePaths, issue_client_certificate
 from etax_platform.tokens import SigningKey
 from tests.gateway.conftest import bearer, mint
-from tests.gateway.upstreams import THROTTLED_PHONE, Upstreams
+from tests.gateway.upstreams import THROTTLED_PHONE, Upstreams, start_upstreams
 from tests.harness.gateway import (
     RunningGateway,
     gateway_certificates,
@@ -557,3 +557,35 @@ def test_jwks_file_source(
             auth_pb2.GetProfileRequest(), metadata=bearer(other), timeout=5
         )
         assert _code_of(call) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_remote_jwks_is_fetched_once_auth_comes_up_after_the_gateway(
+    gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """`make run` starts Envoy and auth together: the key set arrives when auth is up."""
+    key = SigningKey.generate()
+    servers = start_upstreams([key.public_jwk()])
+    auth = servers.hosts["auth"]
+    auth.health.set("etax.auth.v1.AuthService", health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        with running_gateway(
+            servers.addresses, workdir=tmp_path, certificates=gateway_certs
+        ) as gateway:
+            wait_until(
+                lambda: gateway.stats().get("http.public.jwt_authn.jwks_fetch_failed", 0) > 0,
+                "a failed JWKS fetch while auth is down",
+            )
+            auth.health.set("etax.auth.v1.AuthService", health_pb2.HealthCheckResponse.SERVING)
+            gateway.wait_for_jwks()
+            stub = auth_pb2_grpc.AccountServiceStub(gateway.public_channel())
+            token = mint(key, person_id="p-late")
+            wait_until(
+                lambda: _succeeds(
+                    lambda: stub.GetProfile(
+                        auth_pb2.GetProfileRequest(), metadata=bearer(token), timeout=5
+                    )
+                ),
+                "token accepted",
+            )
+    finally:
+        servers.stop()
