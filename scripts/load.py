@@ -126,7 +126,10 @@ def _gateway_ready(admin: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     pinned = ROOT / "build" / "bin" / "ghz"  # where `make load` installs it
-    parser.add_argument("--ghz", default=str(pinned) if pinned.exists() else shutil.which("ghz"))
+    on_path = shutil.which("ghz")
+    parser.add_argument(
+        "--ghz", default=on_path if on_path and not pinned.exists() else str(pinned)
+    )
     parser.add_argument("--public", default="127.0.0.1:8080", help="public listener")
     parser.add_argument("--internal", default="127.0.0.1:8443", help="internal listener (mTLS)")
     parser.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin, for /ready")

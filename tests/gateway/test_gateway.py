@@ -589,3 +589,47 @@ def test_remote_jwks_is_fetched_once_auth_comes_up_after_the_gateway(
             )
     finally:
         servers.stop()
+
+
+def test_replicas_share_the_load_and_an_unhealthy_one_gets_none(
+    upstreams: Upstreams, gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """Comma-separated upstream addresses are replicas of one cluster."""
+    second = start_upstreams([])
+    try:
+        addresses = {
+            **upstreams.addresses,
+            "sms": f"{upstreams.addresses['sms']},{second.addresses['sms']}",
+        }
+        with running_gateway(addresses, workdir=tmp_path, certificates=gateway_certs) as gateway:
+            wait_until(
+                lambda: gateway.cluster_health("sms") == ["healthy", "healthy"], "both healthy"
+            )
+            channel = gateway.public_channel()
+            first_before = upstreams.recorder.count("SendCode")
+            for _ in range(20):
+                _send_code(channel)
+            assert second.recorder.count("SendCode") > 0
+            assert upstreams.recorder.count("SendCode") - first_before > 0
+            second.hosts["sms"].health.set(
+                "etax.sms.v1.SmsService", health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            wait_until(
+                lambda: sorted(gateway.cluster_health("sms")) == ["/failed_active_hc", "healthy"],
+                "second replica out",
+            )
+
+            def second_gets_nothing() -> bool:
+                # The workers follow the admin view within moments.
+                before = second.recorder.count("SendCode")
+                for _ in range(10):
+                    _send_code(channel)
+                return second.recorder.count("SendCode") == before
+
+            wait_until(second_gets_nothing, "no traffic to the unhealthy replica")
+            after = second.recorder.count("SendCode")
+            for _ in range(20):
+                _send_code(channel)
+            assert second.recorder.count("SendCode") == after
+    finally:
+        second.stop()
