@@ -18,8 +18,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import signal
-import string
 import subprocess
 import sys
 import threading
@@ -43,6 +43,7 @@ from etax_platform.tokens import SigningKey
 log = logging.getLogger("etax.gateway")
 
 TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml.tmpl"
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 PROFILES = REPO_ROOT / "deploy" / "envoy"
 
 # The services the public listener serves (gRPC, gRPC-Web, JSON). Nothing else is routed
@@ -614,23 +615,24 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
 
 def _substitute(template: str, values: dict[str, Any], *, jwks: tuple[str, Any]) -> str:
     """Fills every placeholder with indented JSON (JSON is valid YAML, so no quoting can
-    go wrong); continuation lines are indented below the line the placeholder is on."""
-    lines = []
-    for line in template.splitlines():
-        indent = " " * (len(line) - len(line.lstrip()) + 2)
-        rendered = {}
-        for key, value in values.items():
-            text = json.dumps(
-                value, ensure_ascii=False, indent=2 if isinstance(value, list | dict) else None
-            )
-            rendered[key] = text.replace("\n", "\n" + indent)
-        if "${jwks_source}" in line:
-            key, value = jwks
-            rendered["jwks_source"] = f"{key}: " + json.dumps(value, indent=2).replace(
-                "\n", "\n" + indent
-            )
-        lines.append(string.Template(line).substitute(rendered))
-    return "\n".join(lines) + "\n"
+    go wrong); continuation lines are indented below the line the placeholder is on.
+    ${jwks_source} becomes `local_jwks: {...}` or `remote_jwks: {...}`."""
+
+    def fill(line: str) -> str:
+        indent = "\n" + " " * (len(line) - len(line.lstrip()) + 2)
+
+        def value(match: re.Match[str]) -> str:
+            name = match[1]
+            if name == "jwks_source":
+                key, source = jwks
+                return f"{key}: " + json.dumps(source, indent=2).replace("\n", indent)
+            item = values[name]
+            pretty = 2 if isinstance(item, list | dict) else None
+            return json.dumps(item, ensure_ascii=False, indent=pretty).replace("\n", indent)
+
+        return _PLACEHOLDER.sub(value, line)
+
+    return "\n".join(fill(line) for line in template.splitlines()) + "\n"
 
 
 def write_config(settings: GatewaySettings, directory: Path | None = None) -> Path:
