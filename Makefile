@@ -38,10 +38,10 @@ protos: $(INSTALLED)
 system-deps:
 	@scripts/ensure_system_deps.sh
 
-run: protos
+run: protos certs
 	$(PY) -m etax_platform.launch
 
-test: protos system-deps
+test: protos system-deps certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: protos certs
