@@ -209,6 +209,64 @@ class Binding:
         )
         return list(response.relations)
 
+    # --- cross-region projects and agents --------------------------------------------
+
+    def record_project(
+        self,
+        code: str,
+        number: str,
+        province: str,
+        subject_type: int = INSPECTION,
+        handlers: tuple[Person, ...] = (),
+        contacts: tuple[Person, ...] = (),
+    ) -> pb.CrossRegionProject:
+        response = self.internal.RecordCrossRegionProject(
+            pb.RecordCrossRegionProjectRequest(
+                enterprise_code=code,
+                subject_type=subject_type,
+                project_number=number,
+                tax_authority=AUTHORITIES[province],
+                handlers=[p.named for p in handlers],
+                contacts=[p.named for p in contacts],
+            ),
+            timeout=10,
+        )
+        project: pb.CrossRegionProject = response.project
+        return project
+
+    def agency_information(self, agency_code: str, *agents: Person) -> int:
+        response = self.internal.SubmitAgencyInformation(
+            pb.SubmitAgencyInformationRequest(
+                agency_code=agency_code,
+                name="山东测试税务师事务所",
+                agents=[a.named for a in agents],
+            ),
+            timeout=10,
+        )
+        count: int = response.agent_count
+        return count
+
+    def agreement(
+        self,
+        agency_code: str,
+        client_code: str,
+        agents: tuple[Person, ...],
+        valid_from: datetime | None,
+        valid_until: datetime | None,
+    ) -> str:
+        response = self.internal.SubmitAgencyAgreement(
+            pb.SubmitAgencyAgreementRequest(
+                agency_code=agency_code,
+                client_code=client_code,
+                agents=[a.document for a in agents],
+                valid_from=valid_from,
+                valid_until=valid_until,
+            ),
+            timeout=10,
+        )
+        agreement_id: str = response.agreement_id
+        return agreement_id
+
     # --- access ----------------------------------------------------------------------
 
     def check(self, person: Person, **target: Any) -> pb.Identity:
