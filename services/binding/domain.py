@@ -333,6 +333,14 @@ def confirming_party(origin: Origin) -> ConfirmingParty:
     return ConfirmingParty.CONFIRMING_PARTY_PERSON
 
 
+# The origins whose relations wait for the person's own confirmation.
+PERSON_CONFIRMS = tuple(
+    origin
+    for origin in Origin
+    if confirming_party(origin) == ConfirmingParty.CONFIRMING_PARTY_PERSON
+)
+
+
 def effective_state(
     state: RelationState, valid_until: datetime | None, now: datetime
 ) -> RelationState:

@@ -232,17 +232,13 @@ def _relations_query() -> Select[Any]:
     )
 
 
-def _tax_authority(row: AnyRow, code: str, name: str, province: str) -> TaxAuthority:
-    mapping = row._mapping
-    return TaxAuthority(mapping[code], mapping[name], mapping[province])
+def _tax_authority(row: AnyRow) -> TaxAuthority:
+    """The authority columns enterprises and projects share."""
+    return TaxAuthority(row.tax_authority_code, row.tax_authority_name, row.province)
 
 
 def _enterprise(row: AnyRow) -> Enterprise:
-    return Enterprise(
-        row.code,
-        row.name,
-        _tax_authority(row, "tax_authority_code", "tax_authority_name", "province"),
-    )
+    return Enterprise(row.code, row.name, _tax_authority(row))
 
 
 class BindingService:
@@ -250,7 +246,7 @@ class BindingService:
         self._db = db
         self._personal_data = personal_data
         self._clock = clock
-        self.directory = PersonDirectory(db, personal_data, clock, auth)
+        self._directory = PersonDirectory(db, personal_data, clock, auth)
         self._auth = auth
 
     # --- enterprises and their people (A2, F2) ------------------------------------------
@@ -327,7 +323,7 @@ class BindingService:
         current_id: str | None,
         now_ms: int,
     ) -> str | None:
-        index = None if person is None else self.directory.index_of_document(person.document)
+        index = None if person is None else self._directory.index_of_document(person.document)
         if current_id is not None:
             current_index = session.scalar(
                 select(relations.c.document_index).where(relations.c.relation_id == current_id)
@@ -360,7 +356,7 @@ class BindingService:
         """F1(a): the person applies; the legal representative or financial officer
         confirms."""
         applicant = self._auth.person(person_id)
-        index = self.directory.remember(person_id, applicant.document)
+        index = self._directory.remember(person_id, applicant.document)
         now = self._clock.now()
         with self._db.transaction() as session:
             self._require_enterprise(session, enterprise_code)
@@ -391,9 +387,9 @@ class BindingService:
         or not, who then confirms."""
         now = self._clock.now()
         domain.ensure_future(valid_until, now, "valid_until")
-        actor_index = self.directory.index_of(person_id)
-        index = self.directory.index_of_document(person.document)
-        self.directory.learn_if_registered(person.document)
+        actor_index = self._directory.index_of(person_id)
+        index = self._directory.index_of_document(person.document)
+        self._directory.learn_if_registered(person.document)
         with self._db.transaction() as session:
             self._require_enterprise(session, enterprise_code)
             if not self._actor(session, actor_index, enterprise_code, to_millis(now)).is_manager:
@@ -441,7 +437,7 @@ class BindingService:
     ) -> Relation:
         """One state change by an entitled actor. The conditional UPDATE decides between
         concurrent changes: exactly one finds the relation still in `from_state`."""
-        actor_index = self.directory.index_of(person_id)
+        actor_index = self._directory.index_of(person_id)
         now = self._clock.now()
         now_ms = to_millis(now)
         with self._db.transaction() as session:
@@ -475,14 +471,14 @@ class BindingService:
 
     def pending_confirmations(self, person_id: str) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""
-        index = self.directory.index_of(person_id)
+        index = self._directory.index_of(person_id)
         now = self._clock.now()
         with self._db.reading() as session:
             rows = session.execute(
                 _relations_query()
                 .where(
                     relations.c.document_index == index,
-                    relations.c.origin != Origin.APPLICATION,
+                    relations.c.origin.in_(domain.PERSON_CONFIRMS),
                     _in_state(PENDING, to_millis(now)),
                 )
                 .order_by(relations.c.created_at, relations.c.relation_id)
@@ -493,7 +489,7 @@ class BindingService:
         self, person_id: str, enterprise_code: str, states: Collection[RelationState]
     ) -> list[Relation]:
         """The enterprise's people and applications, for its LR and FO only (F1)."""
-        actor_index = self.directory.index_of(person_id)
+        actor_index = self._directory.index_of(person_id)
         now = self._clock.now()
         now_ms = to_millis(now)
         with self._db.reading() as session:
@@ -528,7 +524,7 @@ class BindingService:
             "updated_at": now_ms,
         }
         people = {
-            (role, self.directory.index_of_document(person.document))
+            (role, self._directory.index_of_document(person.document))
             for role, named in ((domain.HANDLER, handlers), (domain.CONTACT, contacts))
             for person in named
         }
@@ -589,7 +585,7 @@ class BindingService:
 
     def related_projects(self, person_id: str, province: str) -> list[Project]:
         """D5 "switch tax authority": the projects in the province the person may act for."""
-        index = self.directory.index_of(person_id)
+        index = self._directory.index_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
             roles = self._roles_by_enterprise(session, index, now_ms)
@@ -602,7 +598,7 @@ class BindingService:
     ) -> int:
         """The agency's basic-information form; a new one replaces the list of agents."""
         now_ms = to_millis(self._clock.now())
-        indexes = sorted({self.directory.index_of_document(a.document) for a in agents})
+        indexes = sorted({self._directory.index_of_document(a.document) for a in agents})
         with self._db.transaction() as session:
             inserted = insert_ignoring_conflicts(
                 session,
@@ -643,7 +639,7 @@ class BindingService:
         now = self._clock.now()
         now_ms = to_millis(now)
         start, end = domain.agreement_period(valid_from, valid_until, now)
-        indexes = sorted({self.directory.index_of_document(a) for a in agents})
+        indexes = sorted({self._directory.index_of_document(a) for a in agents})
         period = {"valid_from": to_millis(start), "valid_until": to_millis(end)}
         with self._db.transaction() as session:
             known_agency = session.scalar(
@@ -693,7 +689,7 @@ class BindingService:
         """May the person act as the target, and as what? RELATION_NOT_FOUND otherwise."""
         if target.entry == Entry.ENTRY_NATURAL_PERSON:
             return Identity(Entry.ENTRY_NATURAL_PERSON)
-        index = self.directory.index_of(person_id)
+        index = self._directory.index_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
             if target.entry == Entry.ENTRY_AGENT:
@@ -716,7 +712,7 @@ class BindingService:
     def identities(self, person_id: str, province: str) -> list[Identity]:
         """Everything the person may act as (F3, F4, F5): enterprises with their role,
         cross-region projects in the province (all provinces if empty), agent clients."""
-        index = self.directory.index_of(person_id)
+        index = self._directory.index_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
             roles = self._roles_by_enterprise(session, index, now_ms)
@@ -796,7 +792,7 @@ class BindingService:
                     cast(SubjectType, row.subject_type),
                     row.enterprise_code,
                     row.enterprise_name,
-                    _tax_authority(row, "tax_authority_code", "tax_authority_name", "province"),
+                    _tax_authority(row),
                 ),
                 row.home_province,
                 enterprise_roles.get(row.enterprise_code, frozenset()),
@@ -887,8 +883,8 @@ class BindingService:
                 relations.c.enterprise_code == enterprise_code,
                 relations.c.role == role,
                 relations.c.document_index == index,
-                _in_state(EXPIRED, now_ms),
-                relations.c.state != EXPIRED,
+                relations.c.state.in_(LIVE_STATES),
+                relations.c.valid_until <= now_ms,
             )
             .values(state=EXPIRED, updated_at=now_ms)
         )

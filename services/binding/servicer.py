@@ -13,6 +13,7 @@ import grpc
 from etax.binding.v1 import binding_pb2 as pb
 from etax.binding.v1 import binding_pb2_grpc
 from etax.common.v1 import types_pb2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from etax_platform.clock import CST
@@ -41,10 +42,11 @@ def _tax_authority(authority: types_pb2.TaxAuthority, field_name: str) -> domain
     return domain.tax_authority(authority.code, authority.name, authority.province, field_name)
 
 
-def _instant(message: object, field_name: str) -> datetime | None:
-    timestamp: Timestamp = getattr(message, field_name)
-    if not message.HasField(field_name):  # type: ignore[attr-defined]
+def _instant(message: Message, field_name: str) -> datetime | None:
+    """An optional Timestamp field as a CST instant, None when unset."""
+    if not message.HasField(field_name):
         return None
+    timestamp: Timestamp = getattr(message, field_name)
     return timestamp.ToDatetime(tzinfo=CST)
 
 
