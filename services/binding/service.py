@@ -360,20 +360,17 @@ class BindingService:
         now = self._clock.now()
         with self._db.transaction() as session:
             self._require_enterprise(session, enterprise_code)
-            relation_id = self._insert_relation(
+            return self._new_relation(
                 session,
                 enterprise_code=enterprise_code,
                 role=role,
                 origin=Origin.APPLICATION,
                 person=applicant,
                 index=index,
-                valid_until_ms=None,
+                valid_until=None,
                 created_by=person_id,
-                now_ms=to_millis(now),
+                now=now,
             )
-            if relation_id is None:
-                raise self._already_related(session, enterprise_code, role, index)
-            return self._relation(session, relation_id, now)
 
     def add_person(
         self,
@@ -394,20 +391,17 @@ class BindingService:
             self._require_enterprise(session, enterprise_code)
             if not self._actor(session, actor_index, enterprise_code, to_millis(now)).is_manager:
                 raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)
-            relation_id = self._insert_relation(
+            return self._new_relation(
                 session,
                 enterprise_code=enterprise_code,
                 role=role,
                 origin=Origin.ADDED,
                 person=person,
                 index=index,
-                valid_until_ms=_millis(valid_until),
+                valid_until=valid_until,
                 created_by=person_id,
-                now_ms=to_millis(now),
+                now=now,
             )
-            if relation_id is None:
-                raise self._already_related(session, enterprise_code, role, index)
-            return self._relation(session, relation_id, now)
 
     def confirm_relation(self, person_id: str, relation_id: str) -> Relation:
         return self._change_relation(
@@ -925,15 +919,38 @@ class BindingService:
             )
         )
 
-    def _already_related(
-        self, session: Session, enterprise_code: str, role: Role, index: str
-    ) -> DomainError:
-        existing = self._live_relation_id(session, enterprise_code, role, index)
-        return DomainError(
-            Reason.STATE_CONFLICT,
-            _ALREADY_RELATED,
-            metadata={"relation_id": existing or ""},
+    def _new_relation(
+        self,
+        session: Session,
+        *,
+        enterprise_code: str,
+        role: Role,
+        origin: Origin,
+        person: NamedDocument,
+        index: str,
+        valid_until: datetime | None,
+        created_by: str,
+        now: datetime,
+    ) -> Relation:
+        """A new pending relation asked for by a person (F1); STATE_CONFLICT, naming the
+        existing one, when the person already has a live relation in that role."""
+        relation_id = self._insert_relation(
+            session,
+            enterprise_code=enterprise_code,
+            role=role,
+            origin=origin,
+            person=person,
+            index=index,
+            valid_until_ms=_millis(valid_until),
+            created_by=created_by,
+            now_ms=to_millis(now),
         )
+        if relation_id is None:
+            existing = self._live_relation_id(session, enterprise_code, role, index)
+            raise DomainError(
+                Reason.STATE_CONFLICT, _ALREADY_RELATED, metadata={"relation_id": existing or ""}
+            )
+        return self._relation(session, relation_id, now)
 
     def _relation(self, session: Session, relation_id: str, now: datetime) -> Relation:
         row = session.execute(

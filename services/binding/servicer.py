@@ -6,7 +6,7 @@ system, hall, auth) name the person or enterprise in the request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import grpc
@@ -138,37 +138,38 @@ class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[
         )
         return pb.AddPersonResponse(relation=_relation_pb(relation))
 
+    def _change(
+        self,
+        relation_id: str,
+        context: grpc.ServicerContext,
+        change: Callable[[str, str], domain.Relation],
+    ) -> pb.Relation:
+        person_id = self._person_id(context)
+        return _relation_pb(change(person_id, domain.opaque_id(relation_id, "relation_id")))
+
     def ConfirmRelation(
         self, request: pb.ConfirmRelationRequest, context: grpc.ServicerContext
     ) -> pb.ConfirmRelationResponse:
-        person_id = self._person_id(context)
-        relation_id = domain.opaque_id(request.relation_id, "relation_id")
-        relation = self._service.confirm_relation(person_id, relation_id)
-        return pb.ConfirmRelationResponse(relation=_relation_pb(relation))
+        relation = self._change(request.relation_id, context, self._service.confirm_relation)
+        return pb.ConfirmRelationResponse(relation=relation)
 
     def RejectRelation(
         self, request: pb.RejectRelationRequest, context: grpc.ServicerContext
     ) -> pb.RejectRelationResponse:
-        person_id = self._person_id(context)
-        relation_id = domain.opaque_id(request.relation_id, "relation_id")
-        relation = self._service.reject_relation(person_id, relation_id)
-        return pb.RejectRelationResponse(relation=_relation_pb(relation))
+        relation = self._change(request.relation_id, context, self._service.reject_relation)
+        return pb.RejectRelationResponse(relation=relation)
 
     def WithdrawRelation(
         self, request: pb.WithdrawRelationRequest, context: grpc.ServicerContext
     ) -> pb.WithdrawRelationResponse:
-        person_id = self._person_id(context)
-        relation_id = domain.opaque_id(request.relation_id, "relation_id")
-        relation = self._service.withdraw_relation(person_id, relation_id)
-        return pb.WithdrawRelationResponse(relation=_relation_pb(relation))
+        relation = self._change(request.relation_id, context, self._service.withdraw_relation)
+        return pb.WithdrawRelationResponse(relation=relation)
 
     def EndRelation(
         self, request: pb.EndRelationRequest, context: grpc.ServicerContext
     ) -> pb.EndRelationResponse:
-        person_id = self._person_id(context)
-        relation_id = domain.opaque_id(request.relation_id, "relation_id")
-        relation = self._service.end_relation(person_id, relation_id)
-        return pb.EndRelationResponse(relation=_relation_pb(relation))
+        relation = self._change(request.relation_id, context, self._service.end_relation)
+        return pb.EndRelationResponse(relation=relation)
 
     def ListMyPendingConfirmations(
         self, request: pb.ListMyPendingConfirmationsRequest, context: grpc.ServicerContext
