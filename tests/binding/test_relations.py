@@ -4,13 +4,16 @@ end dates, races, and the lists and access checks built on them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import grpc
 import pytest
 from etax.binding.v1 import binding_pb2 as pb
 from etax.common.v1.types_pb2 import Entry, Role
+from sqlalchemy import NullPool, create_engine, text
 
 from etax_platform.errors import DomainError, Reason, from_rpc_error
 from tests.binding.support import Binding, Person, expect, uscc
@@ -345,7 +348,9 @@ def test_f1_expired_manager_relation_cannot_confirm(
 # --- races ---------------------------------------------------------------------------
 
 
-def _race(calls: list[Callable[[], object]]) -> tuple[int, list[DomainError]]:
+def _race(
+    calls: list[Callable[[], object]], once_started: Callable[[], None] = lambda: None
+) -> tuple[int, list[DomainError]]:
     """Runs the calls at once; the number that succeeded and the errors of the others."""
     barrier = threading.Barrier(len(calls))
     successes: list[object] = []
@@ -368,22 +373,63 @@ def _race(calls: list[Callable[[], object]]) -> tuple[int, list[DomainError]]:
     threads = [threading.Thread(target=run, args=(call,)) for call in calls]
     for thread in threads:
         thread.start()
+    once_started()
     for thread in threads:
         thread.join()
     return len(successes), errors
 
 
+@contextmanager
+def _all_wait_for_the_row(
+    database_url: str, relation_id: str, waiters: int
+) -> Iterator[Callable[[], None]]:
+    """On PostgreSQL the test holds the relation's row lock until `waiters` transactions
+    wait for it: all of them have read the relation as pending before any decides, so only
+    the database's conditional write can let exactly one win. SQLite runs writing
+    transactions one at a time, so there the calls simply race."""
+    if not database_url.startswith("postgresql"):
+        yield lambda: None
+        return
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with (
+            engine.connect() as holder,
+            engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher,
+        ):
+            holder.execute(
+                text("SELECT 1 FROM relations WHERE relation_id = :id FOR UPDATE"),
+                {"id": relation_id},
+            )
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+
+            def release() -> None:
+                deadline = time.monotonic() + 30
+                while watcher.execute(waiting).scalar_one() < waiters:
+                    assert time.monotonic() < deadline, "the calls never reached the row"
+                    time.sleep(0.01)
+                holder.commit()
+
+            yield release
+    finally:
+        engine.dispose()
+
+
 def test_f1_concurrent_double_confirmation_exactly_one_wins(
-    binding: Binding, company: tuple[str, Person, Person]
+    binding: Binding, company: tuple[str, Person, Person], database_url: str
 ) -> None:
     code, lr, fo = company
     applicant = binding.person("王申请")
     applied = binding.apply(code, applicant)
 
     confirmers = [lr, fo] * 6
-    won, errors = _race(
-        [lambda p=person: binding.confirm(applied.relation_id, p) for person in confirmers]
-    )
+    with _all_wait_for_the_row(database_url, applied.relation_id, len(confirmers)) as release:
+        won, errors = _race(
+            [lambda p=person: binding.confirm(applied.relation_id, p) for person in confirmers],
+            once_started=release,
+        )
 
     assert won == 1
     assert {e.reason for e in errors} == {Reason.STATE_CONFLICT}
@@ -393,7 +439,7 @@ def test_f1_concurrent_double_confirmation_exactly_one_wins(
 
 
 def test_f1_concurrent_confirm_and_reject_exactly_one_wins(
-    binding: Binding, company: tuple[str, Person, Person]
+    binding: Binding, company: tuple[str, Person, Person], database_url: str
 ) -> None:
     code, lr, _ = company
     officer = binding.person("小明")
@@ -403,7 +449,8 @@ def test_f1_concurrent_confirm_and_reject_exactly_one_wins(
     for _ in range(5):
         calls.append(lambda: binding.confirm(added.relation_id, officer))
         calls.append(lambda: binding.reject(added.relation_id, officer))
-    won, errors = _race(calls)
+    with _all_wait_for_the_row(database_url, added.relation_id, len(calls)) as release:
+        won, errors = _race(calls, once_started=release)
 
     assert won == 1
     assert {e.reason for e in errors} == {Reason.STATE_CONFLICT}
