@@ -5,17 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF := npx --yes @bufbuild/buf@1.75.0
-
-.PHONY: help run test lint protos system-deps clean format tools
+# Go tools (grpcurl, ghz) are installed with `go install` into build/bin; the Go module
+# proxy serves both (checked with go 1.26).
 GOBIN := $(CURDIR)/build/bin
 GRPCURL_VERSION := v1.9.4
+GHZ_VERSION := v0.121.0
+GHZ_BIN := $(GOBIN)
+GHZ := $(GHZ_BIN)/ghz
+
+.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store)"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL)"
-	@echo "make lint    - ruff, mypy, buf lint"
+	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config"
 	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"
+	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
+	@echo "make load    - the ghz scenarios of deploy/ghz against a running gateway (LOAD_ARGS=...)"
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,16 +38,35 @@ protos: $(INSTALLED)
 system-deps:
 	@scripts/ensure_system_deps.sh
 
-run: protos
+run: protos certs
 	$(PY) -m etax_platform.launch
 
-test: protos system-deps
+test: protos system-deps certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: protos
+lint: protos certs
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(BUF) lint
+	$(PY) -m etax_platform.gateway validate --profiles
+
+# Creates only what is missing or expiring (FORCE=1: everything anew).
+certs: $(INSTALLED)
+	@$(PY) -m etax_platform.certs deploy/certs $(if $(FORCE),--force)
+
+# envoy --mode validate on every gateway config: this environment's and each
+# deploy/envoy/*.env profile, with both JWKS sources.
+envoy-validate: protos certs
+	$(PY) -m etax_platform.gateway validate --profiles
+
+# The stamp names the version, so changing GHZ_VERSION installs again.
+$(GHZ_BIN)/.ghz-$(GHZ_VERSION):
+	@command -v go >/dev/null || { echo "go is missing (ghz is installed with go install)" >&2; exit 1; }
+	GOBIN=$(GHZ_BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	@touch $@
+
+load: protos certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
+	$(PY) scripts/load.py --ghz $(GHZ) $(LOAD_ARGS)
 
 # grpcurl for calling the services by hand (README); Go is on this machine for tools only.
 tools: $(GOBIN)/grpcurl

@@ -1,7 +1,10 @@
-"""`make run`: every service on the embedded default, until Ctrl-C or SIGTERM.
+"""`make run`: every service on the embedded default and the Envoy gateway in front of
+them, until Ctrl-C or SIGTERM.
 
-Each service runs in its own process (`python -m services.<name>`); a process that dies
-brings the others down, so a broken start is obvious instead of half-working.
+Each service runs in its own process (`python -m services.<name>`), the gateway in one
+more (`python -m etax_platform.gateway run`); a process that dies brings the others down,
+so a broken start is obvious instead of half-working. The gateway stops first, so it
+drains before its upstreams go away.
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> int:
     # The development outbox lets a local user read the codes "sent" to their phone.
     env = {"ETAX_SMS_OUTBOX_ENABLED": "true", **os.environ}
-    processes = {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)  # noqa: S603
+    commands = {
+        name: [sys.executable, "-m", f"services.{name}"]
         for name in SERVICES
         if (REPO / "services" / name / "__main__.py").exists()
+    }
+    commands["gateway"] = [sys.executable, "-m", "etax_platform.gateway", "run"]
+    processes = {
+        name: subprocess.Popen(command, env=env)  # noqa: S603 - our own modules
+        for name, command in commands.items()
     }
     stopping = False
 
@@ -42,15 +50,20 @@ def main() -> int:
                 exit_code = process.returncode or 1
                 stopping = True
         time.sleep(0.2)
-    for process in processes.values():
+    _terminate([processes.pop("gateway")])
+    _terminate(list(processes.values()))
+    return exit_code
+
+
+def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
         if process.poll() is None:
             process.terminate()
-    for process in processes.values():
+    for process in processes:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-    return exit_code
 
 
 if __name__ == "__main__":

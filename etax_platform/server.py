@@ -23,11 +23,13 @@ from types import FrameType
 from typing import Any
 
 import grpc
+import redis
+import sqlalchemy.exc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from etax_platform.errors import DomainError, internal_status, to_status
+from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.observability import request_id
 
 log = logging.getLogger("etax.rpc")
@@ -91,6 +93,7 @@ def _fail(context: grpc.ServicerContext, method: str, rid: str, error: Exception
     """Ends the call with the status for error (raises, as context.abort does)."""
     if getattr(getattr(context, "_state", None), "aborted", False):
         raise error  # the servicer aborted the call itself
+    error = _dependency_failure(error) or error
     if isinstance(error, DomainError):
         log.info("rpc %s -> %s %s", method, error.code.name, error.reason.value)
         status = to_status(error)
@@ -99,6 +102,18 @@ def _fail(context: grpc.ServicerContext, method: str, rid: str, error: Exception
         status = internal_status()
     trailing = (*status.trailing_metadata, (REQUEST_ID_HEADER, rid))
     context.abort_with_status(status._replace(trailing_metadata=trailing))
+
+
+def _dependency_failure(error: Exception) -> DomainError | None:
+    """A store or database that is down or too slow: UNAVAILABLE, retryable, not a bug."""
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        dependency = "store"
+    elif isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError):
+        dependency = "database"
+    else:
+        return None
+    log.warning("dependency %s failed: %s", dependency, type(error).__name__)
+    return DomainError(Reason.PROVIDER_UNAVAILABLE, metadata={"dependency": dependency})
 
 
 def _unary(method: str, behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:

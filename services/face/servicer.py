@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import cast
 
 import grpc
 from etax.common.v1 import types_pb2
 from etax.face.v1 import face_pb2, face_pb2_grpc
-from google.protobuf import timestamp_pb2
 
+from etax_platform.clock import to_timestamp
 from etax_platform.errors import Reason, invalid
 from services.face.domain import Identity, TicketView
 from services.face.service import FaceService
 
 _PURPOSES = frozenset(types_pb2.VerificationPurpose.values()) - {0}
 _DOCUMENT_TYPES = frozenset(types_pb2.DocumentType.values()) - {0}
-
-
-def _timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(instant)
-    return stamp
 
 
 def _purpose(value: int) -> int:
@@ -57,7 +50,7 @@ def _ticket(view: TicketView) -> face_pb2.Ticket:
         ticket_id=view.ticket_id,
         state=cast(face_pb2.TicketState, int(view.state)),
         purpose=cast(types_pb2.VerificationPurpose, view.purpose),
-        expires_at=_timestamp(view.expires_at),
+        expires_at=to_timestamp(view.expires_at),
         attempts_left=view.attempts_left,
         proof=view.proof,
     )
@@ -107,7 +100,7 @@ class FaceServicer(face_pb2_grpc.FaceServiceServicer):  # type: ignore[misc]
             masked_name=scan.masked_name,
             scan_token=scan.scan_token,
             identity_required=scan.identity_required,
-            expires_at=_timestamp(scan.expires_at),
+            expires_at=to_timestamp(scan.expires_at),
         )
 
     def SubmitCapture(
@@ -136,7 +129,7 @@ class InternalFaceServicer(face_pb2_grpc.InternalFaceServiceServicer):  # type: 
         return face_pb2.CreateTicketResponse(
             ticket_id=created.ticket_id,
             qr_payload=created.qr_payload,
-            expires_at=_timestamp(created.expires_at),
+            expires_at=to_timestamp(created.expires_at),
         )
 
     def RedeemProof(
@@ -147,7 +140,7 @@ class InternalFaceServicer(face_pb2_grpc.InternalFaceServiceServicer):  # type: 
         )
         return face_pb2.RedeemProofResponse(
             ticket_id=redeemed.ticket_id,
-            verified_at=_timestamp(redeemed.verified_at),
+            verified_at=to_timestamp(redeemed.verified_at),
             identity=_named_document(redeemed.identity),
             uncollected_failures=redeemed.uncollected_failures,
         )

@@ -6,8 +6,6 @@ slot back and forgets the code, so a failed delivery records nothing as sent.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -20,6 +18,7 @@ import httpx
 from etax.common.v1 import types_pb2
 
 from etax_platform.kv import KeyValueStore
+from etax_platform.signed_http import signed_headers
 
 log = logging.getLogger("etax.sms.providers")
 
@@ -78,11 +77,10 @@ class Outbox:
 
 
 class HttpProvider:
-    """JSON POST to a provider, signed with HMAC-SHA256 over timestamp and body.
+    """JSON POST to a provider, signed as `etax_platform.signed_http` describes.
 
-    Headers: X-Etax-Timestamp (unix seconds) and X-Etax-Signature (hex HMAC of
-    "<timestamp>\\n<body>"). 5xx answers and connection failures are retried with backoff
-    inside one overall deadline; 4xx answers are not retried.
+    5xx answers and connection failures are retried with backoff inside one overall
+    deadline; 4xx answers are not retried.
     """
 
     name = "http"
@@ -97,6 +95,7 @@ class HttpProvider:
         client: httpx.Client | None = None,
     ) -> None:
         self._url = url
+        self._path = httpx.URL(url).path
         self._secret = secret
         self._timeout = timeout
         self._attempts = attempts
@@ -104,9 +103,6 @@ class HttpProvider:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
-
-    def sign(self, timestamp: str, body: bytes) -> str:
-        return hmac.new(self._secret, timestamp.encode() + b"\n" + body, hashlib.sha256).hexdigest()
 
     def deliver(self, message: Message) -> None:
         body = json.dumps(
@@ -120,7 +116,6 @@ class HttpProvider:
         ).encode()
         deadline = time.monotonic() + self._timeout
         for attempt in range(1, self._attempts + 1):
-            timestamp = str(int(time.time()))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -128,11 +123,7 @@ class HttpProvider:
                 response = self._client.post(
                     self._url,
                     content=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        "X-Etax-Timestamp": timestamp,
-                        "X-Etax-Signature": self.sign(timestamp, body),
-                    },
+                    headers=signed_headers(self._secret, self._path, body, time.time()),
                     timeout=remaining,
                 )
             except httpx.HTTPError as error:

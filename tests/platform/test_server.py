@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import grpc
 import pytest
+import redis
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -21,6 +22,8 @@ SERVICE = "etax.test.v1.ProbeService"
 def _probe(request: bytes, context: grpc.ServicerContext) -> bytes:
     if request == b"domain":
         raise DomainError(Reason.SMS_RATE_LIMITED, retry_after=timedelta(seconds=42))
+    if request == b"store-down":
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1")
     if request == b"bug":
         raise RuntimeError("secret detail 11010519491231002X")
     return request
@@ -134,3 +137,12 @@ def test_stopped_host_refuses_new_calls(host: GrpcHost) -> None:
         _echo(channel)(b"after", timeout=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def test_a_store_that_is_down_is_unavailable_not_internal(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"store-down", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    error = from_rpc_error(caught.value)
+    assert error is not None and error.reason is Reason.PROVIDER_UNAVAILABLE
+    assert error.metadata == {"dependency": "store"}

@@ -55,9 +55,11 @@ def start_sms(
     hosts: list[GrpcHost] = []
     channels: list[grpc.Channel] = []
 
-    def start(provider: Provider | None = None, **overrides: object) -> SmsClient:
+    def start(
+        provider: Provider | None = None, store: KeyValueStore | None = None, **overrides: object
+    ) -> SmsClient:
         settings = sms_settings(tmp_path, keyring, **overrides)
-        host = build(settings, clock=clock, store=kv_store, provider=provider).start()
+        host = build(settings, clock=clock, store=store or kv_store, provider=provider).start()
         hosts.append(host)
         channel = grpc.insecure_channel(host.address)
         channels.append(channel)

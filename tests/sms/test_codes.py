@@ -12,6 +12,8 @@ from etax.sms.v1 import sms_pb2
 
 from etax_platform.clock import ManualClock
 from etax_platform.errors import Reason, from_rpc_error
+from etax_platform.kv import RedisStore
+from tests.harness.servers import free_port
 from tests.sms.conftest import SmsClient
 
 PHONE = "13812345678"
@@ -243,3 +245,10 @@ def test_b6_email_codes_use_the_same_mechanics(sms: SmsClient) -> None:
         send_email("john.smith@example.com")
     assert reason_of(send_email, "JOHN.SMITH@example.com")[1] is Reason.SMS_RATE_LIMITED
     assert reason_of(send_email, "not-an-email")[1] is Reason.INVALID_EMAIL
+
+
+def test_store_down_is_unavailable_and_nothing_is_sent(start_sms: object) -> None:
+    dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    sms = start_sms(store=dead)  # type: ignore[operator]
+    status, reason = reason_of(send, sms)
+    assert (status, reason) == (grpc.StatusCode.UNAVAILABLE, Reason.PROVIDER_UNAVAILABLE)

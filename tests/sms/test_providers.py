@@ -3,7 +3,6 @@ record nothing as sent."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import threading
@@ -20,6 +19,7 @@ from sqlalchemy import select
 
 from etax_platform.db import Database
 from etax_platform.errors import Reason, from_rpc_error
+from etax_platform.signed_http import request_signature
 from services.sms.models import Delivery
 from services.sms.providers import HttpProvider
 from services.sms.settings import SmsSettings
@@ -50,8 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        timestamp = self.headers["X-Etax-Timestamp"]
-        expected = hmac.new(SECRET, timestamp.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+        expected = request_signature(
+            SECRET, self.path, self.headers["X-Etax-Timestamp"], self.headers["X-Etax-Nonce"], body
+        )
         self.server.signatures_ok.append(
             hmac.compare_digest(expected, self.headers["X-Etax-Signature"])
         )

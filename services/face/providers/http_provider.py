@@ -6,10 +6,7 @@ Requests (POST, JSON body):
   "no_motion" (with poor_image; optional)}
 - `/v1/identity/check` {document_type, document_number, name} -> {"match": true | false}
 
-Every request carries `X-Etax-Timestamp` (unix seconds), `X-Etax-Nonce` and
-`X-Etax-Signature`: hex HMAC-SHA256 with the shared key over
-"POST\\n<path>\\n<timestamp>\\n<nonce>\\n<hex SHA-256 of the body>", so the provider can
-refuse forged and replayed requests.
+Every request is signed as `etax_platform.signed_http` describes.
 
 One call has one deadline, retries included. 503 and 429 ("busy") are retried with
 exponential backoff and full jitter (at least Retry-After, if given) while the deadline
@@ -23,12 +20,9 @@ a malformed reply.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +32,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from etax_platform.observability import request_id
+from etax_platform.signed_http import signed_headers
 from services.face.domain import CaptureVerdict, Identity, ImageHint, Verdict
 from services.face.providers import ProviderBusy
 from services.face.providers.breaker import CircuitBreaker
@@ -67,11 +61,6 @@ class _VerifyReply(BaseModel):
 class _IdentityReply(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
     match: bool
-
-
-def request_signature(key: bytes, path: str, timestamp: str, nonce: str, body: bytes) -> str:
-    text = f"POST\n{path}\n{timestamp}\n{nonce}\n{hashlib.sha256(body).hexdigest()}"
-    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -161,15 +150,7 @@ class HttpProvider:
         return result
 
     def _signed_headers(self, path: str, payload: bytes) -> dict[str, str]:
-        timestamp = str(int(self._wall_clock()))
-        nonce = secrets.token_hex(16)
-        return {
-            "content-type": "application/json",
-            "x-etax-timestamp": timestamp,
-            "x-etax-nonce": nonce,
-            "x-etax-signature": request_signature(self._key, path, timestamp, nonce, payload),
-            "x-request-id": request_id.get(),
-        }
+        return signed_headers(self._key, path, payload, self._wall_clock())
 
     def _post(self, path: str, payload: bytes) -> Any:
         deadline = time.monotonic() + self._deadline
