@@ -221,10 +221,10 @@ def plan_registration(
 
 @dataclass(frozen=True)
 class ProvenContact:
-    """A phone or email the registrant proved by code (stored encrypted)."""
+    """A phone or email the registrant proved by code, known by its blind index (the
+    registrant names it again when completing)."""
 
     channel: Channel
-    recipient_sealed: str
     recipient_index: str
     verified_at: datetime
 
@@ -240,12 +240,10 @@ class Registration:
     registration_id: str
     document_type: DocumentType
     document_sealed: str
-    document_index: str
     name_sealed: str
     overseas: bool
     province: str
     face_required: bool
-    offline_collected: bool
     expires_at: datetime
     contact: ProvenContact | None = None
     face_verified_at: datetime | None = None
@@ -282,7 +280,6 @@ class Registration:
             if contact is None
             else ProvenContact(
                 channel=Channel(contact["channel"]),
-                recipient_sealed=contact["recipient_sealed"],
                 recipient_index=contact["recipient_index"],
                 verified_at=from_millis(contact["verified_at"]),
             ),

@@ -40,7 +40,6 @@ from services.auth.storage import AccountStore, NewPerson, PhoneClaim
 
 _DOCUMENT = "registration.document_number"
 _NAME = "registration.name"
-_CONTACT = "registration.contact"
 _ID_BYTES = 16
 _Change = Callable[[Registration], Registration]
 
@@ -111,12 +110,10 @@ class Registrations:
             registration_id=secrets.token_hex(_ID_BYTES),
             document_type=document.type,
             document_sealed=self._pd.encrypt(document.number, _DOCUMENT),
-            document_index=self._accounts.document_index(document),
             name_sealed=self._pd.encrypt(name, _NAME),
             overseas=overseas,
             province=province,
             face_required=plan.face_required,
-            offline_collected=offline_collected,
             expires_at=now + self._ttl,
         )
         created = self._kv.create(
@@ -204,7 +201,11 @@ class Registrations:
     def _prove_contact(
         self, registration: Registration, request: Completion, channel: Channel, recipient: str
     ) -> Registration:
-        index = self._pd.blind_index(recipient, channel.name.lower())
+        index = (
+            self._accounts.email_index(recipient)
+            if channel == Channel.EMAIL
+            else self._accounts.phone_index(recipient)
+        )
         if registration.contact is not None and registration.contact.recipient_index == index:
             return registration
         if not request.verification_id:
@@ -217,7 +218,6 @@ class Registrations:
             raise invalid(field, Reason.CODE_INVALID, "验证码不是发送到该号码的，请重新获取")
         contact = ProvenContact(
             channel=channel,
-            recipient_sealed=self._pd.encrypt(recipient, _CONTACT),
             recipient_index=index,
             verified_at=verified.verified_at or self._clock.now(),
         )

@@ -207,7 +207,7 @@ class AccountStore:
         return person_id, held
 
     def set_password(
-        self, person_id: str, expected_hash: str | None, new_hash: str, now: datetime
+        self, person_id: str, expected_hash: str, new_hash: str, now: datetime
     ) -> bool:
         """Replaces the hash only if it is still the one the caller checked."""
         with self._db.transaction() as session:

@@ -150,14 +150,12 @@ def test_registration_record_round_trips() -> None:
         registration_id="r" * 32,
         document_type=DocumentType.RESIDENT_IDENTITY_CARD,
         document_sealed="k1.sealed",
-        document_index="i" * 64,
         name_sealed="k1.name",
         overseas=False,
         province="37",
         face_required=True,
-        offline_collected=False,
         expires_at=T0 + timedelta(minutes=30),
-        contact=ProvenContact(Channel.SMS, "k1.phone", "x" * 64, T0),
+        contact=ProvenContact(Channel.SMS, "x" * 64, T0),
         face_verified_at=T0 + timedelta(seconds=5),
     )
     assert Registration.from_bytes(registration.to_bytes()) == registration
