@@ -13,7 +13,7 @@ GHZ_VERSION := v0.121.0
 GHZ_BIN := $(GOBIN)
 GHZ := $(GHZ_BIN)/ghz
 
-.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load
+.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store)"
@@ -22,7 +22,8 @@ help:
 	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"
 	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
-	@echo "make load    - the ghz scenarios of deploy/ghz against a running gateway (LOAD_ARGS=...)"
+	@echo "make load    - data set-up, then the ghz scenarios of deploy/ghz against a running gateway (LOAD_ARGS=...)"
+	@echo "make bench   - the benchmark: bench/report.md and bench/charts/ (BENCH_ARGS=...)"
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,8 +66,22 @@ $(GHZ_BIN)/.ghz-$(GHZ_VERSION):
 	GOBIN=$(GHZ_BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	@touch $@
 
+# The data set-up (bench/dataset.py) registers the load-test persons and makes fresh
+# single-use login material against the services of `make run` (LOAD_DATA_ARGS=...).
 load: protos certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
+	$(PY) -m bench.dataset $(LOAD_DATA_ARGS)
 	$(PY) scripts/load.py --ghz $(GHZ) $(LOAD_ARGS)
+
+BENCH_INSTALLED := $(VENV)/.installed-bench
+
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install --quiet -e '.[dev,bench]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import matplotlib, yappi" || { echo "bench dependency install failed" >&2; exit 1; }
+	@touch $@
+
+# Starts its own PostgreSQL, Redis, services and Envoy on free ports; about 5 minutes.
+bench: protos system-deps certs $(BENCH_INSTALLED) $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # grpcurl for calling the services by hand (README); Go is on this machine for tools only.
 tools: $(GOBIN)/grpcurl

@@ -18,9 +18,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, service: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, service: str, env: dict[str, str], log_path: Path, port: int | None = None
+    ) -> None:
         self.service = service
-        self.port = free_port()
+        # A port chosen beforehand lets services that call each other know their targets.
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {

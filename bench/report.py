@@ -1,0 +1,302 @@
+"""bench/report.md and bench/charts/*.png from the results of one `make bench` run.
+
+The figures, ratios and verdicts are generated; bench/analysis.md (written by whoever ran
+and profiled it) is included as it is, after them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+ANALYSIS = "analysis.md"
+
+
+def _rows(results: dict[str, Any], group: str) -> list[dict[str, Any]]:
+    return [r for r in results["rows"] if r["group"] == group]
+
+
+def _row(results: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(r for r in results["rows"] if r["name"] == name)
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row["pending"]:
+        return "pending"
+    if row["met"] is None:
+        return ""
+    return "met" if row["met"] else "**missed**"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def _measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if not r["pending"]]
+
+
+# --- charts -------------------------------------------------------------------------------
+
+
+def _throughput_chart(results: dict[str, Any], path: Path) -> None:
+    rows = _measured(_rows(results, "cheap")) + _measured(_rows(results, "login"))
+    rows = [r for r in rows if not r["name"].startswith("login-start")]
+    sync, platform = _row(results, "echo-sync"), _row(results, "echo-platform")
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
+    names = [r["name"] for r in rows]
+    colors = ["#4c72b0" if r["path"] == "direct" else "#dd8452" for r in rows]
+    ax.barh(names, [r["rps"] for r in rows], color=colors)
+    ax.axvline(platform["rps"], color="black", linestyle="-", label="echo, platform server")
+    ax.axvline(sync["rps"], color="grey", linestyle=":", label="echo, bare sync server")
+    ax.axvline(0.6 * platform["rps"], color="red", linestyle="--", label="target 0.6 x echo")
+    ax.invert_yaxis()
+    ax.set_xlabel("calls per second (50 in flight; blue direct, orange through Envoy)")
+    ax.set_title("Cheap RPCs beside the echo ceiling of the same server type")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _latency_chart(results: dict[str, Any], path: Path) -> None:
+    rows = _measured(_rows(results, "cheap")) + _measured(_rows(results, "login"))
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.8))
+    height = 0.27
+    for k, (key, color) in enumerate(
+        (("p50_ms", "#55a868"), ("p90_ms", "#4c72b0"), ("p99_ms", "#c44e52"))
+    ):
+        ax.barh(
+            [i + (k - 1) * height for i in range(len(rows))],
+            [r[key] for r in rows],
+            height=height,
+            color=color,
+            label=key.removesuffix("_ms"),
+        )
+    ax.set_yticks(range(len(rows)), [r["name"] for r in rows])
+    ax.axvline(20, color="red", linestyle="--", label="p99 target 20 ms")
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log scale; 50 in flight)")
+    ax.set_title("Latency percentiles per RPC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _login_chart(results: dict[str, Any], path: Path) -> None:
+    raw = _row(results, "argon2id-raw")
+    logins = [r for r in _measured(_rows(results, "login")) if r["name"].startswith("login-start")]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = ["Argon2id raw"] + [r["name"] for r in logins]
+    ax.bar(names, [raw["rps"]] + [r["rps"] for r in logins], color="#4c72b0")
+    ax.axhline(0.9 * raw["rps"], color="red", linestyle="--", label="target 0.9 x raw")
+    if not logins:
+        ax.text(0.5, 0.5, "login pending", transform=ax.transAxes, ha="center")
+    ax.set_ylabel("per second")
+    ax.set_title("Login step 1 beside the raw Argon2id rate of the same cores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _overhead_chart(results: dict[str, Any], path: Path) -> None:
+    rows = _measured(_rows(results, "overhead"))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
+    ax.barh([r["name"] for r in rows], [r["p50_ms"] for r in rows], color="#55a868", label="p50")
+    ax.barh(
+        [r["name"] for r in rows],
+        [r["p99_ms"] - r["p50_ms"] for r in rows],
+        left=[r["p50_ms"] for r in rows],
+        color="#c44e52",
+        alpha=0.5,
+        label="p50 to p99",
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel("latency, ms (one call in flight)")
+    ax.set_title("Gateway overhead: direct vs through Envoy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- markdown -----------------------------------------------------------------------------
+
+
+def _table(rows: list[dict[str, Any]], *, ratio: bool = True) -> list[str]:
+    lines = [
+        "| scenario | path | calls | calls/s | p50 ms | p90 ms | p99 ms | server CPU µs/call "
+        + ("| ceiling | ratio | target | verdict |" if ratio else "|"),
+        "|---|---|---:|---:|---:|---:|---:|---:" + ("|---|---:|---|---|" if ratio else "|"),
+    ]
+    for r in rows:
+        if r["pending"]:
+            lines.append(
+                f"| {r['name']} | {r['path']} | | | | | | "
+                + ("| | | | pending |" if ratio else "|")
+            )
+            continue
+        cells = [
+            r["name"],
+            r["path"],
+            f"{r['count']:,.0f}",
+            f"{r['rps']:,.0f}",
+            _num(r["p50_ms"]),
+            _num(r["p90_ms"]),
+            _num(r["p99_ms"]),
+            _num(r["server_cpu_us"], 0),
+        ]
+        if ratio:
+            cells += [r["ceiling"], _num(r["ratio"]), r["target"], _verdict(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    lines = ["| target | scenario | measured | verdict |", "|---|---|---|---|"]
+    for r in results["rows"]:
+        if r["group"] == "ceiling":
+            continue
+        if r["pending"]:
+            lines.append(f"| {r['name']} | {r['rpc']} | {r['pending']} | pending |")
+            continue
+        if r["met"] is None:
+            continue
+        if r["group"] == "overhead":
+            measured = (
+                f"+{r['extra']['added_p50_ms']:.2f} ms at p50 "
+                f"(+{r['extra']['added_p99_ms']:.2f} ms at p99)"
+            )
+        else:
+            measured = f"{r['ratio']:.2f} x {r['ceiling']}"
+            if r["group"] == "cheap" or r["name"].startswith("login-complete"):
+                measured += f", p99 {r['p99_ms']:.1f} ms"
+        lines.append(f"| {r['target']} | {r['name']} | {measured} | {_verdict(r)} |")
+    return lines
+
+
+def _profiles(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for name, profile in results.get("profiles", {}).items():
+        total = sum(seconds for _package, seconds in profile["packages"]) or 1.0
+        lines += [
+            f"### Profile: {name}",
+            "",
+            "A replica of the service under yappi (CPU clock, every thread) driven by the same "
+            "load for 4 s; the shares matter, not the absolute times (yappi slows it down).",
+            "",
+            "| self CPU share | package |",
+            "|---:|---|",
+            *(f"| {sec / total:.1%} | {package} |" for package, sec in profile["packages"][:12]),
+            "",
+            "| self CPU share | calls | function |",
+            "|---:|---:|---|",
+        ]
+        for where, seconds, calls in profile["self"][:15]:
+            lines.append(f"| {seconds / total:.1%} | {calls:,} | `{where}` |")
+        lines += ["", "| inclusive CPU share | function |", "|---:|---|"]
+        for where, seconds, _calls in profile["inclusive"][:15]:
+            lines.append(f"| {seconds / total:.1%} | `{where}` |")
+        lines.append("")
+    return lines
+
+
+def markdown(results: dict[str, Any], analysis: str) -> str:
+    meta = results["machine"]
+    load = ", ".join(f"{x:.2f}" for x in meta["load_average_at_start"])
+    ceilings = _rows(results, "ceiling")
+    raw = _row(results, "argon2id-raw")
+    lines = [
+        "# Benchmark report (`make bench`)",
+        "",
+        f"- Run: {results['started']} to {results['finished']} (China Standard Time)",
+        f"- Machine: {meta['cpus']} cores ({meta['cpu_model']}), Python {meta['python']}; "
+        f"load average at start {load}",
+        f"- Configuration: **{results['configuration']}** "
+        + (
+            "(PostgreSQL + Redis, four service processes, Envoy)"
+            if results["configuration"] == "production"
+            else "(SQLite files + in-process stores, four service processes, Envoy)"
+        ),
+        f"- {results['seconds_per_scenario']:g} s per throughput scenario at "
+        f"{results['in_flight']} calls in flight",
+    ]
+    if results.get("note"):
+        lines.append(f"- **Note: {results['note']}**")
+    if not results["login_available"]:
+        lines.append(
+            "- **Login (AuthService) is not on this branch yet: its scenarios are listed as "
+            "pending.**"
+        )
+    lines += [
+        "",
+        "Every figure is beside a ceiling measured in the same run on the same machine; the "
+        "verdicts compare ratios, which hold up far better than absolute numbers on a shared "
+        "2-core machine.",
+        "",
+        "## Targets",
+        "",
+        *_summary(results),
+        "",
+        "## Ceilings",
+        "",
+        *_table(ceilings[:2], ratio=False),
+        "",
+        f"Argon2id (OWASP: 19 MiB, t=2, p=1) with {meta['cpus']} threads: "
+        f"**{raw['rps']:.1f} hashes/s** "
+        f"({raw['extra']['ms_per_hash_per_core']:.1f} ms per hash per core).",
+        "",
+        "## Cheap RPCs (50 in flight)",
+        "",
+        "![throughput](charts/throughput.png)",
+        "",
+        *_table(_rows(results, "cheap")),
+        "",
+        "![latency](charts/latency.png)",
+        "",
+        "## Login",
+        "",
+        "![login](charts/login.png)",
+        "",
+        *_table(_rows(results, "login")),
+        "",
+        "## Gateway overhead (one call in flight)",
+        "",
+        "![overhead](charts/overhead.png)",
+        "",
+        *_table(_rows(results, "overhead")),
+        "",
+        *_profiles(results),
+        analysis.strip(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    charts = out / "charts"
+    charts.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, draw in (
+        ("throughput", _throughput_chart),
+        ("latency", _latency_chart),
+        ("login", _login_chart),
+        ("overhead", _overhead_chart),
+    ):
+        path = charts / f"{name}.png"
+        draw(results, path)
+        written.append(path)
+    analysis_path = Path(__file__).resolve().parent / ANALYSIS
+    analysis = analysis_path.read_text() if analysis_path.exists() else ""
+    report = out / "report.md"
+    report.write_text(markdown(results, analysis))
+    written.append(report)
+    return written

@@ -1,0 +1,689 @@
+"""`make bench`: one fixed scenario set on this machine, each figure beside its ceiling
+measured in the same run; writes bench/report.md, bench/charts/*.png and
+bench/results.json.
+
+    python -m bench.run [--config production|embedded] [--seconds 8] [--note TEXT]
+    python -m bench.run --report-only      # the report again from bench/results.json
+
+Every scenario must succeed completely (every call OK), or the run stops with an error
+and writes no report: a partial report would look like a complete one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform as host
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import ghz
+from bench.dataset import (
+    PASSWORD,
+    Channels,
+    LoadData,
+    as_json,
+    face_tickets,
+    legacy_password_hash,
+    set_up,
+)
+from bench.platform import (
+    ALL_CPUS,
+    OTHER_CPUS,
+    SERVICE_CPUS,
+    Configuration,
+    Platform,
+    cpu_seconds,
+    running_platform,
+)
+from etax_platform.clock import CST
+from etax_platform.settings import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+RESULTS = BENCH / "results.json"
+GHZ = REPO_ROOT / "build" / "bin" / "ghz"
+# Targets of issue 7.
+LOGIN_RATIO = 0.9
+CHEAP_RATIO = 0.6
+CHEAP_P99_MS = 20.0
+GATEWAY_P50_MS = 1.0
+IN_FLIGHT = 50
+OVERHEAD_CALLS = 2000
+# Rate limits high enough never to refuse a measured call (ETAX_GATEWAY_* defaults 200/100).
+UNLIMITED = {
+    "login_rate_per_second": 1_000_000,
+    "login_burst": 1_000_000,
+    "code_rate_per_second": 1_000_000,
+    "code_burst": 1_000_000,
+}
+LOGIN_PENDING = "pending: AuthService (login) is not served on this branch yet"
+
+SERVICE_OF = {
+    "etax.sms.v1.SmsService.SendCode": "sms",
+    "etax.face.v1.FaceService.GetTicket": "face",
+    "etax.binding.v1.InternalBindingService.CheckAccess": "binding",
+    "etax.binding.v1.BindingService.ListMyIdentities": "binding",
+    "etax.auth.v1.AuthService.RefreshSession": "auth",
+    "etax.auth.v1.AuthService.StartLogin": "auth",
+    "etax.auth.v1.AuthService.CompleteLoginWithCode": "auth",
+}
+
+
+@dataclass
+class Row:
+    """One measured figure and what it is compared with."""
+
+    group: str  # ceiling, cheap, login, overhead
+    name: str
+    rpc: str
+    path: str  # direct, gateway public, gateway internal (mTLS), in-process
+    placement: str
+    count: float = 0
+    rps: float = 0
+    p50_ms: float = 0
+    p90_ms: float = 0
+    p99_ms: float = 0
+    average_ms: float = 0
+    server_cpu_us: float | None = None  # CPU of the process under test per call
+    ceiling: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+    pending: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bench:
+    seconds: float
+    workdir: Path
+    log: Callable[[str], None]
+    rows: list[Row] = field(default_factory=list)
+    profiles: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    @property
+    def duration(self) -> str:
+        return f"{self.seconds:g}s"
+
+    def measure(
+        self,
+        load: ghz.Load,
+        *,
+        group: str,
+        path: str,
+        placement: str,
+        pid: int | None,
+        client_cpus: frozenset[int],
+    ) -> Row:
+        """Runs a ghz load and records it, with the CPU the process `pid` spent per call."""
+        self.log(f"{load.name}: {path}, {load.concurrency} in flight")
+        before = cpu_seconds(pid) if pid else 0.0
+        report = ghz.run(GHZ, load, self.workdir / "ghz", client_cpus)
+        row = Row(group, load.name, load.call, path, placement)
+        for key, value in ghz.summarize(report).items():
+            setattr(row, key, value)
+        if pid:
+            # skipFirst calls are served but not counted: count them for the CPU too.
+            row.server_cpu_us = (cpu_seconds(pid) - before) / (row.count + load.skip_first) * 1e6
+        self.rows.append(row)
+        self.log(
+            f"  {row.rps:,.0f}/s p50 {row.p50_ms:.2f} p90 {row.p90_ms:.2f} "
+            f"p99 {row.p99_ms:.2f} ms"
+            + (f", server {row.server_cpu_us:.0f} µs CPU/call" if row.server_cpu_us else "")
+        )
+        return row
+
+    def pending(self, group: str, name: str, rpc: str, path: str, reason: str) -> None:
+        self.rows.append(Row(group, name, rpc, path, "", pending=reason))
+        self.log(f"{name}: {reason}")
+
+
+# --- ceilings -----------------------------------------------------------------------------
+
+
+def argon2_rate(seconds: float, threads: int) -> tuple[float, float]:
+    """Argon2id verifications per second with `threads` threads (it releases the GIL),
+    and the mean seconds per hash."""
+    encoded = legacy_password_hash()
+    stop = threading.Event()
+    counts = [0] * threads
+
+    def work(slot: int) -> None:
+        while not stop.is_set():
+            Argon2id.verify_phc_encoded(PASSWORD.encode(), encoded)
+            counts[slot] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        futures = [pool.submit(work, n) for n in range(threads)]
+        time.sleep(seconds)
+        stop.set()
+        for future in futures:
+            future.result()
+        elapsed = time.perf_counter() - started
+    total = sum(counts)
+    return total / elapsed, elapsed * threads / total
+
+
+@contextlib.contextmanager
+def echo_server(kind: str, workdir: Path) -> Iterator[tuple[str, int]]:
+    """bench/echo_server.py of a server type on the service core."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (workdir / f"echo-{kind}.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 - our module
+        [sys.executable, "-m", "bench.echo_server", kind, str(port)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, SERVICE_CPUS),  # noqa: PLW1509
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+        yield address, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+def ceilings(bench: Bench) -> None:
+    protoset = ghz.echo_protoset(bench.workdir / "echo.protoset")
+    for kind in ("sync", "platform"):
+        with echo_server(kind, bench.workdir) as (address, pid):
+            bench.measure(
+                ghz.Load(
+                    f"echo-{kind}",
+                    "bench.Echo.Echo",
+                    address,
+                    data={"payload": "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eA=="},
+                    protoset=protoset,
+                    duration=bench.duration,
+                    skip_first=200,
+                ),
+                group="ceiling",
+                path="direct",
+                placement="server core 0, ghz core 1",
+                pid=pid,
+                client_cpus=OTHER_CPUS,
+            )
+    threads = len(ALL_CPUS)
+    bench.log(f"argon2id: {threads} threads for {bench.duration}")
+    rate, seconds_per_hash = argon2_rate(min(bench.seconds, 6.0), threads)
+    bench.rows.append(
+        Row(
+            "ceiling",
+            "argon2id-raw",
+            "cryptography Argon2id.verify_phc_encoded (m=19456 KiB, t=2, p=1)",
+            "in-process",
+            f"{threads} threads, all cores",
+            rps=rate,
+            extra={"ms_per_hash_per_core": seconds_per_hash * 1e3},
+        )
+    )
+    bench.log(f"  {rate:.1f} hashes/s ({seconds_per_hash * 1e3:.1f} ms per hash per core)")
+
+
+# --- the platform's RPCs ------------------------------------------------------------------
+
+
+def _tls(platform: Platform) -> dict[str, str]:
+    assert platform.gateway is not None
+    certs = platform.gateway.certificates
+    return {
+        "cacert": str(certs.ca_cert),
+        "cert": str(certs.client_cert("hall")),
+        "key": str(certs.client_key("hall")),
+        "cname": "localhost",
+    }
+
+
+def _ratio(row: Row, ceiling: Row, target: float) -> None:
+    row.ceiling = ceiling.name
+    row.ratio = row.rps / ceiling.rps if ceiling.rps else None
+    row.target = f">= {target:g} x {ceiling.name}"
+    row.met = row.ratio is not None and row.ratio >= target
+
+
+def _cheap_targets(row: Row, ceiling: Row) -> None:
+    _ratio(row, ceiling, CHEAP_RATIO)
+    row.target += f", p99 <= {CHEAP_P99_MS:g} ms"
+    row.met = bool(row.met) and row.p99_ms <= CHEAP_P99_MS
+
+
+def cheap_loads(
+    bench: Bench, platform: Platform, data: LoadData, where: str
+) -> list[tuple[ghz.Load | None, str]]:
+    """The cheap RPCs at 50 in flight, direct to the service or through the gateway."""
+    gateway = platform.gateway
+    assert gateway is not None
+    direct = where == "direct"
+
+    def public(service: str) -> str:
+        return platform.address(service) if direct else gateway.public_address
+
+    def internal(service: str) -> str:
+        return platform.address(service) if direct else gateway.internal_address
+
+    tls = None if direct else _tls(platform)
+    prefix = "135" if direct else "136"  # distinct phones for each run (E2: 5 per phone)
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    tickets = [as_json(t) for t in face_tickets(channels, 500)]
+    channels.close()
+    loads: list[tuple[ghz.Load | None, str]] = [
+        (
+            ghz.Load(
+                f"sms-send {where}",
+                "etax.sms.v1.SmsService.SendCode",
+                public("sms"),
+                base="sms-send",
+                data={
+                    "phone": prefix + "{{printf `%08d` .RequestNumber}}",
+                    "purpose": "VERIFICATION_PURPOSE_REGISTRATION",
+                },
+                duration=bench.duration,
+                skip_first=200,
+            ),
+            "",
+        ),
+        (
+            ghz.Load(
+                f"face-get-ticket {where}",
+                "etax.face.v1.FaceService.GetTicket",
+                public("face"),
+                data=tickets,
+                duration=bench.duration,
+                skip_first=200,
+            ),
+            "",
+        ),
+        (
+            ghz.Load(
+                f"access-check {where}",
+                "etax.binding.v1.InternalBindingService.CheckAccess",
+                internal("binding"),
+                base="access-check",
+                data=[as_json(t) for t in data.access_targets],
+                tls=tls,
+                duration=bench.duration,
+                skip_first=200,
+            ),
+            "",
+        ),
+    ]
+    if not data.login_available:
+        return [
+            *loads,
+            (None, f"identities-list {where}|etax.binding.v1.BindingService.ListMyIdentities"),
+            (None, f"token-refresh {where}|etax.auth.v1.AuthService.RefreshSession"),
+        ]
+    half = len(data.refresh_tokens) // 2
+    tokens = data.refresh_tokens[:half] if direct else data.refresh_tokens[half:]
+    return [
+        *loads,
+        (
+            ghz.Load(
+                f"identities-list {where}",
+                "etax.binding.v1.BindingService.ListMyIdentities",
+                public("binding"),
+                base="identities-list",
+                data={"province": "11"},
+                metadata={"authorization": f"Bearer {data.access_token}"},
+                duration=bench.duration,
+                skip_first=200,
+            ),
+            "",
+        ),
+        (
+            ghz.Load(
+                f"token-refresh {where}",
+                "etax.auth.v1.AuthService.RefreshSession",
+                public("auth"),
+                base="token-refresh",
+                data=[as_json(t) for t in tokens],
+                total=len(tokens),
+            ),
+            "",
+        ),
+    ]
+
+
+def cheap(bench: Bench, platform: Platform, data: LoadData) -> None:
+    ceiling = bench.row("echo-platform")
+    for where in ("direct", "gateway"):
+        for load, pending in cheap_loads(bench, platform, data, where):
+            if load is None:
+                name, rpc = pending.split("|")
+                bench.pending("cheap", name, rpc, where, LOGIN_PENDING)
+                continue
+            service = SERVICE_OF[load.call]
+            platform.place(service)
+            listener = "internal (mTLS)" if "Internal" in load.call else "public"
+            row = bench.measure(
+                load,
+                group="cheap",
+                path="direct" if where == "direct" else f"gateway {listener}",
+                placement=f"{service} core 0; ghz, Envoy, stores, other services core 1",
+                pid=platform.pid(service),
+                client_cpus=OTHER_CPUS,
+            )
+            _cheap_targets(row, ceiling)
+            row.extra["also_vs_echo_sync"] = row.rps / bench.row("echo-sync").rps
+
+
+def overhead(bench: Bench, platform: Platform, data: LoadData) -> None:
+    """Gateway overhead: one call at a time, so the p50 difference is Envoy's own latency,
+    not queueing."""
+    assert platform.gateway is not None
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    tickets = [as_json(t) for t in face_tickets(channels, 200)]
+    channels.close()
+    cases = [
+        (
+            "face-get-ticket",
+            "etax.face.v1.FaceService.GetTicket",
+            "face",
+            tickets,
+            platform.gateway.public_address,
+            None,
+            "gateway public",
+        ),
+        (
+            "access-check",
+            "etax.binding.v1.InternalBindingService.CheckAccess",
+            "binding",
+            [as_json(t) for t in data.access_targets],
+            platform.gateway.internal_address,
+            _tls(platform),
+            "gateway internal (mTLS)",
+        ),
+    ]
+    for name, call, service, requests, gateway_address, tls, path in cases:
+        platform.place(service)
+        rows = []
+        for address, row_path, row_tls in (
+            (platform.address(service), "direct", None),
+            (gateway_address, path, tls),
+        ):
+            rows.append(
+                bench.measure(
+                    ghz.Load(
+                        f"{name} 1 in flight {row_path}",
+                        call,
+                        address,
+                        data=requests,
+                        tls=row_tls,
+                        concurrency=1,
+                        connections=1,
+                        total=OVERHEAD_CALLS,
+                        skip_first=100,
+                    ),
+                    group="overhead",
+                    path=row_path,
+                    placement=f"{service} core 0; ghz, Envoy core 1",
+                    pid=platform.pid(service),
+                    client_cpus=OTHER_CPUS,
+                )
+            )
+        direct, through = rows
+        added = through.p50_ms - direct.p50_ms
+        through.ceiling = direct.name
+        through.target = f"p50 - direct p50 <= {GATEWAY_P50_MS:g} ms"
+        through.met = added <= GATEWAY_P50_MS
+        through.extra["added_p50_ms"] = added
+        through.extra["added_p99_ms"] = through.p99_ms - direct.p99_ms
+
+
+def login(bench: Bench, platform: Platform, data: LoadData) -> None:
+    assert platform.gateway is not None
+    raw = bench.row("argon2id-raw")
+    if not data.login_available:
+        for name, rpc in (
+            ("login-start direct", "etax.auth.v1.AuthService.StartLogin"),
+            ("login-start gateway", "etax.auth.v1.AuthService.StartLogin"),
+            ("login-complete-sms gateway", "etax.auth.v1.AuthService.CompleteLoginWithCode"),
+        ):
+            bench.pending("login", name, rpc, "", LOGIN_PENDING)
+        return
+    # Hashing uses every core, as the raw rate does: nothing is pinned.
+    platform.place(None)
+    for where, address in (
+        ("direct", platform.address("auth")),
+        ("gateway", platform.gateway.public_address),
+    ):
+        row = bench.measure(
+            ghz.Load(
+                f"login-start {where}",
+                "etax.auth.v1.AuthService.StartLogin",
+                address,
+                base="login-start",
+                duration=bench.duration,
+                skip_first=50,
+            ),
+            group="login",
+            path="direct" if where == "direct" else "gateway public",
+            placement="every process on every core (as the raw hash rate)",
+            pid=platform.pid("auth"),
+            client_cpus=ALL_CPUS,
+        )
+        _ratio(row, raw, LOGIN_RATIO)
+    platform.place("auth")
+    row = bench.measure(
+        ghz.Load(
+            "login-complete-sms gateway",
+            "etax.auth.v1.AuthService.CompleteLoginWithCode",
+            platform.gateway.public_address,
+            base="login-complete-sms",
+            data=[as_json(c) for c in data.challenges],
+            total=len(data.challenges),
+        ),
+        group="login",
+        path="gateway public",
+        placement="auth core 0; ghz, Envoy, stores, other services core 1",
+        pid=platform.pid("auth"),
+        client_cpus=OTHER_CPUS,
+    )
+    _cheap_targets(row, bench.row("echo-platform"))
+
+
+# --- profiles of missed targets -----------------------------------------------------------
+
+
+def profile_missed(bench: Bench, platform: Platform, data: LoadData) -> None:
+    """A replica of the service of each missed cheap target, under yappi, driven by the same
+    load for a few seconds: where its CPU goes. (yappi slows it down; only the shares count.)"""
+    missed = [
+        r
+        for r in bench.rows
+        if r.group == "cheap" and r.path == "direct" and r.met is False and not r.pending
+    ]
+    for row in missed:
+        service = SERVICE_OF[row.rpc]
+        loads = {
+            load.name: load
+            for load, _ in cheap_loads(bench, platform, data, "direct")
+            if load is not None
+        }
+        load = loads[row.name]
+        out = bench.workdir / f"profile-{service}.json"
+        with profiled_replica(platform, service, out, bench.workdir) as address:
+            load.address = address
+            load.name = f"{row.name} (profiled)"
+            load.duration = "4s"
+            load.total = None
+            ghz.run(GHZ, load, bench.workdir / "ghz", OTHER_CPUS)
+        bench.profiles[row.name] = json.loads(out.read_text())
+        bench.log(f"profiled {row.name}: {out}")
+
+
+@contextlib.contextmanager
+def profiled_replica(platform: Platform, service: str, out: Path, workdir: Path) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (workdir / f"profiled-{service}.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 - our modules
+        [sys.executable, "-m", "bench.profiled", f"services.{service}", str(out)],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            **platform.env,
+            f"ETAX_{service.upper()}_PORT": str(port),
+            "PYTHONPATH": str(REPO_ROOT),
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: os.sched_setaffinity(0, SERVICE_CPUS),  # noqa: PLW1509
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        _wait_serving(address, process)
+        process.send_signal(signal.SIGUSR1)  # profile the load, not start-up or shutdown
+        time.sleep(0.5)
+        yield address
+        process.send_signal(signal.SIGUSR2)
+        _wait_for(out, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        log.close()
+    if not out.exists():
+        raise ghz.ScenarioFailed(f"profiled {service} wrote no profile (see {log.name})")
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _wait_serving(address: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"profiled service exited with {process.returncode}")
+            with contextlib.suppress(grpc.RpcError):
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+    raise TimeoutError("profiled service did not become SERVING")
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": len(ALL_CPUS),
+        "cpu_model": model,
+        "python": host.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not GHZ.exists():
+        raise SystemExit(f"ghz not found at {GHZ}: `make bench` installs it")
+    started = datetime.now(CST)
+    workdir = Path(tempfile.mkdtemp(prefix="etax-bench-"))
+    bench = Bench(args.seconds, workdir, lambda line: print(line, flush=True))
+    meta = machine()
+    bench.log(f"work directory {workdir}; {meta}")
+    ceilings(bench)
+    configuration: Configuration = args.config
+    with running_platform(
+        workdir / "platform", configuration, gateway_overrides=UNLIMITED
+    ) as platform:
+        channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+        platform.place(None)
+        data = set_up(
+            channels,
+            persons=args.persons,
+            challenges=args.logins,
+            sessions=2 * args.logins,
+            log=bench.log,
+        )
+        channels.close()
+        try:
+            cheap(bench, platform, data)
+            overhead(bench, platform, data)
+            login(bench, platform, data)
+            if not args.no_profile:
+                profile_missed(bench, platform, data)
+        except Exception:
+            print(platform.logs(), file=sys.stderr)
+            raise
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(CST).isoformat(timespec="seconds"),
+        "configuration": configuration,
+        "seconds_per_scenario": args.seconds,
+        "in_flight": IN_FLIGHT,
+        "note": args.note,
+        "machine": meta,
+        "login_available": data.login_available,
+        "rows": [asdict(r) for r in bench.rows],
+        "profiles": bench.profiles,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=["production", "embedded"], default="production")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per throughput scenario")
+    parser.add_argument("--persons", type=int, default=1000)
+    parser.add_argument("--logins", type=int, default=1000, help="challenges; sessions x2")
+    parser.add_argument("--note", default="", help="a line for the report's header")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=BENCH)
+    args = parser.parse_args(argv)
+
+    from bench import report  # noqa: PLC0415 - matplotlib only when writing
+
+    if args.report_only:
+        results = json.loads(RESULTS.read_text())
+    else:
+        results = run(args)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    written = report.write(results, args.out)
+    for path in written:
+        print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
