@@ -6,6 +6,7 @@ and profiled it) is included as it is, after them.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 ANALYSIS = "analysis.md"
 
@@ -58,7 +60,7 @@ def _throughput_chart(results: dict[str, Any], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("calls per second (50 in flight; blue direct, orange through Envoy)")
     ax.set_title("Cheap RPCs beside the echo ceiling of the same server type")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -82,9 +84,13 @@ def _latency_chart(results: dict[str, Any], path: Path) -> None:
     ax.axvline(20, color="red", linestyle="--", label="p99 target 20 ms")
     ax.invert_yaxis()
     ax.set_xscale("log")
+    smallest = min((r["p50_ms"] for r in rows if r["p50_ms"] > 0), default=1.0)
+    ax.set_xlim(left=10 ** math.floor(math.log10(smallest)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("latency, ms (log scale; 50 in flight)")
     ax.set_title("Latency percentiles per RPC")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -110,7 +116,10 @@ def _login_chart(results: dict[str, Any], path: Path) -> None:
 def _overhead_chart(results: dict[str, Any], path: Path) -> None:
     rows = _measured(_rows(results, "overhead"))
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6))
-    ax.barh([r["name"] for r in rows], [r["p50_ms"] for r in rows], color="#55a868", label="p50")
+    p50 = ax.barh(
+        [r["name"] for r in rows], [r["p50_ms"] for r in rows], color="#55a868", label="p50"
+    )
+    ax.bar_label(p50, fmt="p50 %.2f", padding=3, fontsize=7)
     ax.barh(
         [r["name"] for r in rows],
         [r["p99_ms"] - r["p50_ms"] for r in rows],
@@ -131,17 +140,21 @@ def _overhead_chart(results: dict[str, Any], path: Path) -> None:
 # --- markdown -----------------------------------------------------------------------------
 
 
-def _table(rows: list[dict[str, Any]], *, ratio: bool = True) -> list[str]:
+def _table(rows: list[dict[str, Any]], *, ratio: bool = True, cpu: bool = False) -> list[str]:
     lines = [
         "| scenario | path | calls | calls/s | p50 ms | p90 ms | p99 ms | server CPU µs/call "
-        + ("| ceiling | ratio | target | verdict |" if ratio else "|"),
-        "|---|---|---:|---:|---:|---:|---:|---:" + ("|---|---:|---|---|" if ratio else "|"),
+        + ("| ceiling | ratio | target | verdict |" if ratio else "|")
+        + (" CPU ratio | vs echo sync |" if cpu else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:"
+        + ("|---|---:|---|---|" if ratio else "|")
+        + ("---:|---:|" if cpu else ""),
     ]
     for r in rows:
         if r["pending"]:
             lines.append(
                 f"| {r['name']} | {r['path']} | | | | | | "
                 + ("| | | | pending |" if ratio else "|")
+                + (" | |" if cpu else "")
             )
             continue
         cells = [
@@ -156,6 +169,8 @@ def _table(rows: list[dict[str, Any]], *, ratio: bool = True) -> list[str]:
         ]
         if ratio:
             cells += [r["ceiling"], _num(r["ratio"]), r["target"], _verdict(r)]
+        if cpu:
+            cells += [_num(r["extra"].get("cpu_ratio")), _num(r["extra"].get("vs_echo_sync"))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -258,7 +273,12 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "",
         "![throughput](charts/throughput.png)",
         "",
-        *_table(_rows(results, "cheap")),
+        *_table(_rows(results, "cheap"), cpu=True),
+        "",
+        "CPU ratio: the echo server's CPU per call over the service's, both on core 0, which "
+        "is what the throughput ratio would be if the service core alone were the limit (the "
+        "load generator shares core 1 with Envoy, PostgreSQL and Redis). vs echo sync: the "
+        "throughput ratio to the bare `grpc.server` echo.",
         "",
         "![latency](charts/latency.png)",
         "",
