@@ -689,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(RESULTS.read_text())
     else:
         results = run(args)
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
     written = report.write(results, args.out)
     for path in written:
