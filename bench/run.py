@@ -161,9 +161,9 @@ class Bench:
 # --- ceilings -----------------------------------------------------------------------------
 
 
-def argon2_rate(seconds: float, threads: int) -> tuple[float, float]:
+def argon2_rate(seconds: float, threads: int) -> tuple[float, float, float]:
     """Argon2id verifications per second with `threads` threads (it releases the GIL),
-    and the mean seconds per hash."""
+    the mean seconds per hash per thread, and the CPU seconds per hash."""
     encoded = legacy_password_hash()
     stop = threading.Event()
     counts = [0] * threads
@@ -174,6 +174,7 @@ def argon2_rate(seconds: float, threads: int) -> tuple[float, float]:
             counts[slot] += 1
 
     with ThreadPoolExecutor(threads) as pool:
+        cpu_before = time.process_time()
         started = time.perf_counter()
         futures = [pool.submit(work, n) for n in range(threads)]
         time.sleep(seconds)
@@ -181,8 +182,9 @@ def argon2_rate(seconds: float, threads: int) -> tuple[float, float]:
         for future in futures:
             future.result()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu_before
     total = sum(counts)
-    return total / elapsed, elapsed * threads / total
+    return total / elapsed, elapsed * threads / total, cpu / total
 
 
 @contextlib.contextmanager
@@ -233,7 +235,7 @@ def ceilings(bench: Bench) -> None:
             )
     threads = len(ALL_CPUS)
     bench.log(f"argon2id: {threads} threads for {bench.duration}")
-    rate, seconds_per_hash = argon2_rate(min(bench.seconds, 6.0), threads)
+    rate, seconds_per_hash, cpu_per_hash = argon2_rate(min(bench.seconds, 6.0), threads)
     bench.rows.append(
         Row(
             "ceiling",
@@ -242,6 +244,7 @@ def ceilings(bench: Bench) -> None:
             "in-process",
             f"{threads} threads, all cores",
             rps=rate,
+            server_cpu_us=cpu_per_hash * 1e6,
             extra={"ms_per_hash_per_core": seconds_per_hash * 1e3},
         )
     )
@@ -502,6 +505,8 @@ def login(bench: Bench, platform: Platform, data: LoadData) -> None:
             client_cpus=ALL_CPUS,
         )
         _ratio(row, raw, LOGIN_RATIO)
+        if row.server_cpu_us and raw.server_cpu_us:
+            row.extra["cpu_ratio"] = raw.server_cpu_us / row.server_cpu_us
     platform.place("auth")
     row = bench.measure(
         ghz.Load(
@@ -519,6 +524,9 @@ def login(bench: Bench, platform: Platform, data: LoadData) -> None:
         client_cpus=OTHER_CPUS,
     )
     _cheap_targets(row, bench.row("echo-platform"))
+    echo = bench.row("echo-platform")
+    if row.server_cpu_us and echo.server_cpu_us:
+        row.extra["cpu_ratio"] = echo.server_cpu_us / row.server_cpu_us
 
 
 # --- profiles of missed targets -----------------------------------------------------------
