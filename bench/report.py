@@ -224,6 +224,53 @@ def _profiles(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _method(results: dict[str, Any]) -> list[str]:
+    return [
+        "## How it was measured",
+        "",
+        "**Configuration.** The benchmark runs the production shape: PostgreSQL and Redis "
+        "(started by `tests/harness/servers.py` on free ports), the four services as "
+        "`python -m services.<name>` processes, Envoy in front (`tests/harness/gateway.py`, "
+        "one worker, rate limits raised so that no measured call is refused). The embedded "
+        "default of `make run` (SQLite files, an in-process store per service) is for one "
+        "developer: SQLite takes one writer at a time and an in-process store cannot be "
+        "shared, so it cannot run replicas (E3) and its figures would describe a "
+        "configuration nobody deploys. `--config embedded` runs the same set on it. "
+        "PostgreSQL and Redis share this machine's cores with everything else, which "
+        "production would not do; their CPU is not counted as the service's.",
+        "",
+        "**Placement (2 cores).** Each throughput scenario pins the service under test to "
+        "core 0 (every thread, `sched_setaffinity` on /proc/<pid>/task) and everything else "
+        "(ghz, Envoy, PostgreSQL, Redis, the other services) to core 1. The echo ceilings run "
+        "the same way: echo server on core 0, ghz on core 1. So a ratio compares two servers "
+        "given the same single core against the same client. Since ghz shares core 1 with "
+        "the stores and Envoy in the platform runs (and with nothing in the echo runs), the "
+        "report also gives the CPU ratio: server CPU per call (from /proc, the process under "
+        "test only) of the echo over that of the RPC, which does not depend on how fast the "
+        "client is. Login and the raw Argon2id rate use every core: nothing is pinned, and "
+        "the raw rate runs one hashing thread per core, as auth's hash pool does.",
+        "",
+        "**Why ratios.** Absolute figures move with whatever else runs on the machine; "
+        "a ceiling measured minutes apart in the same run moves with them. Each scenario "
+        f"runs {results['seconds_per_scenario']:g} s at {results['in_flight']} in flight "
+        "over 4 connections (the first 200 calls, 50 for login, are served but not "
+        "counted); single-use requests (refresh tokens, login challenges) run once each. "
+        "Gateway overhead runs one call at a time (2000 calls), so the p50 difference is "
+        "Envoy's own latency rather than queueing: the public listener (plaintext, an "
+        "anonymous route) for FaceService.GetTicket, the internal listener (mutual TLS) for "
+        "InternalBindingService.CheckAccess.",
+        "",
+        "**Data.** 1000 persons imported with `ImportLegacyPerson` (level 4, Argon2id hash "
+        "with auth's parameters, so login never re-hashes), per 20 persons a client "
+        "enterprise, an agency and agreement, and a cross-region project "
+        "(`bench/dataset.py`, shared with `make load`); SMS sends go to a new phone per call; "
+        "face tickets are created just before their scenario.",
+        "",
+        "**Failures.** Any call that is not OK stops the run with an error and no report.",
+        "",
+    ]
+
+
 def markdown(results: dict[str, Any], analysis: str) -> str:
     meta = results["machine"]
     load = ", ".join(f"{x:.2f}" for x in meta["load_average_at_start"])
@@ -300,6 +347,7 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         *_table(_rows(results, "overhead")),
         "",
         *_profiles(results),
+        *_method(results),
         analysis.strip(),
         "",
     ]

@@ -464,6 +464,26 @@ def overhead(bench: Bench, platform: Platform, data: LoadData) -> None:
         through.extra["added_p99_ms"] = through.p99_ms - direct.p99_ms
 
 
+def login_start_load(bench: Bench, data: LoadData, name: str, address: str) -> ghz.Load:
+    """Login step 1 by phone and password, round the imported persons."""
+    return ghz.Load(
+        name,
+        "etax.auth.v1.AuthService.StartLogin",
+        address,
+        base="login-start",
+        data={
+            "entry": "ENTRY_NATURAL_PERSON",
+            "account": "1390000{{printf `%04d` (mod .RequestNumber "
+            + str(len(data.persons))
+            + ")}}",
+            "password": PASSWORD,
+            "province": "37",
+        },
+        duration=bench.duration,
+        skip_first=50,
+    )
+
+
 def login(bench: Bench, platform: Platform, data: LoadData) -> None:
     assert platform.gateway is not None
     raw = bench.row("argon2id-raw")
@@ -482,22 +502,7 @@ def login(bench: Bench, platform: Platform, data: LoadData) -> None:
         ("gateway", platform.gateway.public_address),
     ):
         row = bench.measure(
-            ghz.Load(
-                f"login-start {where}",
-                "etax.auth.v1.AuthService.StartLogin",
-                address,
-                base="login-start",
-                data={
-                    "entry": "ENTRY_NATURAL_PERSON",
-                    "account": "1390000{{printf `%04d` (mod .RequestNumber "
-                    + str(len(data.persons))
-                    + ")}}",
-                    "password": PASSWORD,
-                    "province": "37",
-                },
-                duration=bench.duration,
-                skip_first=50,
-            ),
+            login_start_load(bench, data, f"login-start {where}", address),
             group="login",
             path="direct" if where == "direct" else "gateway public",
             placement="every process on every core (as the raw hash rate)",
@@ -533,34 +538,46 @@ def login(bench: Bench, platform: Platform, data: LoadData) -> None:
 
 
 def profile_missed(bench: Bench, platform: Platform, data: LoadData) -> None:
-    """A replica of the service of each missed cheap target, under yappi, driven by the same
-    load for a few seconds: where its CPU goes. (yappi slows it down; only the shares count.)"""
+    """A replica of the service of each missed target measured direct, under yappi, driven
+    by the same load for a few seconds: where its CPU goes (yappi slows it down; only the
+    shares count). Scenarios of single-use requests (refresh tokens, login challenges)
+    cannot be repeated and are not profiled."""
     missed = [
         r
         for r in bench.rows
-        if r.group == "cheap" and r.path == "direct" and r.met is False and not r.pending
+        if r.group in ("cheap", "login") and r.path == "direct" and r.met is False
     ]
     for row in missed:
         service = SERVICE_OF[row.rpc]
-        loads = {
-            load.name: load
-            for load, _ in cheap_loads(bench, platform, data, "direct")
-            if load is not None
-        }
-        load = loads[row.name]
-        out = bench.workdir / f"profile-{service}.json"
-        with profiled_replica(platform, service, out, bench.workdir) as address:
+        if row.name.startswith("login-start"):
+            load: ghz.Load | None = login_start_load(bench, data, row.name, "")
+            cpus = ALL_CPUS
+        else:
+            loads = {
+                candidate.name: candidate
+                for candidate, _ in cheap_loads(bench, platform, data, "direct")
+                if candidate is not None
+            }
+            load, cpus = loads[row.name], SERVICE_CPUS
+        if load is None or load.total is not None:
+            bench.log(f"{row.name}: single-use requests, not profiled")
+            continue
+        out = bench.workdir / f"profile-{row.name.replace(' ', '-')}.json"
+        with profiled_replica(platform, service, out, bench.workdir, cpus) as address:
             load.address = address
             load.name = f"{row.name} (profiled)"
             load.duration = "4s"
-            load.total = None
-            ghz.run(GHZ, load, bench.workdir / "ghz", OTHER_CPUS)
+            ghz.run(
+                GHZ, load, bench.workdir / "ghz", OTHER_CPUS if cpus == SERVICE_CPUS else ALL_CPUS
+            )
         bench.profiles[row.name] = json.loads(out.read_text())
         bench.log(f"profiled {row.name}: {out}")
 
 
 @contextlib.contextmanager
-def profiled_replica(platform: Platform, service: str, out: Path, workdir: Path) -> Iterator[str]:
+def profiled_replica(
+    platform: Platform, service: str, out: Path, workdir: Path, cpus: frozenset[int]
+) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -576,7 +593,7 @@ def profiled_replica(platform: Platform, service: str, out: Path, workdir: Path)
         },
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=lambda: os.sched_setaffinity(0, SERVICE_CPUS),  # noqa: PLW1509
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),  # noqa: PLW1509
     )
     address = f"127.0.0.1:{port}"
     try:
