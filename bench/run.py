@@ -567,6 +567,7 @@ def profile_missed(bench: Bench, platform: Platform, data: LoadData) -> None:
             load.address = address
             load.name = f"{row.name} (profiled)"
             load.duration = "4s"
+            load.skip_first = 0  # yappi slows it down: every call counts
             ghz.run(
                 GHZ, load, bench.workdir / "ghz", OTHER_CPUS if cpus == SERVICE_CPUS else ALL_CPUS
             )
