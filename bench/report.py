@@ -187,8 +187,8 @@ def _summary(results: dict[str, Any]) -> list[str]:
             continue
         if r["group"] == "overhead":
             measured = (
-                f"+{r['extra']['added_p50_ms']:.2f} ms at p50 "
-                f"(+{r['extra']['added_p99_ms']:.2f} ms at p99)"
+                f"{r['extra']['added_p50_ms']:+.2f} ms at p50 "
+                f"({r['extra']['added_p99_ms']:+.2f} ms at p99)"
             )
         else:
             measured = f"{r['ratio']:.2f} x {r['ceiling']}"
