@@ -181,7 +181,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
         if r["group"] == "ceiling":
             continue
         if r["pending"]:
-            lines.append(f"| {r['name']} | {r['rpc']} | {r['pending']} | pending |")
+            lines.append(f"| (login) | {r['name']} | {r['pending']} | pending |")
             continue
         if r["met"] is None:
             continue
