@@ -104,12 +104,12 @@ class Platform:
     def pid(self, service: str) -> int:
         return self.services[service].process.pid
 
-    def place(self, under_test: str | None, cpus: frozenset[int] = SERVICE_CPUS) -> None:
-        """The service under test onto `cpus`, every other process of the platform onto
-        the other cores (None: every process on every core)."""
+    def place(self, under_test: str | None) -> None:
+        """The service under test onto the service core and every other process of the
+        platform onto the other cores; None: every process on every core."""
+        rest = ALL_CPUS if under_test is None else OTHER_CPUS
         for name, process in self.services.items():
-            pin(process.process.pid, cpus if name == under_test else _others(under_test, cpus))
-        rest = _others(under_test, cpus)
+            pin(process.process.pid, SERVICE_CPUS if name == under_test else rest)
         if self.gateway is not None and self.gateway.envoy.process is not None:
             pin(self.gateway.envoy.process.pid, rest)
         for pid in self.database_pids:
@@ -119,19 +119,12 @@ class Platform:
         return "\n".join(f"--- {name}\n{p.log()[-3000:]}" for name, p in self.services.items())
 
 
-def _others(under_test: str | None, cpus: frozenset[int]) -> frozenset[int]:
-    if under_test is None:
-        return ALL_CPUS
-    return frozenset(ALL_CPUS - cpus) or ALL_CPUS
-
-
 @contextlib.contextmanager
 def running_platform(
     workdir: Path,
     configuration: Configuration = "production",
     *,
     gateway_overrides: dict[str, Any] | None = None,
-    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Platform]:
     """Starts the stores, the four services and Envoy; stops them all on the way out."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +138,6 @@ def running_platform(
             "ETAX_PII_INDEX_KEY": keys["index_key"],
             # The development outbox stands in for the phone (login codes are read there).
             "ETAX_SMS_OUTBOX_ENABLED": "true",
-            **(extra_env or {}),
         }
         if configuration == "production":
             env["ETAX_KV_URL"] = redis_url = stack.enter_context(redis_server())
