@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", choices=["production", "embedded"], default="production")
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput scenario")
     parser.add_argument("--persons", type=int, default=1000)
-    parser.add_argument("--logins", type=int, default=1000, help="challenges; sessions x2")
+    parser.add_argument("--logins", type=int, default=600, help="challenges; sessions x2")
     parser.add_argument("--note", default="", help="a line for the report's header")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--report-only", action="store_true")
