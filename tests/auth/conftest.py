@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -31,6 +32,9 @@ from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
+
+if TYPE_CHECKING:
+    from tests.auth.platform import Platform
 
 PASSWORD = "Passw0rd.1"
 REGISTRATION = types_pb2.VERIFICATION_PURPOSE_REGISTRATION
@@ -71,6 +75,10 @@ class Backend:
     database_url: str
     # A fresh, empty store per service (each service has its own keys).
     new_store: Callable[[], KeyValueStore]
+    # Another fresh, empty database (another service's).
+    new_database_url: Callable[[str], str]
+    # A second client of the same store (a second replica's), or the same in-process one.
+    same_store: Callable[[KeyValueStore], KeyValueStore]
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
@@ -78,12 +86,24 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
     databases and both stores."""
     if request.param == "sqlite+memory":
-        return Backend(f"sqlite:///{tmp_path / 'auth.sqlite3'}", MemoryStore)
+        return Backend(
+            f"sqlite:///{tmp_path / 'auth.sqlite3'}",
+            MemoryStore,
+            lambda name: f"sqlite:///{tmp_path / f'{name}.sqlite3'}",
+            lambda store: store,
+        )
     server = request.getfixturevalue("postgres")
     redis_url = request.getfixturevalue("redis_url")
+
+    def same_store(store: KeyValueStore) -> KeyValueStore:
+        assert isinstance(store, RedisStore)
+        return RedisStore(redis_url, prefix=store._prefix)
+
     return Backend(
         server.url(server.create_database()),
         lambda: RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:"),
+        lambda _name: server.url(server.create_database()),
+        same_store,
     )
 
 
@@ -228,13 +248,14 @@ class Auth:
         ).phone
 
 
-def auth_settings(tmp_path: Path, database_url: str) -> AuthSettings:
+def auth_settings(tmp_path: Path, database_url: str, **overrides: object) -> AuthSettings:
     return AuthSettings(
         port=0,
         database_url=database_url,
         hash_workers=2,
         max_workers=32,
         platform=PlatformSettings(data_dir=tmp_path),
+        **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -308,3 +329,12 @@ def failure_of(call: object, *args: object, **kwargs: object) -> Failure:
     error = from_rpc_error(caught.value)
     assert error is not None, caught.value
     return Failure(caught.value.code(), error.reason.value, dict(error.metadata), error.user_text)
+
+
+@pytest.fixture
+def platform(backend: Backend, tmp_path: Path) -> Iterator[Platform]:
+    """Auth, binding, SMS and face on port 0, sharing one ManualClock (tests/auth/platform.py)."""
+    from tests.auth.platform import start_platform  # noqa: PLC0415 - it imports this module
+
+    with start_platform(backend, tmp_path) as running:
+        yield running
