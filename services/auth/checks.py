@@ -62,7 +62,9 @@ class Checks:
         event.outcome = "failed"
         error = attempt.failed(None if wrong_message is None else wrong_message(attempt.remaining))
         if error.reason is Reason.AUTH_METHOD_LOCKED:
-            self._audit.record(event.follow_up("lockout.lock", reason=error.reason.value))
+            self._audit.record(
+                event.follow_up("lockout.lock", outcome="locked", reason=error.reason.value)
+            )
         raise error
 
     def password(self, person_id: str, check: Callable[[], bool], event: AuditEvent) -> None:
@@ -140,7 +142,9 @@ class Checks:
         event.detail["face_failures"] = count
         if before is None and self._lockout.status(person_id, FACE) is not None:
             self._audit.record(
-                event.follow_up("lockout.lock", reason=Reason.AUTH_METHOD_LOCKED.value)
+                event.follow_up(
+                    "lockout.lock", outcome="locked", reason=Reason.AUTH_METHOD_LOCKED.value
+                )
             )
 
     def collect_previous(self, person_id: str, ticket_id: str, subject_ref: str) -> None:

@@ -192,7 +192,8 @@ audit_events = Table(
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
     Column("occurred_at", Instant, nullable=False, index=True),
     Column("action", String(40), nullable=False),
-    # ok, failed (a wrong credential), refused (any other domain error), error.
+    # ok, failed (a wrong credential), refused (any other domain error), error (a bug or a
+    # failed dependency), locked (the lock a failure caused).
     Column("outcome", String(16), nullable=False),
     Column("reason", String(40), nullable=True),
     Column("person_id", String(ID), nullable=True, index=True),
