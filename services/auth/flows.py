@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,7 +47,6 @@ class Flow:
     # Forgot password: the proof already passed ("sms" or "face"), so a retry after a
     # later failure does not need another one.
     proven_by: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def is_live(self, now: datetime) -> bool:
         return now < self.expires_at

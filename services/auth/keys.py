@@ -132,8 +132,10 @@ class SigningKeys:
         self.policy = policy or KeyPolicy()
         self._jwks_file = jwks_file
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._keys: KeySet | None = None
         self._parsed: dict[str, SigningKey] = {}
+        self._jwks: dict[str, dict[str, str]] = {}
         self._next_reload: datetime | None = None
         self._written: list[dict[str, str]] | None = None
 
@@ -201,11 +203,20 @@ class SigningKeys:
         now = self._clock.now()
         with self._lock:
             key_set, next_reload = self._keys, self._next_reload
-        if key_set is None or next_reload is None or now >= next_reload:
+        if key_set is None:
+            return self.reload()
+        if next_reload is not None and now < next_reload:
+            return key_set
+        # One thread refreshes; the others keep using the set they have meanwhile.
+        if not self._refreshing.acquire(blocking=False):
+            return key_set
+        try:
             key_set = self.reload()
-        if key_set.rotation_due(now, self.policy):
-            self._rotate(key_set, now)
-            key_set = self.reload()
+            if key_set.rotation_due(now, self.policy):
+                self._rotate(key_set, now)
+                key_set = self.reload()
+        finally:
+            self._refreshing.release()
         return key_set
 
     def _rotate(self, key_set: KeySet, now: datetime) -> None:
@@ -229,16 +240,22 @@ class SigningKeys:
         """The key that signs new tokens now."""
         return self._fresh().signing(self._clock.now()).key
 
+    def _jwk(self, key: SigningKey) -> dict[str, str]:
+        jwk = self._jwks.get(key.kid)
+        if jwk is None:
+            jwk = self._jwks[key.kid] = key.public_jwk()
+        return jwk
+
     def public_jwks(self) -> Sequence[Mapping[str, str]]:
         """The published keys as JWKs (GetPublicKeys, the verifier, the JWKS file)."""
         key_set = self._fresh()
-        return [k.key.public_jwk() for k in key_set.published(self._clock.now(), self.policy)]
+        return [self._jwk(k.key) for k in key_set.published(self._clock.now(), self.policy)]
 
     def _write_jwks(self, key_set: KeySet, now: datetime) -> None:
         """The gateway's file mode reads {"keys": [...]}: written atomically, when it changes."""
         if self._jwks_file is None:
             return
-        jwks = [k.key.public_jwk() for k in key_set.published(now, self.policy)]
+        jwks = [self._jwk(k.key) for k in key_set.published(now, self.policy)]
         with self._lock:
             if jwks == self._written:
                 return
