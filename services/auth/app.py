@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from etax.auth.v1 import auth_pb2_grpc
 from etax_platform.clients import open_channel
 from etax_platform.clock import Clock, SystemClock
 from etax_platform.db import Database
-from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration
 from services.auth.account import AccountCenter
@@ -53,10 +54,20 @@ def build(
     """The auth service's server, not yet started. Tests pass their own clock, store and
     channels to the SMS, face and binding services (real servers on port 0)."""
     clock = clock or SystemClock()
-    store = store or open_store(settings.platform.kv_url, prefix=settings.platform.kv_prefix)
-    sms_channel = sms_channel or open_channel(settings.sms_target)
-    face_channel = face_channel or open_channel(settings.face_target)
-    binding_channel = binding_channel or open_channel(settings.binding_target)
+    # What the host opens itself it closes on stop; what the caller passes, the caller does.
+    owned: list[Callable[[], None]] = []
+    if store is None:
+        store = settings.platform.open_store()
+        owned.append(store.close)
+    if sms_channel is None:
+        sms_channel = open_channel(settings.sms_target)
+        owned.append(sms_channel.close)
+    if face_channel is None:
+        face_channel = open_channel(settings.face_target)
+        owned.append(face_channel.close)
+    if binding_channel is None:
+        binding_channel = open_channel(settings.binding_target)
+        owned.append(binding_channel.close)
     database = Database(settings.database_url_for("auth"))
     database.migrate(MIGRATIONS)
     personal_data = PersonalData(settings.platform.keyring())
@@ -216,13 +227,5 @@ def build(
         port=settings.port,
         max_workers=settings.max_workers,
         grace_seconds=settings.grace_seconds,
-        on_stop=[
-            hasher.close,
-            audit.close,
-            database.dispose,
-            store.close,
-            sms_channel.close,
-            face_channel.close,
-            binding_channel.close,
-        ],
+        on_stop=[hasher.close, audit.close, database.dispose, *owned],
     )

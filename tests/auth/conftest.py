@@ -82,29 +82,51 @@ class Backend:
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
-    databases and both stores."""
+    databases and both stores. Stores made through it are closed at the end of the test
+    (services close only the stores they open themselves)."""
+    opened: list[KeyValueStore] = []
+
+    def track(store: KeyValueStore) -> KeyValueStore:
+        opened.append(store)
+        return store
+
     if request.param == "sqlite+memory":
-        return Backend(
+        backend = Backend(
             f"sqlite:///{tmp_path / 'auth.sqlite3'}",
-            MemoryStore,
+            lambda: track(MemoryStore()),
             lambda name: f"sqlite:///{tmp_path / f'{name}.sqlite3'}",
             lambda store: store,
         )
-    server = request.getfixturevalue("postgres")
-    redis_url = request.getfixturevalue("redis_url")
+    else:
+        server = request.getfixturevalue("postgres")
+        redis_url = request.getfixturevalue("redis_url")
+        databases: list[str] = []
 
-    def same_store(store: KeyValueStore) -> KeyValueStore:
-        assert isinstance(store, RedisStore)
-        return RedisStore(redis_url, prefix=store._prefix)
+        def new_database(_name: str = "") -> str:
+            databases.append(server.create_database())
+            return server.url(databases[-1])
 
-    return Backend(
-        server.url(server.create_database()),
-        lambda: RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:"),
-        lambda _name: server.url(server.create_database()),
-        same_store,
-    )
+        def same_store(store: KeyValueStore) -> KeyValueStore:
+            assert isinstance(store, RedisStore)
+            return track(RedisStore(redis_url, prefix=store._prefix))
+
+        backend = Backend(
+            new_database(),
+            lambda: track(RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")),
+            new_database,
+            same_store,
+        )
+    yield backend
+    for store in opened:
+        store.close()
+    if request.param != "sqlite+memory":
+        # Each test makes one or two databases; dropping them keeps the server's data
+        # directory small, so the session's teardown does not spend minutes deleting it.
+        with server.admin() as connection:
+            for name in databases:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -279,12 +301,13 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
     ).start()
     settings = auth_settings(tmp_path / "auth", backend.database_url)
     store = backend.new_store()
+    dependencies = [grpc.insecure_channel(h.address) for h in (sms_host, face_host)]
     host = build(
         settings,
         clock=clock,
         store=store,
-        sms_channel=grpc.insecure_channel(sms_host.address),
-        face_channel=grpc.insecure_channel(face_host.address),
+        sms_channel=dependencies[0],
+        face_channel=dependencies[1],
     ).start()
     database = Database(backend.database_url)
     key = SigningKeys(database, PersonalData(settings.platform.keyring()), clock).current()
@@ -312,6 +335,8 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
             channel.close()
         for running in (host, sms_host, face_host):
             running.stop(grace=0)
+        for channel in dependencies:
+            channel.close()
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ class AuthServer:
     account: auth_pb2_grpc.AccountServiceStub
     internal: auth_pb2_grpc.InternalAuthServiceStub
     channel: grpc.Channel
+    # Its channels to SMS, face and binding (the test closes what it opened).
+    dependencies: list[grpc.Channel]
 
 
 @dataclass
@@ -380,13 +382,14 @@ def _start_auth(
     face_address: str,
     binding_address: str,
 ) -> AuthServer:
+    dependencies = [grpc.insecure_channel(a) for a in (sms_address, face_address, binding_address)]
     host = build(
         settings,
         clock=clock,
         store=store,
-        sms_channel=grpc.insecure_channel(sms_address),
-        face_channel=grpc.insecure_channel(face_address),
-        binding_channel=grpc.insecure_channel(binding_address),
+        sms_channel=dependencies[0],
+        face_channel=dependencies[1],
+        binding_channel=dependencies[2],
     ).start()
     channel = grpc.insecure_channel(host.address)
     return AuthServer(
@@ -395,6 +398,7 @@ def _start_auth(
         account=auth_pb2_grpc.AccountServiceStub(channel),
         internal=auth_pb2_grpc.InternalAuthServiceStub(channel),
         channel=channel,
+        dependencies=dependencies,
     )
 
 
@@ -494,6 +498,8 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
         for running in servers:
             running.channel.close()
             running.host.stop(grace=0)
+            for dependency in running.dependencies:
+                dependency.close()
         for host in reversed(hosts):
             host.stop(grace=0)
         late.close()
