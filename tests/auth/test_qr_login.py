@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -101,6 +102,16 @@ def test_d3_tickets_are_single_use_and_short_lived(platform: Platform) -> None:
     )
     # Confirmed but never collected: the web page has another ticket lifetime.
     assert _get(platform, created.qr_login_id).state == EXPIRED
+
+
+def test_d3_concurrent_collections_hand_the_session_out_once(platform: Platform) -> None:
+    app = platform.login(platform.person())
+    created = _create(platform)
+    _confirm(platform, created.qr_payload, app.access_token)
+    with ThreadPoolExecutor(8) as pool:
+        views = list(pool.map(lambda _: _get(platform, created.qr_login_id), range(8)))
+    assert sorted(v.state for v in views) == [CONFIRMED] + [COLLECTED] * 7
+    assert sum(v.HasField("session") for v in views) == 1
 
 
 def test_d3_a_forged_payload_or_a_missing_session_is_refused(platform: Platform) -> None:

@@ -5,6 +5,7 @@ time and by the internal trigger, the JWKS file)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import grpc
@@ -171,3 +172,20 @@ def test_a_second_replica_signs_with_the_same_keys(platform: Platform) -> None:
     keys = second.auth.GetPublicKeys(auth_pb2.GetPublicKeysRequest(), timeout=10).keys
     assert rotated.kid in [k.kid for k in keys]
     assert _profile(platform, session).person_id == person.person_id
+
+
+def test_concurrent_refreshes_with_one_token_give_one_session_at_most(platform: Platform) -> None:
+    session = platform.login(platform.person())
+
+    def refresh(_: int) -> str:
+        try:
+            return _refresh(platform, session.refresh_token).refresh_token
+        except grpc.RpcError:
+            return ""
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(refresh, range(10)))
+    winners = [token for token in outcomes if token]
+    assert len(winners) == 1
+    # The losers showed a used token: theft detection ended the session for everyone.
+    assert failure_of(_refresh, platform, winners[0]).reason == "UNAUTHENTICATED"
