@@ -124,6 +124,7 @@ class AccountCenter:
         verified = self._sms.verify(verification_id, code, Purpose.PHONE_ADD)
         if verified.channel != Channel.SMS or verified.recipient != phone:
             raise invalid("phone", Reason.CODE_INVALID, "验证码不是发送到该号码的，请重新获取")
+        previous = self._accounts.holder_of_phone(phone) if self._audit is not None else None
         held = self._accounts.claim_phone(
             person_id,
             PhoneClaim(phone, verified.verified_at or self._clock.now(), make_default),
@@ -134,7 +135,11 @@ class AccountCenter:
             raise DomainError(
                 Reason.STATE_CONFLICT, "该手机号码刚被他人验证绑定，请重新获取验证码后再试"
             )
-        self._record("phone.add", person_id, phone_id=held.phone_id)
+        taken = previous is not None and previous != person_id
+        self._record("phone.add", person_id, phone_id=held.phone_id, takeover=taken)
+        if previous is not None and taken:
+            # C4: the previous holder lost the number.
+            self._record("phone.taken_over", previous)
         # As the profile shows it (the first phone is the default even when not asked for).
         shown = (p for p in self._accounts.phones(person_id) if p.phone_id == held.phone_id)
         return next(shown, held)

@@ -251,7 +251,8 @@ class Recovery:
                     Reason.CODE_INVALID, "验证码不是发送到该号码的，请重新获取", {"field": "phone"}
                 )
             previous = self._accounts.holder_of_phone(phone)
-            event.detail["takeover"] = previous is not None and previous != flow.person_id
+            taken = previous is not None and previous != flow.person_id
+            event.detail["takeover"] = taken
             now = self._clock.now()
             with self._db.transaction() as session:
                 held = self._accounts.claim_phone_in(
@@ -265,6 +266,9 @@ class Recovery:
                         Reason.STATE_CONFLICT, "该手机号码刚被他人验证绑定，请重新获取验证码后再试"
                     )
                 self._audit.insert(session, event)
+                if previous is not None and taken:
+                    # C4: the previous holder lost the number.
+                    self._audit.insert(session, AuditEvent("phone.taken_over", person_id=previous))
             self._recoveries.consume(recovery_id)
         return mask_phone(phone)
 

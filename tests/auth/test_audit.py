@@ -47,6 +47,8 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
     platform.auth.GetQrLogin(auth_pb2.GetQrLoginRequest(qr_login_id=created.qr_login_id))
     extra = new_phone()
     platform.accounts.add_phone(person.person_id, extra)
+    other = platform.person()
+    platform.accounts.add_phone(person.person_id, other.phone)  # C4: taken over
     for _ in range(5):
         failure_of(platform.start, person.document, "Wrong.pass1")
     unlock = platform.auth.StartFaceUnlock(
@@ -87,8 +89,11 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
     assert completed["entry"] == ENTERPRISE and completed["session_id"] == session.session_id
     assert code in completed["detail"]
     assert all(e["request_id"] for e in events if e["action"].startswith("login."))
+    assert [e["action"] for e in platform.audit(person_id=other.person_id)][-1] == (
+        "phone.taken_over"
+    )
     every_value = " ".join(str(v) for e in platform.audit() for v in e.values())
-    for secret in (person.document, person.phone, extra, "欧阳小明"):
+    for secret in (person.document, person.phone, extra, other.phone, "欧阳小明"):
         assert secret not in every_value
     assert mask_document(person.document) in every_value
 

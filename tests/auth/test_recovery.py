@@ -160,6 +160,7 @@ def test_q5_c4_recover_phone_takes_the_new_number_over(platform: Platform) -> No
     assert platform.start(holder.document).phone_empty
     recovered = platform.audit(action="phone.recover", person_id=person.person_id)
     assert recovered[-1]["outcome"] == "ok" and '"takeover": true' in recovered[-1]["detail"]
+    assert "phone.taken_over" in [e["action"] for e in platform.audit(person_id=holder.person_id)]
 
 
 def test_e1_recover_phone_needs_the_password_and_counts_it(platform: Platform) -> None:
