@@ -160,6 +160,8 @@ class Platform:
     binding_address: str
     sms_address: str
     face_address: str
+    sms_host: GrpcHost
+    face_host: GrpcHost
     extra_servers: list[AuthServer] = field(default_factory=list)
 
     @property
@@ -489,6 +491,8 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
             binding_address=binding_host.address,
             sms_address=sms_host.address,
             face_address=face_host.address,
+            sms_host=sms_host,
+            face_host=face_host,
             extra_servers=servers,
         )
         yield platform
