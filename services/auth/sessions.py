@@ -399,6 +399,7 @@ class Sessions:
                     ids.append(by_token)
             if not ids:
                 raise DomainError(Reason.UNAUTHENTICATED, metadata={"field": "refresh_token"})
+            ids = list(dict.fromkeys(ids))
             owners = dict(
                 session.execute(
                     select(sessions.c.id, sessions.c.person_id).where(sessions.c.id.in_(ids))
