@@ -353,8 +353,9 @@ def set_up(
 ) -> LoadData:
     """Everything the load scenarios need; login material only when login is served.
 
-    Challenges and sessions go round the persons; each costs one SMS code to the person's
-    phone, and E2 allows 5 per phone in 10 minutes.
+    Sessions and challenges go round the persons; each costs one SMS code to the person's
+    phone, and E2 allows 5 per phone in 10 minutes. Challenges (and their codes) expire
+    after 5 minutes: make them shortly before they are used.
     """
     if challenges + sessions > 5 * persons:
         raise ValueError("more than 5 login codes per phone: add persons")
@@ -368,20 +369,27 @@ def set_up(
         log("login: AuthService is not served yet; login scenarios have no data")
         return data
 
-    def person(n: int) -> Person:
-        return data.persons[n % persons]
-
-    data.challenges = _parallel(lambda n: start_login(channels, person(n)), range(challenges))
     logged_in = _parallel(
-        lambda n: log_in(channels, person(challenges + n)), range(max(sessions, 1))
+        lambda n: log_in(channels, data.persons[n % persons]), range(max(sessions, 1))
     )
     data.refresh_tokens = [
         auth_pb2.RefreshSessionRequest(refresh_token=s.refresh_token) for s in logged_in
     ][:sessions]
     # Persons are agents of a client and handlers of a project (set_up_relations).
     data.access_token = logged_in[-1].access_token
-    log(f"login: {len(data.challenges)} challenges, {len(data.refresh_tokens)} sessions")
+    # Last: a challenge and its code expire first (5 minutes).
+    data.challenges = login_challenges(channels, data.persons, challenges, first=sessions)
+    log(f"login: {len(data.refresh_tokens)} sessions, {len(data.challenges)} challenges")
     return data
+
+
+def login_challenges(
+    channels: Channels, persons: Sequence[Person], count: int, *, first: int = 0
+) -> list[auth_pb2.CompleteLoginWithCodeRequest]:
+    """`count` started logins with their SMS codes, persons first, first+1, ... (round)."""
+    return _parallel(
+        lambda n: start_login(channels, persons[(first + n) % len(persons)]), range(count)
+    )
 
 
 def write_load_files(data: LoadData, out: Path) -> list[Path]:

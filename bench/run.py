@@ -42,6 +42,7 @@ from bench.dataset import (
     as_json,
     face_tickets,
     legacy_password_hash,
+    login_challenges,
     set_up,
 )
 from bench.platform import (
@@ -484,7 +485,7 @@ def login_start_load(bench: Bench, data: LoadData, name: str, address: str) -> g
     )
 
 
-def login(bench: Bench, platform: Platform, data: LoadData) -> None:
+def login(bench: Bench, platform: Platform, data: LoadData, challenges: int) -> None:
     assert platform.gateway is not None
     raw = bench.row("argon2id-raw")
     if not data.login_available:
@@ -512,6 +513,14 @@ def login(bench: Bench, platform: Platform, data: LoadData) -> None:
         _ratio(row, raw, LOGIN_RATIO)
         if row.server_cpu_us and raw.server_cpu_us:
             row.extra["cpu_ratio"] = raw.server_cpu_us / row.server_cpu_us
+    # Challenges expire after 5 minutes: made now, after the sessions' persons.
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    platform.place(None)
+    data.challenges = login_challenges(
+        channels, data.persons, challenges, first=len(data.refresh_tokens)
+    )
+    channels.close()
+    bench.log(f"login challenges: {len(data.challenges)}")
     platform.place("auth")
     row = bench.measure(
         ghz.Load(
@@ -667,17 +676,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
         platform.place(None)
         data = set_up(
-            channels,
-            persons=args.persons,
-            challenges=args.logins,
-            sessions=2 * args.logins,
-            log=bench.log,
+            channels, persons=args.persons, challenges=0, sessions=2 * args.logins, log=bench.log
         )
         channels.close()
         try:
             cheap(bench, platform, data)
             overhead(bench, platform, data)
-            login(bench, platform, data)
+            login(bench, platform, data, args.logins)
             if not args.no_profile:
                 profile_missed(bench, platform, data)
         except Exception:
