@@ -205,8 +205,10 @@ class Client:
         return Reply(200, reply.grpc_status, body, response_headers)
 
 
-def _query(fields: dict[str, Any]) -> dict[str, str]:
-    return {
-        key: str(value).lower() if isinstance(value, bool) else str(value)
-        for key, value in fields.items()
-    }
+def _query(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Query parameters as the transcoder reads them: repeated fields repeat the key."""
+    pairs: list[tuple[str, str]] = []
+    for key, value in fields.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((key, str(item).lower() if isinstance(item, bool) else str(item)))
+    return pairs

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
 import pytest
 
 from etax_platform.certs import CertificatePaths
+from etax_platform.clock import CST
 from tests.e2e.platform import Backend, Platform, postgresql_redis, running_platform, sqlite_memory
 from tests.e2e.story import Bureau
 from tests.harness.gateway import RunningGateway, gateway_certificates
@@ -62,6 +64,15 @@ def platform(
         backend, e2e_certificates, tmp_path_factory.mktemp("e2e-platform")
     ) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def clock_keeps_up_with_real_time(platform: Platform) -> None:
+    """Envoy checks tokens' expiry against the real clock, the services against theirs: the
+    services' clock is moved up whenever real time has overtaken it (never back)."""
+    lag = datetime.now(CST) - platform.clock.now()
+    if lag > timedelta(0):
+        platform.clock.advance(lag)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import inspect
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from tests.harness.gateway import RunningGateway, running_gateway
 from tests.harness.servers import PostgresServer, free_port
 
 AUTH_SERVICE = "etax.auth.v1.AuthService"
+# D7: the old login's transition period, from the platform's start.
+LEGACY_LOGIN_PERIOD = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Platform:
     workdir: Path
     hosts: dict[str, GrpcHost]
     login_available: bool
+    # D7: when the old login closes (None: auth has no such setting yet).
+    legacy_login_closes_at: datetime | None
 
     @property
     def upstreams(self) -> dict[str, str]:
@@ -147,6 +151,9 @@ def running_platform(
         started.append(face)
         # auth and binding call each other: binding is built first, towards auth's port.
         auth_port = free_port()
+        closes_at = clock.now() + LEGACY_LOGIN_PERIOD
+        legacy = {"legacy_login_closes_at": closes_at}
+        legacy = {k: v for k, v in legacy.items() if k in AuthSettings.model_fields}
         binding = build_binding(
             BindingSettings(
                 port=0,
@@ -166,6 +173,7 @@ def running_platform(
                 binding_target=binding.address,
                 hash_workers=2,
                 platform=_platform_settings(workdir / "auth"),
+                **legacy,
             ),
             clock=clock,
             store=backend.new_store(),
@@ -186,6 +194,7 @@ def running_platform(
             workdir=workdir,
             hosts={"auth": auth, "binding": binding, "sms": sms, "face": face},
             login_available=login_available,
+            legacy_login_closes_at=closes_at if legacy else None,
         )
     finally:
         for host in reversed(started):

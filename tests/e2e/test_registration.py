@@ -8,6 +8,7 @@ from datetime import timedelta
 from etax.auth.v1 import auth_pb2
 
 from etax_platform.documents import gb11643_check_character
+from tests.e2e.api import Reply
 from tests.e2e.conftest import needs_login
 from tests.e2e.story import (
     ENTERPRISE,
@@ -361,7 +362,7 @@ def test_q07_overseas_person_has_no_enterprise_business_until_the_hall(bureau: B
     legal_representative = bureau.register(Person("郑法人"))
     code = new_uscc()
     bureau.new_enterprise(code, legal_representative)
-    bureau.add_tax_officer(code, legal_representative, person, by_face=True)
+    bureau.add_tax_officer(code, legal_representative, person)
 
     bureau.start_login(person, ENTERPRISE, enterprise_code=code).expect(
         "OVERSEAS_RESTRICTED",
@@ -388,7 +389,7 @@ def test_q13_password_rules_8_to_16_characters_two_kinds_of_three(bureau: Bureau
     proof = bureau.face_proof(face)
     verification_id, code = bureau.code_for(person.phone, "VERIFICATION_PURPOSE_REGISTRATION")
 
-    def complete(password: str) -> object:
+    def complete(password: str) -> Reply:
         return bureau.web.call(
             "AccountService.CompleteRegistration",
             {
@@ -412,11 +413,11 @@ def test_q13_password_rules_8_to_16_characters_two_kinds_of_three(bureau: Bureau
     }
     for password, problem in refused.items():
         reply = complete(password)
-        reply.expect("PASSWORD_POLICY", POLICY_TEXT)  # type: ignore[attr-defined]
-        assert reply.metadata["problem"] == problem, password  # type: ignore[attr-defined]
+        reply.expect("PASSWORD_POLICY", POLICY_TEXT)
+        assert reply.metadata["problem"] == problem, password
     # Letters and the special characters, 16 characters: allowed.
     person.password = "Ab.@$%*#_+-'&^cd"
-    assert complete(person.password)["real_name_level"] == 4  # type: ignore[index]
+    assert complete(person.password)["real_name_level"] == 4
 
 
 @needs_login
