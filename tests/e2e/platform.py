@@ -152,8 +152,14 @@ def running_platform(
         # auth and binding call each other: binding is built first, towards auth's port.
         auth_port = free_port()
         closes_at = clock.now() + LEGACY_LOGIN_PERIOD
-        legacy = {"legacy_login_closes_at": closes_at}
-        legacy = {k: v for k, v in legacy.items() if k in AuthSettings.model_fields}
+        wanted: dict[str, Any] = {
+            "legacy_login_closes_at": closes_at,
+            # Key rotation is not under test here: after the clock jumps by days (Q10,
+            # Q12, Q15) auth must not sign with a key Envoy has not fetched yet (its JWKS
+            # cache runs on real time).
+            "key_rotation_seconds": 10 * 365 * 86400,
+        }
+        login_settings = {k: v for k, v in wanted.items() if k in AuthSettings.model_fields}
         binding = build_binding(
             BindingSettings(
                 port=0,
@@ -173,7 +179,7 @@ def running_platform(
                 binding_target=binding.address,
                 hash_workers=2,
                 platform=_platform_settings(workdir / "auth"),
-                **legacy,
+                **login_settings,
             ),
             clock=clock,
             store=backend.new_store(),
@@ -194,7 +200,9 @@ def running_platform(
             workdir=workdir,
             hosts={"auth": auth, "binding": binding, "sms": sms, "face": face},
             login_available=login_available,
-            legacy_login_closes_at=closes_at if legacy else None,
+            legacy_login_closes_at=closes_at
+            if "legacy_login_closes_at" in login_settings
+            else None,
         )
     finally:
         for host in reversed(started):
