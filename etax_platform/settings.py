@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from etax_platform.kv import KeyValueStore, open_store
 from etax_platform.pii import Keyring
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,10 @@ class PlatformSettings(BaseSettings):
             if self.kv_url.startswith("memory://"):
                 raise ValueError("production needs a shared store: set ETAX_KV_URL to Redis")
         return self
+
+    def open_store(self) -> KeyValueStore:
+        """The key-value store these settings name (the caller closes it)."""
+        return open_store(self.kv_url, prefix=self.kv_prefix)
 
     def keyring(self) -> Keyring:
         if self.pii_keys is not None and self.pii_index_key is not None:

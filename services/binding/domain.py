@@ -16,8 +16,9 @@ from datetime import datetime
 from typing import cast
 
 from etax.binding.v1.binding_pb2 import ConfirmingParty, RelationState
-from etax.common.v1.types_pb2 import DocumentType, Entry, Role, SubjectType
+from etax.common.v1.types_pb2 import Entry, Role, SubjectType
 
+from etax_platform.documents import Document, parse_document
 from etax_platform.enterprise_codes import normalize_enterprise_code
 from etax_platform.errors import DomainError, Reason, invalid
 
@@ -58,9 +59,6 @@ _ROLE_PRECEDENCE = (
     TAX_AGENT,
 )
 
-KNOWN_DOCUMENT_TYPES = frozenset(
-    value for value in DocumentType.values() if value != DocumentType.DOCUMENT_TYPE_UNSPECIFIED
-)
 KNOWN_SUBJECT_TYPES = frozenset(
     value for value in SubjectType.values() if value != SubjectType.SUBJECT_TYPE_UNSPECIFIED
 )
@@ -73,9 +71,6 @@ PROVINCES = frozenset((
 ))
 # fmt: on
 
-# Until etax_platform.documents (GB 11643 and the other document rules) is on main, a
-# document number is only checked for a sane length and charset.
-_DOCUMENT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,31}")
 _PROJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
 _SEARCH_QUERY = re.compile(r"[0-9A-Z-]{0,64}")
 _TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
@@ -90,19 +85,6 @@ class Origin(enum.StrEnum):
     REGISTRATION = "registration"  # A2, F2: the core tax system; the person confirms
     ADDED = "added"  # F1(b): the LR or FO added the person; the person confirms
     APPLICATION = "application"  # F1(a): the person applied; the LR or FO confirms
-
-
-@dataclass(frozen=True)
-class Document:
-    type: DocumentType
-    number: str
-
-    @property
-    def lookup_value(self) -> str:
-        """What the blind index of kind "document" is computed over, by binding and auth
-        alike: f"{type}:{number}", the type as its etax.common.v1.DocumentType number
-        (201) and the number normalised (upper case, no spaces)."""
-        return f"{int(self.type)}:{self.number}"
 
 
 @dataclass(frozen=True)
@@ -184,11 +166,11 @@ class Target:
 
 
 def document(type_: int, number: str, field_name: str) -> Document:
-    """A known document type and a sane number, upper-cased without spaces."""
-    normalised = re.sub(r"\s", "", number).upper()
-    if type_ not in KNOWN_DOCUMENT_TYPES or not _DOCUMENT_NUMBER.fullmatch(normalised):
-        raise invalid(field_name, Reason.INVALID_DOCUMENT)
-    return Document(cast(DocumentType, type_), normalised)
+    """A validated, normalised document: the rules and normal form auth uses, so both
+    compute the same blind index (etax_platform.documents)."""
+    return parse_document(
+        type_, number, type_field=f"{field_name}.type", number_field=f"{field_name}.number"
+    )
 
 
 def person_name(raw: str, field_name: str) -> str:

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from etax_platform.clients import call
 from etax_platform.clock import Clock, from_millis, to_millis
 from etax_platform.db import Database
+from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_document, mask_name
 from services.binding import domain
@@ -53,7 +54,6 @@ from services.binding.domain import (
     WITHDRAWN,
     Actor,
     AgentClient,
-    Document,
     Enterprise,
     Identity,
     NamedDocument,
@@ -135,7 +135,9 @@ class Auth:
         response = call(
             self._internal.ResolvePerson,
             auth_pb2.ResolvePersonRequest(
-                document=types_pb2.Document(type=document.type, number=document.number)
+                document=types_pb2.Document(
+                    type=cast(types_pb2.DocumentType, int(document.type)), number=document.number
+                )
             ),
             timeout=self._timeout,
             dependency="auth",
@@ -165,8 +167,8 @@ class PersonDirectory:
         self._auth = auth
 
     def index_of_document(self, document: Document) -> str:
-        """blind_index(f"{type}:{number}", "document"): auth computes the same."""
-        return self._personal_data.blind_index(document.lookup_value, "document")
+        """The document's blind index, as auth computes it."""
+        return document.blind_index(self._personal_data)
 
     def index_of(self, person_id: str) -> str:
         """The person's document index; auth is asked only the first time."""

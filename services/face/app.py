@@ -7,7 +7,7 @@ import threading
 from etax.face.v1 import face_pb2, face_pb2_grpc
 
 from etax_platform.clock import Clock, SystemClock
-from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration
 from services.face.domain import Signer
@@ -49,7 +49,7 @@ def build(
     """The face service's host, not started. What it opens itself it closes on stop."""
     owned_store = store is None
     owned_provider = provider is None
-    store = store if store is not None else open_store(settings.platform.kv_url)
+    store = store if store is not None else settings.platform.open_store()
     provider = provider if provider is not None else provider_from(settings)
     service = FaceService(
         store=store,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from etax.sms.v1 import sms_pb2_grpc
 
 from etax_platform.clock import Clock, SystemClock
 from etax_platform.db import Database
-from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration
 from services.sms.providers import HttpProvider, Outbox, Provider
@@ -31,9 +32,13 @@ def build(
     provider: Provider | None = None,
 ) -> GrpcHost:
     """The SMS service's server, not yet started. Tests pass their own clock and store."""
-    store = store or open_store(settings.platform.kv_url, prefix=settings.platform.kv_prefix)
+    on_stop: list[Callable[[], None]] = []
+    if store is None:  # what the host opens itself it closes on stop
+        store = settings.platform.open_store()
+        on_stop.append(store.close)
     database = Database(settings.database_url_for("sms"))
     database.migrate(MIGRATIONS)
+    on_stop.append(database.dispose)
     outbox = Outbox(store)
     if provider is None:
         if settings.provider == "http":
@@ -88,5 +93,5 @@ def build(
         port=settings.port,
         max_workers=settings.max_workers,
         grace_seconds=settings.grace_seconds,
-        on_stop=[database.dispose, store.close],
+        on_stop=on_stop,
     )

@@ -170,7 +170,7 @@ def test_f4_agency_forms_check_their_input(binding: Binding, agency: Agency) -> 
     expect(
         lambda: binding.agreement(agency.code, agency.client, (broken,), now, later),
         Reason.INVALID_DOCUMENT,
-        "agents[0]",
+        "agents[0].number",
     )
     expect(
         lambda: binding.agency_information("91110000600037341N", agency.in_both),
@@ -180,7 +180,7 @@ def test_f4_agency_forms_check_their_input(binding: Binding, agency: Agency) -> 
     expect(
         lambda: binding.agency_information(agency.code, broken),
         Reason.INVALID_DOCUMENT,
-        "agents[0].document",
+        "agents[0].document.number",
     )
     # Nothing above changed the agent's access.
     assert _agent(binding, agency.in_both, agency.code, agency.client).client_code

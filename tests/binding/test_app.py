@@ -17,8 +17,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from etax.binding.v1 import binding_pb2 as pb
 from etax.common.v1.types_pb2 import Role
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2
 
 from etax_platform.db import Database
 from etax_platform.errors import Reason
@@ -28,31 +26,15 @@ from services.binding.app import INTERNAL_SERVICE, MIGRATIONS, PUBLIC_SERVICE
 from services.binding.models import metadata
 from services.binding.settings import BindingSettings
 from tests.binding.support import Binding, expect, rpc_error, uscc
+from tests.harness.grpc_checks import SERVING, health_status, reflected_services
 from tests.harness.servers import free_port
-
-
-def _health(channel: grpc.Channel, service: str) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-    status: int = response.status
-    return status
-
-
-def _reflected_services(channel: grpc.Channel) -> set[str]:
-    call = channel.stream_stream(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
-    responses = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    return {s.name for s in responses[0].list_services_response.service}
 
 
 def test_host_is_serving_and_reflects_both_binding_services(binding: Binding) -> None:
     with grpc.insecure_channel(binding.host.address) as channel:
         for service in ("", PUBLIC_SERVICE, INTERNAL_SERVICE):
-            assert _health(channel, service) == health_pb2.HealthCheckResponse.SERVING
-        assert {PUBLIC_SERVICE, INTERNAL_SERVICE} <= _reflected_services(channel)
+            assert health_status(channel, service) == SERVING
+        assert {PUBLIC_SERVICE, INTERNAL_SERVICE} <= reflected_services(channel)
     assert PUBLIC_SERVICE == "etax.binding.v1.BindingService"
     assert INTERNAL_SERVICE == "etax.binding.v1.InternalBindingService"
 
@@ -151,14 +133,14 @@ def test_python_m_services_binding_serves_until_terminated(tmp_path: Path) -> No
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    status = _health(channel, PUBLIC_SERVICE)
+                    status = health_status(channel, PUBLIC_SERVICE)
                     break
                 except grpc.RpcError:
                     assert process.poll() is None, process.stderr.read() if process.stderr else ""
                     assert time.monotonic() < deadline, "binding did not start"
                     time.sleep(0.1)
-            assert status == health_pb2.HealthCheckResponse.SERVING
-            assert {PUBLIC_SERVICE, INTERNAL_SERVICE} <= _reflected_services(channel)
+            assert status == SERVING
+            assert {PUBLIC_SERVICE, INTERNAL_SERVICE} <= reflected_services(channel)
         assert (tmp_path / "binding.sqlite3").exists()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -162,7 +162,7 @@ def test_a2_bad_registration_fields_name_the_field(binding: Binding) -> None:
                 enterprise_code=uscc(8), name="某公司", tax_authority=AUTHORITIES[SHANDONG]
             ),
             Reason.INVALID_DOCUMENT,
-            "legal_representative.document",
+            "legal_representative.document.type",
         ),
         (
             pb.ConfirmTaxpayerRegistrationRequest(
@@ -173,7 +173,7 @@ def test_a2_bad_registration_fields_name_the_field(binding: Binding) -> None:
                 financial_officer=no_document,
             ),
             Reason.INVALID_DOCUMENT,
-            "financial_officer.document",
+            "financial_officer.document.type",
         ),
         (
             pb.ConfirmTaxpayerRegistrationRequest(

@@ -248,7 +248,9 @@ def test_f1b_add_person_checks_its_input(
     code, lr, _ = company
     newcomer = binding.person("小明")
     newcomer.document.number = "12"
-    expect(lambda: binding.add(code, lr, newcomer), Reason.INVALID_DOCUMENT, "person.document")
+    expect(
+        lambda: binding.add(code, lr, newcomer), Reason.INVALID_DOCUMENT, "person.document.number"
+    )
     nameless = binding.person("")
     expect(lambda: binding.add(code, lr, nameless), Reason.INVALID_ARGUMENT, "person.name")
     past = binding.clock.now() - timedelta(days=1)

@@ -12,38 +12,22 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2
 from pydantic import ValidationError
 
 from etax_platform.settings import REPO_ROOT, PlatformSettings
 from services.face.app import INTERNAL_SERVICE, PUBLIC_SERVICE
 from services.face.settings import FaceSettings
 from tests.face.conftest import SECRET, Face
+from tests.harness.grpc_checks import SERVING, health_status, reflected_services
 
 SERVICES = {"etax.face.v1.FaceService", "etax.face.v1.InternalFaceService"}
-
-
-def _health(channel: grpc.Channel, service: str) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def _listed_services(channel: grpc.Channel) -> set[str]:
-    call = channel.stream_stream(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
-    (response,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    return {s.name for s in response.list_services_response.service}
 
 
 def test_built_host_is_serving_and_reflects_its_services(face: Face) -> None:
     assert {PUBLIC_SERVICE, INTERNAL_SERVICE} == SERVICES
     for name in ("", *SERVICES):
-        assert _health(face.channel, name) == health_pb2.HealthCheckResponse.SERVING
-    assert _listed_services(face.channel) >= SERVICES
+        assert health_status(face.channel, name) == SERVING
+    assert reflected_services(face.channel) >= SERVICES
 
 
 def test_default_port_is_50054() -> None:
@@ -107,8 +91,8 @@ def test_python_m_services_face_serves_until_sigterm(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(address) as channel:
             for name in ("", *SERVICES):
-                assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
-            assert _listed_services(channel) >= SERVICES
+                assert health_status(channel, name) == SERVING
+            assert reflected_services(channel) >= SERVICES
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from etax.common.v1 import types_pb2
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2
 
 from etax_platform.pii import Keyring
+from tests.harness.grpc_checks import reflected_services
 from tests.harness.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow
@@ -101,19 +101,13 @@ def test_process_serves_reflection_and_stops_cleanly_on_sigterm(
 ) -> None:
     process = replicas[0]
     with grpc.insecure_channel(process.address) as channel:
-        call = channel.stream_stream(
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-        )
-        (response,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = reflected_services(channel)
         sms_pb2_grpc.SmsServiceStub(channel).SendCode(
             sms_pb2.SendCodeRequest(
                 phone=PHONE, purpose=types_pb2.VERIFICATION_PURPOSE_REGISTRATION
             ),
             timeout=5,
         )
-    names = {s.name for s in response.list_services_response.service}
     assert {"etax.sms.v1.SmsService", "etax.sms.v1.InternalSmsService"} <= names
     assert process.terminate() == 0
     log = process.log()
