@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from etax_platform.certs import CertificatePaths
 from etax_platform.clock import CST, ManualClock
@@ -33,6 +32,7 @@ from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
 from tests.harness.gateway import RunningGateway, running_gateway
+from tests.harness.grpc_checks import SERVING, health_status
 from tests.harness.servers import PostgresServer, free_port
 
 AUTH_SERVICE = "etax.auth.v1.AuthService"
@@ -97,16 +97,10 @@ class Platform:
 
 def serves(host: GrpcHost, service: str) -> bool:
     with grpc.insecure_channel(host.address) as channel:
-        check = channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
         try:
-            answer = check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            return health_status(channel, service) == SERVING
         except grpc.RpcError:
             return False
-        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def _platform_settings(directory: Path) -> PlatformSettings:
@@ -126,6 +120,11 @@ def running_platform(
     clock = ManualClock(datetime.now(CST))
     started: list[GrpcHost] = []
     channels: list[grpc.Channel] = []
+    stores: list[KeyValueStore] = []
+
+    def new_store() -> KeyValueStore:
+        stores.append(backend.new_store())
+        return stores[-1]
 
     def channel_to(address: str) -> grpc.Channel:
         channels.append(grpc.insecure_channel(address))
@@ -140,13 +139,13 @@ def running_platform(
                 platform=_platform_settings(workdir / "sms"),
             ),
             clock=clock,
-            store=backend.new_store(),
+            store=new_store(),
         ).start()
         started.append(sms)
         face = build_face(
             FaceSettings(port=0, platform=_platform_settings(workdir / "face")),
             clock=clock,
-            store=backend.new_store(),
+            store=new_store(),
         ).start()
         started.append(face)
         # auth and binding call each other: binding is built first, towards auth's port.
@@ -182,7 +181,7 @@ def running_platform(
                 **login_settings,
             ),
             clock=clock,
-            store=backend.new_store(),
+            store=new_store(),
             sms_channel=channel_to(sms.address),
             face_channel=channel_to(face.address),
             binding_channel=channel_to(binding.address),
@@ -192,7 +191,7 @@ def running_platform(
         if not login_available:
             # Until AuthService (login) is on main: the gateway health-checks auth by that
             # name and would route nothing to auth (no panic routing) without this.
-            auth.health.set(AUTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            auth.health.set(AUTH_SERVICE, SERVING)
         yield Platform(
             clock=clock,
             backend=backend,
@@ -209,3 +208,5 @@ def running_platform(
             host.stop(grace=0)
         for channel in channels:
             channel.close()
+        for store in stores:  # a store is closed by who opened it (auth closes its own too)
+            store.close()
