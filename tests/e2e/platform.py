@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 
 from etax_platform.certs import CertificatePaths
 from etax_platform.clock import CST, ManualClock
 from etax_platform.kv import KeyValueStore, MemoryStore, RedisStore
 from etax_platform.server import GrpcHost
 from etax_platform.settings import PlatformSettings
+from etax_platform.tokens import SigningKey
 from services.auth.app import build as build_auth
 from services.auth.settings import AuthSettings
 from services.binding.app import build as build_binding
@@ -36,6 +39,8 @@ from tests.harness.grpc_checks import SERVING, health_status
 from tests.harness.servers import PostgresServer, free_port
 
 AUTH_SERVICE = "etax.auth.v1.AuthService"
+# Q17: the personal income tax APP (个人所得税 APP), a token issuer auth trusts for QR login.
+IIT_ISSUER = "https://iit.chinatax.example/app"
 # D7: the old login's transition period, from the platform's start.
 LEGACY_LOGIN_PERIOD = timedelta(days=30)
 
@@ -73,6 +78,25 @@ class Platform:
     login_available: bool
     # D7: when the old login closes (None: auth has no such setting yet).
     legacy_login_closes_at: datetime | None
+    # The personal income tax APP's signing key (auth trusts its tokens, Q17).
+    iit_key: SigningKey
+
+    def iit_token(self, document_type: int, document_number: str) -> str:
+        """An access token of the personal income tax APP, naming the person by document."""
+        expires = max(self.clock.now(), datetime.now(CST)) + timedelta(minutes=10)
+        return jwt.encode(
+            {
+                "iss": IIT_ISSUER,
+                "aud": "etax",
+                "sub": f"iit-{document_number[-6:]}",
+                "exp": int(expires.timestamp()),
+                "document_type": document_type,
+                "document_number": document_number,
+            },
+            self.iit_key.private_key,
+            "EdDSA",
+            headers={"kid": self.iit_key.kid},
+        )
 
     @property
     def upstreams(self) -> dict[str, str]:
@@ -151,8 +175,11 @@ def running_platform(
         # auth and binding call each other: binding is built first, towards auth's port.
         auth_port = free_port()
         closes_at = clock.now() + LEGACY_LOGIN_PERIOD
+        iit_key = SigningKey.generate()
         wanted: dict[str, Any] = {
             "legacy_login_closes_at": closes_at,
+            "iit_issuer": IIT_ISSUER,
+            "iit_jwks_json": json.dumps({"keys": [iit_key.public_jwk()]}),
             # Key rotation is not under test here: after the clock jumps by days (Q10,
             # Q12, Q15) auth must not sign with a key Envoy has not fetched yet (its JWKS
             # cache runs on real time).
@@ -199,6 +226,7 @@ def running_platform(
             workdir=workdir,
             hosts={"auth": auth, "binding": binding, "sms": sms, "face": face},
             login_available=login_available,
+            iit_key=iit_key,
             legacy_login_closes_at=closes_at
             if "legacy_login_closes_at" in login_settings
             else None,

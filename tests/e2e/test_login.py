@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from etax.common.v1 import types_pb2
 
 from etax_platform.clock import CST, next_cst_midnight
 from tests.e2e.api import Reply
 from tests.e2e.conftest import needs_login
+from tests.e2e.platform import Platform
 from tests.e2e.story import (
     ENTERPRISE,
     NOT_REGISTERED_TEXT,
@@ -399,6 +401,45 @@ def test_q17_empty_phone_and_forgotten_password_face_reset_then_recover_the_phon
 
     new = new_phone()
     assert _recover_phone(bureau, person, new)["masked_phone"] == masked(new)
+    assert bureau.login(person).person_id == person.person_id
+
+
+@needs_login
+@pytest.mark.xfail(
+    reason="gateway: ConfirmQrLogin's jwt_authn requirement accepts only etax-auth tokens, so "
+    "a personal income tax APP token (an issuer auth trusts, ETAX_AUTH_IIT_ISSUER) gets 401 "
+    "from Envoy before it reaches auth",
+    strict=True,
+)
+def test_q17_personal_income_tax_app_qr_login_then_add_a_phone_and_reset_the_password(
+    bureau: Bureau, platform: Platform
+) -> None:
+    """Q17, D3, C3, C5: "也可以通过登录个人所得税 APP 后，扫描左侧个人所得税 APP 二维码，同步
+    登录到电子税务局后，再进入电子税务局账户中心新增手机号码和找回密码"."""
+    person = bureau.register(Person("陆个税"))
+    _take_phone(bureau, person)
+    created = bureau.web.call("AuthService.CreateQrLogin", {"province": bureau.province})
+    iit_token = platform.iit_token(types_pb2.DOCUMENT_TYPE_RESIDENT_IDENTITY_CARD, person.number)
+    assert bureau.app.call(
+        "AuthService.ConfirmQrLogin", {"qr_payload": created["qr_payload"]}, token=iit_token
+    ).ok
+    collected = bureau.web.call("AuthService.GetQrLogin", {"qr_login_id": created["qr_login_id"]})
+    session = Session(collected["session"])
+    assert session.person_id == person.person_id
+    assert session.identity["entry"] == "ENTRY_NATURAL_PERSON"
+
+    person.phone = new_phone()
+    assert bureau.add_phone(session, person.phone).ok
+    reset = bureau.web.call(
+        "AuthService.StartPasswordReset", {"account": person.number, "province": bureau.province}
+    )
+    assert bureau.web.call("AuthService.SendPasswordResetCode", {"reset_id": reset["reset_id"]}).ok
+    code = bureau.phones.code(person.phone, purpose="VERIFICATION_PURPOSE_PASSWORD_RESET")
+    person.password = "Iit.reset2023"
+    assert bureau.web.call(
+        "AuthService.CompletePasswordReset",
+        {"reset_id": reset["reset_id"], "code": code, "new_password": person.password},
+    ).ok
     assert bureau.login(person).person_id == person.person_id
 
 
