@@ -88,6 +88,12 @@ def test_a3_registered_through_shandong_logs_in_through_beijing(
     assert profile["registered_province"] == "37"
     routes = [e["route"] for e in beijing.gateway.access_log_entries()]
     assert "etax.auth.v1.AuthService/CompleteLoginWithCode" in routes
+    # The bureau is the gateway's: through Beijing, a login naming Shandong is refused, and
+    # one naming no province is Beijing's.
+    beijing.start_login(person, province="37").expect(
+        "INVALID_ARGUMENT", "请在所选省份的电子税务局办理"
+    )
+    assert beijing.login_by_face(person, province="").province == "11"
     # And at home the same person's session records Shandong.
     assert shandong.login_by_face(person).province == "37"
 
