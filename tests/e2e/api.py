@@ -182,7 +182,7 @@ class Client:
 
     def _grpc_web(self, method: MethodDescriptor, message: Any, headers: dict[str, str]) -> Reply:
         url = self.gateway.url(f"/{method.containing_service.full_name}/{method.name}")
-        reply = grpc_web_call(url, message.SerializeToString(), headers, timeout=20)
+        reply = grpc_web_call(url, message.SerializeToString(), headers, 20, self._http)
         response_headers = dict(reply.headers)
         if reply.http_status != 200:
             status = _HTTP_TO_GRPC.get(reply.http_status, 2)

@@ -25,6 +25,7 @@ from tests.e2e.story import (
     Session,
     new_uscc,
 )
+from tests.harness.gateway import wait_until
 
 RELATION_TEXT = "未查询到您与该企业的关联关系信息，请确认录入的信息是否正确"
 INSPECTION = "SUBJECT_TYPE_CROSS_REGION_INSPECTION"
@@ -86,8 +87,14 @@ def test_a3_registered_through_shandong_logs_in_through_beijing(
     assert _claims(session.token)["province"] == "11"
     profile = beijing.profile(session)
     assert profile["registered_province"] == "37"
-    routes = [e["route"] for e in beijing.gateway.access_log_entries()]
-    assert "etax.auth.v1.AuthService/CompleteLoginWithCode" in routes
+    # Beijing's gateway served the login (its access log is flushed every 50 ms).
+    wait_until(
+        lambda: (
+            "etax.auth.v1.AuthService/CompleteLoginWithCode"
+            in [e["route"] for e in beijing.gateway.access_log_entries()]
+        ),
+        "the login in Beijing's access log",
+    )
     # The bureau is the gateway's: through Beijing, a login naming Shandong is refused, and
     # one naming no province is Beijing's.
     beijing.start_login(person, province="37").expect(
