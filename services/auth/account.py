@@ -11,6 +11,7 @@ from etax_platform.clock import Clock
 from etax_platform.documents import OVERSEAS_TYPES, readings
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_phone
+from services.auth.audit import AuditEvent, AuditLog
 from services.auth.credentials import PasswordCheck
 from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
 from services.auth.domain import (
@@ -41,13 +42,19 @@ class AccountCenter:
         face: FaceChecks,
         hasher: PasswordHasher,
         clock: Clock,
+        audit: AuditLog | None = None,
     ) -> None:
         self._accounts = accounts
+        self._audit = audit
         self._sms = sms
         self._face = face
         self._hasher = hasher
         self._clock = clock
         self._passwords = PasswordCheck(accounts, hasher, clock)
+
+    def _record(self, action: str, person_id: str, **detail: object) -> None:
+        if self._audit is not None:
+            self._audit.record(AuditEvent(action, person_id=person_id, detail=dict(detail)))
 
     def _person(self, person_id: str) -> PersonRecord:
         person = self._accounts.person(person_id)
@@ -80,6 +87,7 @@ class AccountCenter:
         ):
             # Someone changed it between our check and our write: check again.
             raise DomainError(Reason.STATE_CONFLICT, "密码已被修改，请重新操作")
+        self._record("password.change", person_id)
 
     # --- C2 --------------------------------------------------------------------------------
 
@@ -116,6 +124,7 @@ class AccountCenter:
         verified = self._sms.verify(verification_id, code, Purpose.PHONE_ADD)
         if verified.channel != Channel.SMS or verified.recipient != phone:
             raise invalid("phone", Reason.CODE_INVALID, "验证码不是发送到该号码的，请重新获取")
+        previous = self._accounts.holder_of_phone(phone) if self._audit is not None else None
         held = self._accounts.claim_phone(
             person_id,
             PhoneClaim(phone, verified.verified_at or self._clock.now(), make_default),
@@ -126,6 +135,11 @@ class AccountCenter:
             raise DomainError(
                 Reason.STATE_CONFLICT, "该手机号码刚被他人验证绑定，请重新获取验证码后再试"
             )
+        taken = previous is not None and previous != person_id
+        self._record("phone.add", person_id, phone_id=held.phone_id, takeover=taken)
+        if previous is not None and taken:
+            # C4: the previous holder lost the number.
+            self._record("phone.taken_over", previous)
         # As the profile shows it (the first phone is the default even when not asked for).
         shown = (p for p in self._accounts.phones(person_id) if p.phone_id == held.phone_id)
         return next(shown, held)
@@ -134,6 +148,7 @@ class AccountCenter:
         require_id(phone_id, "phone_id")
         if not self._accounts.remove_phone(person_id, phone_id):
             raise DomainError(Reason.NOT_FOUND, metadata={"field": "phone_id"})
+        self._record("phone.remove", person_id, phone_id=phone_id)
 
     def set_default_phone(self, person_id: str, phone_id: str) -> None:
         require_id(phone_id, "phone_id")

@@ -1,4 +1,5 @@
-"""The SMS and face services as auth uses them, through their protobuf contracts only.
+"""The SMS, face and binding services as auth uses them, through their protobuf contracts
+only.
 
 Each call has a deadline; a reason raised by the called service (CODE_INVALID,
 TICKET_INVALID, FACE_SERVICE_BUSY, ...) reaches the user unchanged, and a service that is
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import grpc
+from etax.binding.v1 import binding_pb2, binding_pb2_grpc
 from etax.common.v1 import types_pb2
 from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
@@ -18,7 +20,8 @@ from google.protobuf import timestamp_pb2
 
 from etax_platform.clients import call
 from etax_platform.clock import from_timestamp
-from etax_platform.documents import Document
+from etax_platform.documents import Document, parse_document
+from etax_platform.errors import DomainError
 from services.auth.domain import Channel, Purpose
 
 
@@ -38,9 +41,27 @@ class FaceChallenge:
 
 
 @dataclass(frozen=True)
+class SentCode:
+    verification_id: str
+    masked_recipient: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
 class FaceResult:
     ticket_id: str
     verified_at: datetime | None
+    # The identity that passed (the APP's, for subject-less tickets); None if unreadable.
+    identity: tuple[Document, str] | None = None
+    # Mismatches before the pass not reported before (E1 counts them).
+    uncollected_failures: int = 0
+
+
+@dataclass(frozen=True)
+class CollectedFailures:
+    new_failures: int
+    # etax.face.v1.TicketState
+    state: int
 
 
 def _instant(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
@@ -55,7 +76,8 @@ def _named_document(document: Document, name: str) -> types_pb2.NamedDocument:
 
 
 class SmsCodes:
-    """InternalSmsService.VerifyCode: single use, purpose-bound (E2)."""
+    """InternalSmsService: codes to the account's phone and their checks (single use,
+    purpose-bound, E2)."""
 
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._stub = sms_pb2_grpc.InternalSmsServiceStub(channel)
@@ -78,6 +100,20 @@ class SmsCodes:
             verified_at=_instant(response.verified_at, response.HasField("verified_at")),
         )
 
+    def send(self, phone: str, purpose: Purpose) -> SentCode:
+        """InternalSmsService.SendAccountCode: a code to a phone auth chose (E2 applies)."""
+        response: sms_pb2.SendAccountCodeResponse = call(
+            self._stub.SendAccountCode,
+            sms_pb2.SendAccountCodeRequest(phone=phone, purpose=int(purpose)),  # type: ignore[arg-type]
+            timeout=self._timeout,
+            dependency="sms",
+        )
+        return SentCode(
+            verification_id=response.verification_id,
+            masked_recipient=response.masked_recipient,
+            expires_at=_instant(response.expires_at, response.HasField("expires_at")),
+        )
+
 
 class FaceChecks:
     """InternalFaceService: identity check, tickets, single-use proofs (B1-B3, B7)."""
@@ -96,14 +132,16 @@ class FaceChecks:
         return response.match
 
     def create_ticket(
-        self, purpose: Purpose, subject_ref: str, document: Document, name: str
+        self, purpose: Purpose, subject_ref: str, document: Document | None, name: str = ""
     ) -> FaceChallenge:
+        """A ticket for the person; without a document, a subject-less ticket where the
+        APP supplies the identity (D5 face login)."""
         response: face_pb2.CreateTicketResponse = call(
             self._stub.CreateTicket,
             face_pb2.CreateTicketRequest(
                 purpose=int(purpose),  # type: ignore[arg-type]
                 subject_ref=subject_ref,
-                identity=_named_document(document, name),
+                identity=None if document is None else _named_document(document, name),
             ),
             timeout=self._timeout,
             dependency="face",
@@ -128,4 +166,41 @@ class FaceChecks:
         return FaceResult(
             ticket_id=response.ticket_id,
             verified_at=_instant(response.verified_at, response.HasField("verified_at")),
+            identity=_identity(response.identity) if response.HasField("identity") else None,
+            uncollected_failures=max(0, response.uncollected_failures),
         )
+
+    def collect_failures(self, ticket_id: str, subject_ref: str) -> CollectedFailures:
+        response: face_pb2.CollectFailuresResponse = call(
+            self._stub.CollectFailures,
+            face_pb2.CollectFailuresRequest(ticket_id=ticket_id, subject_ref=subject_ref),
+            timeout=self._timeout,
+            dependency="face",
+        )
+        return CollectedFailures(max(0, response.new_failures), response.state)
+
+
+def _identity(message: types_pb2.NamedDocument) -> tuple[Document, str] | None:
+    try:
+        document = parse_document(message.document.type, message.document.number)
+    except DomainError:
+        return None
+    return document, " ".join(message.name.split())
+
+
+class Bindings:
+    """InternalBindingService.CheckAccess: may this person act as this target (F3-F5, D5)?
+    RELATION_NOT_FOUND from binding passes through unchanged."""
+
+    def __init__(self, channel: grpc.Channel, timeout: float) -> None:
+        self._stub = binding_pb2_grpc.InternalBindingServiceStub(channel)
+        self._timeout = timeout
+
+    def check_access(self, person_id: str, target: binding_pb2.Target) -> binding_pb2.Identity:
+        response: binding_pb2.CheckAccessResponse = call(
+            self._stub.CheckAccess,
+            binding_pb2.CheckAccessRequest(person_id=person_id, target=target),
+            timeout=self._timeout,
+            dependency="binding",
+        )
+        return response.identity

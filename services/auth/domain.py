@@ -41,6 +41,7 @@ class Purpose(enum.IntEnum):
     PHONE_RECOVERY = 5
     REAL_NAME_UPGRADE = 6
     UNLOCK = 7
+    SPECIFIC_SUBJECT_LOGIN = 9
 
 
 class Channel(enum.IntEnum):

@@ -1,10 +1,11 @@
 """Auth's tables. Personal numbers are stored sealed (PersonalData.encrypt, one context per
 column) and found by blind index; names are sealed too.
 
-Designed for the next issue as well: a person's password hash (with its parameters, for
-rehash on login), the phones that log in (C3) and their last SMS check (C4, D2), the
-signing keys of access tokens (rotation adds rows). Sessions, lockout and audit tables
-come with their migrations then.
+A person's password hash (with its parameters, for rehash on login), the phones that log
+in (C3) and their last SMS check (C4, D2), the signing keys of access tokens (rotation adds
+rows), sessions and their refresh tokens (stored hashed), the old enterprise login's
+credentials (D7) and the audit trail. Lockout state, login challenges and QR tickets are
+short-lived and live in the key-value store.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -125,12 +127,82 @@ offline_collections = Table(
     Column("collected_at", Instant, nullable=False),
 )
 
-# Ed25519 keys that sign access tokens. One is created at first start; the next issue adds
-# rotation (new rows, retirement) and publishes them through AuthService.GetPublicKeys.
+# Ed25519 keys that sign access tokens (services/auth/keys.py). A key is published from
+# created_at and signs from signs_from (published long enough before for every gateway's
+# cached key set to hold it); it stops signing when the next generation starts and stays
+# published until its last token expired. The unique generation decides concurrent
+# rotations by several replicas.
 signing_keys = Table(
     "signing_keys",
     metadata,
     Column("kid", String(ID), primary_key=True),
     Column("private_key", Text, nullable=False),  # PKCS#8 PEM, sealed
     Column("created_at", Instant, nullable=False),
+    Column("generation", Integer, nullable=False, unique=True),
+    Column("signs_from", Instant, nullable=False),
+)
+
+# A login session (A3: with the province it came through) and what it acts as.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("person_id", ForeignKey("persons.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("province", String(2), nullable=False),
+    # etax.binding.v1.Identity, serialized and base64-encoded (no personal numbers in it).
+    Column("identity", Text, nullable=False),
+    # Authentication methods used (amr), comma-separated: pwd, sms, face, qr.
+    Column("methods", String(64), nullable=False),
+    Column("client_app", String(16), nullable=False),
+    Column("created_at", Instant, nullable=False),
+    # The last access token issued for it (refresh, identity switch): revocation markers
+    # are needed only while such a token can still be valid.
+    Column("last_issued_at", Instant, nullable=False),
+    Column("revoked_at", Instant, nullable=True),
+    Column("revoked_reason", String(32), nullable=True),
+)
+
+# Opaque refresh tokens, single use: only a SHA-256 of the token is kept. A token presented
+# after its use revokes the whole session (theft detection).
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", String(INDEX), primary_key=True),
+    Column("session_id", ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("issued_at", Instant, nullable=False),
+    Column("expires_at", Instant, nullable=False),
+    Column("used_at", Instant, nullable=True),
+)
+
+# D7: the old enterprise login's credential per enterprise, bound to a registered person.
+legacy_credentials = Table(
+    "legacy_credentials",
+    metadata,
+    Column("enterprise_code", String(20), primary_key=True),
+    Column("person_id", ForeignKey("persons.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("password_hash", Text, nullable=False),
+    Column("imported_at", Instant, nullable=False),
+)
+
+# Who did what, when, through which entry and province, and how it ended. Accounts are
+# masked; never a plain personal number.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("occurred_at", Instant, nullable=False, index=True),
+    Column("action", String(40), nullable=False),
+    # ok, failed (a wrong credential), refused (any other domain error), error (a bug or a
+    # failed dependency), locked (the lock a failure caused).
+    Column("outcome", String(16), nullable=False),
+    Column("reason", String(40), nullable=True),
+    Column("person_id", String(ID), nullable=True, index=True),
+    Column("session_id", String(ID), nullable=True),
+    Column("entry", SmallInteger, nullable=True),
+    Column("province", String(2), nullable=True),
+    Column("method", String(16), nullable=True),
+    Column("masked_account", String(64), nullable=True),
+    Column("request_id", String(128), nullable=True),
+    # Small JSON object (identity codes, counts); never a personal number.
+    Column("detail", Text, nullable=True),
 )

@@ -1,8 +1,9 @@
-"""gRPC servicers of etax.auth.v1 AccountService and InternalAuthService: protobuf in,
-domain values to the use cases, protobuf out. Nothing else lives here."""
+"""gRPC servicers of etax.auth.v1 (AuthService, AccountService, InternalAuthService):
+protobuf in, domain values to the use cases, protobuf out. Nothing else lives here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import grpc
@@ -12,9 +13,12 @@ from google.protobuf import timestamp_pb2
 
 from etax_platform.clock import Clock, to_timestamp
 from etax_platform.documents import Document, parse_document
+from etax_platform.enterprise_codes import normalize_enterprise_code
+from etax_platform.errors import invalid
+from etax_platform.gateway import PROVINCE_HEADER
 from etax_platform.identifiers import normalize_phone
 from etax_platform.pii import mask_document, mask_email, mask_name, mask_phone
-from etax_platform.tokens import TokenVerifier, require_claims
+from etax_platform.tokens import AccessClaims, bearer_token
 from services.auth.account import AccountCenter
 from services.auth.dependencies import FaceChallenge
 from services.auth.domain import (
@@ -24,7 +28,19 @@ from services.auth.domain import (
     require_tax_authority,
 )
 from services.auth.internal import InternalAccounts
+from services.auth.keys import SigningKeys
+from services.auth.legacy import LegacyLogins
+from services.auth.login import SCAN_STEP, SMS_STEP, Logins, Switching, parse_target
+from services.auth.qr_login import QrLogins
+from services.auth.recovery import Recovery
 from services.auth.registration import Completion, Registrations
+from services.auth.sessions import IssuedSession, Sessions
+
+Caller = Callable[[grpc.ServicerContext], AccessClaims]
+_SECOND_STEPS = {
+    SMS_STEP: auth_pb2.SECOND_STEP_SMS_CODE,
+    SCAN_STEP: auth_pb2.SECOND_STEP_SCAN_VERIFICATION,
+}
 
 
 def _timestamp(instant: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -68,21 +84,295 @@ def _phone(phone: PhoneRecord) -> auth_pb2.Phone:
     )
 
 
+def _gateway_province(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == PROVINCE_HEADER and isinstance(value, str):
+            return value.strip()
+    return ""
+
+
+def province_of(
+    context: grpc.ServicerContext, requested: str, field: str = "province", *, required: bool
+) -> str:
+    """A3: the province of the bureau the request came through. The gateway says so in
+    x-etax-province (clients cannot set it); a direct caller names it in the request. A
+    request naming another province than its gateway's is refused."""
+    through = _gateway_province(context)
+    if requested.strip():
+        province = require_province(requested.strip(), field)
+        if through and through != province:
+            raise invalid(field, message="请在所选省份的电子税务局办理")
+        return province
+    if through:
+        return require_province(through, field)
+    if required:
+        return require_province("", field)
+    return ""
+
+
+def _session(issued: IssuedSession) -> auth_pb2.Session:
+    return auth_pb2.Session(
+        session_id=issued.session_id,
+        access_token=issued.access_token,
+        access_token_expires_at=to_timestamp(issued.access_expires_at),
+        refresh_token=issued.refresh_token,
+        refresh_token_expires_at=to_timestamp(issued.refresh_expires_at),
+        identity=issued.identity,
+        person_id=issued.person_id,
+        masked_name=issued.masked_name,
+        real_name_level=issued.real_name_level,
+        province=issued.province,
+    )
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        logins: Logins,
+        legacy: LegacyLogins,
+        qr: QrLogins,
+        sessions: Sessions,
+        switching: Switching,
+        recovery: Recovery,
+        keys: SigningKeys,
+    ) -> None:
+        self._logins = logins
+        self._legacy = legacy
+        self._qr = qr
+        self._sessions = sessions
+        self._switching = switching
+        self._recovery = recovery
+        self._keys = keys
+
+    # --- login (D1-D6) ---------------------------------------------------------------------
+
+    def StartLogin(
+        self, request: auth_pb2.StartLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartLoginResponse:
+        target = parse_target(
+            request.entry,
+            request.enterprise_code,
+            request.agency_code,
+            request.subject_type,
+            request.subject_number,
+        )
+        started = self._logins.start(
+            request.account,
+            request.password,
+            target,
+            province_of(context, request.province, required=True),
+        )
+        return auth_pb2.StartLoginResponse(
+            challenge_id=started.challenge_id,
+            second_steps=[_SECOND_STEPS[step] for step in started.second_steps],
+            masked_phone=started.masked_phone,
+            phone_empty=started.phone_empty,
+            expires_at=to_timestamp(started.expires_at),
+        )
+
+    def SendLoginCode(
+        self, request: auth_pb2.SendLoginCodeRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.SendLoginCodeResponse:
+        sent = self._logins.send_code(request.challenge_id)
+        return auth_pb2.SendLoginCodeResponse(
+            masked_phone=sent.masked_phone, code_expires_at=_timestamp(sent.code_expires_at)
+        )
+
+    def CompleteLoginWithCode(
+        self, request: auth_pb2.CompleteLoginWithCodeRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CompleteLoginWithCodeResponse:
+        issued = self._logins.complete_with_code(request.challenge_id, request.code)
+        return auth_pb2.CompleteLoginWithCodeResponse(session=_session(issued))
+
+    def StartLoginFace(
+        self, request: auth_pb2.StartLoginFaceRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartLoginFaceResponse:
+        return auth_pb2.StartLoginFaceResponse(
+            face=_face(self._logins.start_face(request.challenge_id))
+        )
+
+    def CompleteLoginWithFace(
+        self, request: auth_pb2.CompleteLoginWithFaceRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CompleteLoginWithFaceResponse:
+        issued = self._logins.complete_with_face(request.challenge_id, request.proof)
+        return auth_pb2.CompleteLoginWithFaceResponse(session=_session(issued))
+
+    def StartSubjectFaceLogin(
+        self, request: auth_pb2.StartSubjectFaceLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartSubjectFaceLoginResponse:
+        challenge_id, face = self._logins.start_subject_face(
+            request.subject_type,
+            request.subject_number,
+            province_of(context, request.province, required=True),
+        )
+        return auth_pb2.StartSubjectFaceLoginResponse(challenge_id=challenge_id, face=_face(face))
+
+    # --- QR login (D3) ---------------------------------------------------------------------
+
+    def CreateQrLogin(
+        self, request: auth_pb2.CreateQrLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CreateQrLoginResponse:
+        created = self._qr.create(province_of(context, request.province, required=True))
+        return auth_pb2.CreateQrLoginResponse(
+            qr_login_id=created.qr_login_id,
+            qr_payload=created.qr_payload,
+            expires_at=to_timestamp(created.expires_at),
+        )
+
+    def ConfirmQrLogin(
+        self, request: auth_pb2.ConfirmQrLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ConfirmQrLoginResponse:
+        self._qr.confirm(bearer_token(context), request.qr_payload)
+        return auth_pb2.ConfirmQrLoginResponse()
+
+    def GetQrLogin(
+        self, request: auth_pb2.GetQrLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.GetQrLoginResponse:
+        view = self._qr.get(request.qr_login_id)
+        return auth_pb2.GetQrLoginResponse(
+            state=int(view.state),  # type: ignore[arg-type]
+            session=None if view.session is None else _session(view.session),
+        )
+
+    # --- the old login (D7) ----------------------------------------------------------------
+
+    def LegacyLogin(
+        self, request: auth_pb2.LegacyLoginRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LegacyLoginResponse:
+        province = province_of(context, request.province, required=True)
+        code = normalize_enterprise_code(request.enterprise_code)
+        issued = self._legacy.login(code, request.password, province)
+        return auth_pb2.LegacyLoginResponse(session=_session(issued))
+
+    # --- sessions (A3, F3) -----------------------------------------------------------------
+
+    def RefreshSession(
+        self, request: auth_pb2.RefreshSessionRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.RefreshSessionResponse:
+        issued = self._sessions.refresh(request.refresh_token)
+        return auth_pb2.RefreshSessionResponse(session=_session(issued))
+
+    def Logout(
+        self, request: auth_pb2.LogoutRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.LogoutResponse:
+        token = bearer_token(context)
+        claims = self._sessions.verifier.verify(token) if token else None
+        self._sessions.logout(claims, request.refresh_token)
+        return auth_pb2.LogoutResponse()
+
+    def SwitchIdentity(
+        self, request: auth_pb2.SwitchIdentityRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.SwitchIdentityResponse:
+        claims = self._sessions.caller(context)
+        requested = request.target
+        if requested.province.strip() and requested.province.strip() != claims.province:
+            raise invalid("target.province", message="只能切换到本次登录省份的身份")
+        target = parse_target(
+            requested.entry,
+            requested.enterprise_code,
+            requested.agency_code,
+            requested.subject_type,
+            requested.subject_number,
+            client_code=requested.client_code,
+            prefix="target.",
+        )
+        issued = self._switching.switch(claims, target)
+        return auth_pb2.SwitchIdentityResponse(session=_session(issued))
+
+    def GetPublicKeys(
+        self, request: auth_pb2.GetPublicKeysRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.GetPublicKeysResponse:
+        return auth_pb2.GetPublicKeysResponse(
+            keys=[auth_pb2.JsonWebKey(**jwk) for jwk in self._keys.public_jwks()]
+        )
+
+    # --- recovery (C5, E1) -----------------------------------------------------------------
+
+    def StartPasswordReset(
+        self, request: auth_pb2.StartPasswordResetRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartPasswordResetResponse:
+        started = self._recovery.start_reset(
+            request.account, province_of(context, request.province, required=False)
+        )
+        return auth_pb2.StartPasswordResetResponse(
+            reset_id=started.reset_id,
+            masked_phone=started.masked_phone,
+            phone_empty=started.phone_empty,
+            expires_at=to_timestamp(started.expires_at),
+        )
+
+    def SendPasswordResetCode(
+        self, request: auth_pb2.SendPasswordResetCodeRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.SendPasswordResetCodeResponse:
+        sent = self._recovery.send_reset_code(request.reset_id)
+        return auth_pb2.SendPasswordResetCodeResponse(
+            masked_phone=sent.masked_phone, code_expires_at=_timestamp(sent.code_expires_at)
+        )
+
+    def StartPasswordResetFace(
+        self, request: auth_pb2.StartPasswordResetFaceRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartPasswordResetFaceResponse:
+        return auth_pb2.StartPasswordResetFaceResponse(
+            face=_face(self._recovery.start_reset_face(request.reset_id))
+        )
+
+    def CompletePasswordReset(
+        self, request: auth_pb2.CompletePasswordResetRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CompletePasswordResetResponse:
+        kind = request.WhichOneof("proof")
+        proof = request.code if kind == "code" else request.face_proof
+        self._recovery.complete_reset(request.reset_id, kind, proof, request.new_password)
+        return auth_pb2.CompletePasswordResetResponse()
+
+    def StartPhoneRecovery(
+        self, request: auth_pb2.StartPhoneRecoveryRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartPhoneRecoveryResponse:
+        flow = self._recovery.start_phone_recovery(
+            request.account, request.password, province_of(context, "", required=False)
+        )
+        return auth_pb2.StartPhoneRecoveryResponse(
+            recovery_id=flow.flow_id, expires_at=to_timestamp(flow.expires_at)
+        )
+
+    def CompletePhoneRecovery(
+        self, request: auth_pb2.CompletePhoneRecoveryRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CompletePhoneRecoveryResponse:
+        masked = self._recovery.complete_phone_recovery(
+            request.recovery_id, request.phone, request.verification_id, request.code
+        )
+        return auth_pb2.CompletePhoneRecoveryResponse(masked_phone=masked)
+
+    def StartFaceUnlock(
+        self, request: auth_pb2.StartFaceUnlockRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.StartFaceUnlockResponse:
+        unlock_id, face = self._recovery.start_face_unlock(
+            request.account, province_of(context, "", required=False)
+        )
+        return auth_pb2.StartFaceUnlockResponse(unlock_id=unlock_id, face=_face(face))
+
+    def CompleteFaceUnlock(
+        self, request: auth_pb2.CompleteFaceUnlockRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.CompleteFaceUnlockResponse:
+        self._recovery.complete_face_unlock(request.unlock_id, request.proof)
+        return auth_pb2.CompleteFaceUnlockResponse()
+
+
 class AccountServicer(auth_pb2_grpc.AccountServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         registrations: Registrations,
         account: AccountCenter,
-        verifier: TokenVerifier,
+        caller: Caller,
         clock: Clock,
     ) -> None:
         self._registrations = registrations
         self._account = account
-        self._verifier = verifier
+        self._caller = caller
         self._convert = _Convert(clock)
 
     def _person_id(self, context: grpc.ServicerContext) -> str:
-        return require_claims(self._verifier, context).person_id
+        return self._caller(context).person_id
 
     def StartRegistration(
         self, request: auth_pb2.StartRegistrationRequest, context: grpc.ServicerContext
@@ -199,11 +489,33 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):  # type: ignore[mis
 
 
 class InternalAuthServicer(auth_pb2_grpc.InternalAuthServiceServicer):  # type: ignore[misc]
-    """ImportLegacyCredential (D7) is left to the login issue: UNIMPLEMENTED until then."""
-
-    def __init__(self, internal: InternalAccounts, clock: Clock) -> None:
+    def __init__(
+        self,
+        internal: InternalAccounts,
+        legacy: LegacyLogins,
+        keys: SigningKeys,
+        clock: Clock,
+    ) -> None:
         self._internal = internal
+        self._legacy = legacy
+        self._keys = keys
         self._convert = _Convert(clock)
+
+    def ImportLegacyCredential(
+        self, request: auth_pb2.ImportLegacyCredentialRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ImportLegacyCredentialResponse:
+        code = normalize_enterprise_code(request.enterprise_code)
+        document = self._convert.document(request.person, "person")
+        self._legacy.import_credential(code, request.legacy_password_hash, document)
+        return auth_pb2.ImportLegacyCredentialResponse()
+
+    def RotateSigningKey(
+        self, request: auth_pb2.RotateSigningKeyRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.RotateSigningKeyResponse:
+        key = self._keys.rotate()
+        return auth_pb2.RotateSigningKeyResponse(
+            kid=key.key.kid, signs_from=to_timestamp(key.signs_from)
+        )
 
     def RecordOfflineRealName(
         self, request: auth_pb2.RecordOfflineRealNameRequest, context: grpc.ServicerContext

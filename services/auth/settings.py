@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from etax_platform.settings import ServiceSettings
@@ -24,3 +27,55 @@ class AuthSettings(ServiceSettings):
     # Argon2id runs in a pool of its own; one thread per core uses every core and bounds
     # the memory (19 MiB per hash in flight).
     hash_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+
+    # Sessions: short-lived access tokens, refresh tokens rotated on use.
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    refresh_token_ttl_seconds: int = Field(default=43200, ge=300)
+    # Between login step 1 and step 2; forgot password, phone recovery, self-unlock.
+    login_challenge_ttl_seconds: int = Field(default=300, ge=60)
+    recovery_ttl_seconds: int = Field(default=600, ge=60)
+    # D3: how long a QR-login ticket waits for the APP (and then for the web page).
+    qr_login_ttl_seconds: int = Field(default=120, ge=10)
+
+    # Signing keys: a new key is published this long before it signs (at least the
+    # gateway's JWKS cache, ETAX_GATEWAY_JWKS_CACHE_SECONDS = 300, plus the reload time).
+    key_publish_lead_seconds: int = Field(default=600, ge=0)
+    key_rotation_seconds: int = Field(default=7 * 86400, ge=3600)
+    # How often a replica rereads the keys (new keys made by other replicas, rotation).
+    key_reload_seconds: int = Field(default=60, ge=1)
+    # The JWKS file for the gateway's file mode; empty: <data_dir>/jwks.json.
+    jwks_file: Path | None = None
+
+    # D7: the old enterprise login works until then (an aware ISO datetime); empty: open.
+    legacy_login_closes_at: datetime | None = None
+
+    # Q17: the personal income tax APP (个人所得税 APP) as a trusted token issuer for QR
+    # login; empty issuer: not trusted. Its key set inline (JSON) or from a file.
+    iit_issuer: str = ""
+    iit_audience: str = "etax"
+    iit_jwks_json: str = ""
+    iit_jwks_file: Path | None = None
+
+    # Audit events outside a transaction are written in batches this often; 0: at once.
+    audit_batch_seconds: float = Field(default=0.2, ge=0, le=10)
+
+    @field_validator("legacy_login_closes_at", "jwks_file", "iit_jwks_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("legacy_login_closes_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give the closing time with its offset, e.g. 2027-01-01T00:00+08:00")
+        return value
+
+    @model_validator(mode="after")
+    def _trusted_issuer_has_keys(self) -> AuthSettings:
+        if self.iit_issuer and not (self.iit_jwks_json or self.iit_jwks_file):
+            raise ValueError("ETAX_AUTH_IIT_ISSUER needs ETAX_AUTH_IIT_JWKS_JSON or _FILE")
+        return self
+
+    def jwks_path(self) -> Path:
+        return self.jwks_file or self.platform.data_dir / "jwks.json"

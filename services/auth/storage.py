@@ -13,7 +13,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, case, delete, exists, literal, or_, select, true, update
+from sqlalchemy import (
+    Row,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -57,6 +69,13 @@ class PersonRecord:
     def overseas_restricted(self) -> bool:
         """B6: overseas and not yet collected by the hall."""
         return self.overseas and not self.offline_collected
+
+
+@dataclass(frozen=True)
+class LoginCandidate:
+    person: PersonRecord
+    # The phone a login shows masked and sends its code to (D2); None: empty (D4).
+    default_phone: str | None
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,42 @@ class AccountStore:
             return bool(
                 session.scalar(select(exists().where(persons.c.document_index.in_(indexes))))
             )
+
+    def login_candidates(
+        self, *, document_indexes: list[str], username_key: str | None, phone_index: str | None
+    ) -> list[LoginCandidate]:
+        """Persons an account can name (C2, C3), each with the phone the login shows (D2),
+        in one query: login step 1 makes no other round trip."""
+        conditions: list[Any] = []
+        if document_indexes:
+            conditions.append(persons.c.document_index.in_(document_indexes))
+        if username_key is not None:
+            conditions.append(persons.c.username_key == username_key)
+        if phone_index is not None:
+            conditions.append(
+                persons.c.id
+                == select(phones.c.person_id)
+                .where(phones.c.number_index == phone_index)
+                .scalar_subquery()
+            )
+        query = _person_query().add_columns(_default_phone_number().label("default_phone"))
+        with self._db.reading() as session:
+            rows = session.execute(query.where(or_(false(), *conditions))).all()
+        return [
+            LoginCandidate(
+                self._person(row),
+                None if row.default_phone is None else self._pd.decrypt(row.default_phone, _PHONE),
+            )
+            for row in rows
+        ]
+
+    def default_phone(self, person_id: str) -> str | None:
+        """The phone a login or reset code goes to: the person's default, now (C3, C4, D2)."""
+        with self._db.reading() as session:
+            sealed = session.scalar(
+                select(_default_phone_number()).where(persons.c.id == person_id)
+            )
+        return None if sealed is None else self._pd.decrypt(sealed, _PHONE)
 
     def phones(self, person_id: str) -> list[PhoneRecord]:
         with self._db.reading() as session:
@@ -343,6 +398,23 @@ class AccountStore:
         with self._db.transaction() as session:
             return self._claim(session, person_id, claim, now)
 
+    def claim_phone_in(
+        self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
+    ) -> PhoneRecord | None:
+        """claim_phone inside the caller's transaction (a login re-affirms its phone)."""
+        return self._claim(session, person_id, claim, now)
+
+    def reset_password_in(
+        self, session: Session, person_id: str, new_hash: str, now: datetime
+    ) -> bool:
+        """Forgot password (C5): the new hash, whatever the old one was."""
+        result = session.execute(
+            update(persons)
+            .where(persons.c.id == person_id)
+            .values(password_hash=new_hash, password_changed_at=now, updated_at=now)
+        )
+        return _count(result) == 1
+
     def _claim(
         self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
     ) -> PhoneRecord | None:
@@ -442,6 +514,24 @@ class AccountStore:
             registered_province=row.registered_province,
             created_at=row.created_at,
         )
+
+
+def _default_phone_number() -> Any:
+    """The sealed number of a person's default phone (domain.with_default in SQL): the
+    chosen one while held, else the one verified most recently."""
+    chosen = (
+        select(phones.c.number)
+        .where(phones.c.id == persons.c.default_phone_id, phones.c.person_id == persons.c.id)
+        .scalar_subquery()
+    )
+    latest = (
+        select(phones.c.number)
+        .where(phones.c.person_id == persons.c.id)
+        .order_by(phones.c.verified_at.desc().nulls_last(), phones.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return func.coalesce(chosen, latest)
 
 
 def _person_query() -> Any:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -31,6 +32,9 @@ from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
+
+if TYPE_CHECKING:
+    from tests.auth.platform import Platform
 
 PASSWORD = "Passw0rd.1"
 REGISTRATION = types_pb2.VERIFICATION_PURPOSE_REGISTRATION
@@ -71,20 +75,58 @@ class Backend:
     database_url: str
     # A fresh, empty store per service (each service has its own keys).
     new_store: Callable[[], KeyValueStore]
+    # Another fresh, empty database (another service's).
+    new_database_url: Callable[[str], str]
+    # A second client of the same store (a second replica's), or the same in-process one.
+    same_store: Callable[[KeyValueStore], KeyValueStore]
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
-    databases and both stores."""
+    databases and both stores. Stores made through it are closed at the end of the test
+    (services close only the stores they open themselves)."""
+    opened: list[KeyValueStore] = []
+
+    def track(store: KeyValueStore) -> KeyValueStore:
+        opened.append(store)
+        return store
+
     if request.param == "sqlite+memory":
-        return Backend(f"sqlite:///{tmp_path / 'auth.sqlite3'}", MemoryStore)
-    server = request.getfixturevalue("postgres")
-    redis_url = request.getfixturevalue("redis_url")
-    return Backend(
-        server.url(server.create_database()),
-        lambda: RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:"),
-    )
+        backend = Backend(
+            f"sqlite:///{tmp_path / 'auth.sqlite3'}",
+            lambda: track(MemoryStore()),
+            lambda name: f"sqlite:///{tmp_path / f'{name}.sqlite3'}",
+            lambda store: store,
+        )
+    else:
+        server = request.getfixturevalue("postgres")
+        redis_url = request.getfixturevalue("redis_url")
+        databases: list[str] = []
+
+        def new_database(_name: str = "") -> str:
+            databases.append(server.create_database())
+            return server.url(databases[-1])
+
+        def same_store(store: KeyValueStore) -> KeyValueStore:
+            assert isinstance(store, RedisStore)
+            return track(RedisStore(redis_url, prefix=store._prefix))
+
+        backend = Backend(
+            new_database(),
+            lambda: track(RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")),
+            new_database,
+            same_store,
+        )
+    yield backend
+    for store in opened:
+        store.close()
+    if request.param != "sqlite+memory":
+        # Each test makes one or two databases; dropping them keeps the server's data
+        # directory small, so the session's teardown does not spend minutes deleting it.
+        with server.admin() as connection:
+            for name in databases:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
@@ -228,13 +270,14 @@ class Auth:
         ).phone
 
 
-def auth_settings(tmp_path: Path, database_url: str) -> AuthSettings:
+def auth_settings(tmp_path: Path, database_url: str, **overrides: object) -> AuthSettings:
     return AuthSettings(
         port=0,
         database_url=database_url,
         hash_workers=2,
         max_workers=32,
         platform=PlatformSettings(data_dir=tmp_path),
+        **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -258,12 +301,13 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
     ).start()
     settings = auth_settings(tmp_path / "auth", backend.database_url)
     store = backend.new_store()
+    dependencies = [grpc.insecure_channel(h.address) for h in (sms_host, face_host)]
     host = build(
         settings,
         clock=clock,
         store=store,
-        sms_channel=grpc.insecure_channel(sms_host.address),
-        face_channel=grpc.insecure_channel(face_host.address),
+        sms_channel=dependencies[0],
+        face_channel=dependencies[1],
     ).start()
     database = Database(backend.database_url)
     key = SigningKeys(database, PersonalData(settings.platform.keyring()), clock).current()
@@ -291,6 +335,8 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
             channel.close()
         for running in (host, sms_host, face_host):
             running.stop(grace=0)
+        for channel in dependencies:
+            channel.close()
 
 
 @dataclass(frozen=True)
@@ -308,3 +354,12 @@ def failure_of(call: object, *args: object, **kwargs: object) -> Failure:
     error = from_rpc_error(caught.value)
     assert error is not None, caught.value
     return Failure(caught.value.code(), error.reason.value, dict(error.metadata), error.user_text)
+
+
+@pytest.fixture
+def platform(backend: Backend, tmp_path: Path) -> Iterator[Platform]:
+    """Auth, binding, SMS and face on port 0, sharing one ManualClock (tests/auth/platform.py)."""
+    from tests.auth.platform import start_platform  # noqa: PLC0415 - it imports this module
+
+    with start_platform(backend, tmp_path) as running:
+        yield running

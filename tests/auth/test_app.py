@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -16,14 +17,14 @@ from etax_platform.clock import ManualClock
 from etax_platform.db import Database
 from etax_platform.pii import PersonalData
 from etax_platform.settings import PlatformSettings
-from services.auth.app import ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE, MIGRATIONS
+from services.auth.app import ACCOUNT_SERVICE, AUTH_SERVICE, INTERNAL_AUTH_SERVICE, MIGRATIONS
 from services.auth.keys import SigningKeys
 from services.auth.models import metadata, signing_keys
 from services.auth.settings import AuthSettings
 from tests.auth.conftest import Auth
 from tests.harness.processes import ServiceProcess
 
-SERVICES = {ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE}
+SERVICES = {AUTH_SERVICE, ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE}
 
 
 def _health(channel: grpc.Channel, service: str) -> int:
@@ -42,7 +43,11 @@ def _listed_services(channel: grpc.Channel) -> set[str]:
 
 
 def test_built_host_is_serving_and_reflects_its_services(auth: Auth) -> None:
-    assert {"etax.auth.v1.AccountService", "etax.auth.v1.InternalAuthService"} == SERVICES
+    assert {
+        "etax.auth.v1.AuthService",
+        "etax.auth.v1.AccountService",
+        "etax.auth.v1.InternalAuthService",
+    } == SERVICES
     with grpc.insecure_channel(auth.host.address) as channel:
         for name in ("", *SERVICES):
             assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
@@ -80,6 +85,8 @@ def test_python_m_services_auth_serves_until_sigterm(tmp_path: Path) -> None:
         assert process.terminate() == 0, process.log()
     assert "Traceback" not in process.log()
     assert (tmp_path / "auth.sqlite3").exists()
+    # The gateway's file mode reads the published keys from <data_dir>/jwks.json.
+    assert json.loads((tmp_path / "jwks.json").read_text())["keys"][0]["crv"] == "Ed25519"
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -116,3 +123,21 @@ def test_signing_key_is_created_once_sealed_and_kept(
 def test_development_keys_come_from_the_data_dir(tmp_path: Path) -> None:
     settings = AuthSettings(port=0, platform=PlatformSettings(data_dir=tmp_path))
     assert settings.database_url_for("auth") == f"sqlite:///{tmp_path / 'auth.sqlite3'}"
+
+
+def test_login_settings_are_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = AuthSettings()
+    assert (defaults.access_token_ttl_seconds, defaults.refresh_token_ttl_seconds) == (900, 43200)
+    assert defaults.legacy_login_closes_at is None  # D7: open until a date is configured
+    monkeypatch.setenv("ETAX_AUTH_LEGACY_LOGIN_CLOSES_AT", "2027-01-01T00:00:00+08:00")
+    closes = AuthSettings().legacy_login_closes_at
+    assert closes is not None and closes.utcoffset() is not None
+    monkeypatch.setenv("ETAX_AUTH_LEGACY_LOGIN_CLOSES_AT", "")
+    assert AuthSettings().legacy_login_closes_at is None
+    monkeypatch.setenv("ETAX_AUTH_LEGACY_LOGIN_CLOSES_AT", "2027-01-01T00:00:00")
+    with pytest.raises(ValueError, match="offset"):
+        AuthSettings()
+    monkeypatch.delenv("ETAX_AUTH_LEGACY_LOGIN_CLOSES_AT")
+    monkeypatch.setenv("ETAX_AUTH_IIT_ISSUER", "iit")
+    with pytest.raises(ValueError, match="IIT_JWKS"):
+        AuthSettings()

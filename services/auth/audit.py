@@ -1,0 +1,211 @@
+"""The audit trail (`audit_events`): who did what, when, through which entry and province,
+and how it ended.
+
+Events are written in the transaction that already runs when there is one (a session
+opened, a password reset, a phone claimed), so they commit or roll back with what they
+describe. Everything else (password and code checks, locks, refusals) goes to a
+background writer that inserts in batches: the hot path pays for a queue append, not a
+database round trip. That part is best effort: a failed batch is logged (counts only) and
+dropped, and a full queue drops new events with a warning instead of slowing logins.
+Accounts are masked before they get here; `detail` carries codes and counts only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from etax_platform.clock import Clock
+from etax_platform.db import Database
+from etax_platform.errors import DomainError, Reason
+from etax_platform.identifiers import normalize_phone
+from etax_platform.observability import request_id
+from etax_platform.pii import mask_document, mask_phone
+from services.auth.models import audit_events
+
+log = logging.getLogger("etax.auth.audit")
+
+# Reasons that mean "a wrong credential was presented" (the attempt counted).
+_WRONG_CREDENTIAL = frozenset(
+    {Reason.CREDENTIALS_INVALID, Reason.CODE_INVALID, Reason.FACE_MISMATCH}
+)
+_BATCH = 500
+
+
+def mask_account(account: str) -> str:
+    """A login account as it may appear in the audit trail: a phone as 138****1234,
+    anything else (document number, username) as 3701**********123X."""
+    try:
+        return mask_phone(normalize_phone(account))
+    except DomainError:
+        return mask_document("".join(account.split()).upper())[:64]
+
+
+@dataclass
+class AuditEvent:
+    action: str
+    outcome: str = "ok"
+    reason: str | None = None
+    person_id: str | None = None
+    session_id: str | None = None
+    entry: int | None = None
+    province: str | None = None
+    method: str | None = None
+    masked_account: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    # Set once the event went into a transaction that commits with it.
+    written: bool = False
+
+    def refuse(self, error: DomainError) -> None:
+        if self.outcome == "ok":
+            self.outcome = "failed" if error.reason in _WRONG_CREDENTIAL else "refused"
+        self.reason = self.reason or error.reason.value
+
+    def follow_up(self, action: str, **changes: Any) -> AuditEvent:
+        """Another event about the same person and request (a lock caused by a failure)."""
+        return AuditEvent(
+            action,
+            person_id=self.person_id,
+            session_id=self.session_id,
+            entry=self.entry,
+            province=self.province,
+            method=self.method,
+            masked_account=self.masked_account,
+            **changes,
+        )
+
+
+class AuditLog:
+    def __init__(self, database: Database, clock: Clock, *, batch_seconds: float = 0.2) -> None:
+        self._db = database
+        self._clock = clock
+        self._batch_seconds = batch_seconds
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=50_000)
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._writer: threading.Thread | None = None
+        if batch_seconds > 0:
+            self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._writer.start()
+
+    def _row(self, event: AuditEvent, at: datetime | None = None) -> dict[str, Any]:
+        rid = request_id.get()
+        return {
+            "occurred_at": at or self._clock.now(),
+            "action": event.action,
+            "outcome": event.outcome,
+            "reason": event.reason,
+            "person_id": event.person_id,
+            "session_id": event.session_id,
+            "entry": event.entry,
+            "province": event.province or None,
+            "method": event.method,
+            "masked_account": event.masked_account,
+            "request_id": None if rid == "-" else rid[:128],
+            "detail": json.dumps(event.detail, ensure_ascii=False, sort_keys=True)
+            if event.detail
+            else None,
+        }
+
+    def insert(self, session: Session, event: AuditEvent) -> None:
+        """Writes the event in the caller's transaction."""
+        session.execute(audit_events.insert().values(**self._row(event)))
+        event.written = True
+
+    def record(self, event: AuditEvent) -> None:
+        """Best effort, off the request path (or at once when batching is off)."""
+        row = self._row(event)
+        if self._writer is None:
+            self._write([row])
+            return
+        with self._idle:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            with self._idle:
+                self._pending -= 1
+            log.warning("audit queue full: event %s dropped", event.action)
+
+    @contextmanager
+    def attempt(self, action: str, **fields: Any) -> Iterator[AuditEvent]:
+        """An event for a use case: ok when the block ends, or the reason it failed."""
+        event = AuditEvent(action, **fields)
+        try:
+            yield event
+        except DomainError as error:
+            event.refuse(error)
+            self.record(event)
+            raise
+        except Exception:
+            event.outcome = "error"
+            self.record(event)
+            raise
+        if not event.written:
+            self.record(event)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self._db.transaction() as session:
+                session.execute(audit_events.insert(), rows)
+        except Exception as error:
+            log.warning("audit: %d events not written: %s", len(rows), type(error).__name__)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._batch_seconds)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            rows = [first]
+            while len(rows) < _BATCH:
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(rows)
+            with self._idle:
+                self._pending -= len(rows)
+                self._idle.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Waits until every queued event was written (or given up on)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self.flush()
+            self._stopping.set()
+            self._writer.join(timeout=5)
+
+
+def loggable_code(code: str) -> str:
+    """Enterprise codes as they may be logged: 17- and 20-character TINs of individual
+    businesses embed a resident ID number, so those are masked."""
+    return mask_document(code) if len(code) in (17, 20) else code
+
+
+def detail_of(identity: Any) -> dict[str, Any]:
+    """What an event says about an identity: entry, codes and role (no personal numbers)."""
+    found = {
+        "identity_entry": identity.entry,
+        "enterprise_code": loggable_code(identity.enterprise_code),
+        "role": identity.role,
+        "project_number": identity.project_number,
+        "agency_code": loggable_code(identity.agency_code),
+        "client_code": loggable_code(identity.client_code),
+    }
+    return {k: v for k, v in found.items() if v}

@@ -1,0 +1,454 @@
+"""Login (A1, A3, D1-D6): step 1 by password, step 2 by SMS code or scan verification, and
+the specific subject's login by APP face alone (D5).
+
+Step 1 resolves the account (lookup.py), counts the password attempt (checks.py, E1), then
+for enterprise, agent and specific-subject entries refuses overseas-restricted persons
+(B6) and asks binding what the person may act as (RELATION_NOT_FOUND passes through). The
+outcome is a login challenge in the key-value store (flows.py): person, identity,
+province, methods so far, with a short deadline. Step 2 completes the challenge once and
+opens the session (sessions.py). Refusals that reveal something about the person
+(overseas, relations) come only after the password.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from etax.binding.v1 import binding_pb2
+from etax.common.v1 import types_pb2
+from sqlalchemy.orm import Session
+
+from etax_platform.clock import Clock
+from etax_platform.enterprise_codes import normalize_enterprise_code
+from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.pii import mask_name, mask_phone
+from etax_platform.tokens import AccessClaims
+from services.auth.audit import AuditEvent, AuditLog, detail_of, mask_account
+from services.auth.checks import Checks, require_code
+from services.auth.credentials import PasswordCheck
+from services.auth.dependencies import Bindings, FaceChallenge, FaceChecks, SmsCodes
+from services.auth.domain import Purpose, require_enterprise_business
+from services.auth.flows import Flow, Flows
+from services.auth.lockout import FACE, SMS_CODE
+from services.auth.lookup import AccountLookup
+from services.auth.sessions import (
+    IssuedSession,
+    Principal,
+    Sessions,
+    decode_identity,
+    encode_identity,
+)
+from services.auth.storage import AccountStore, PersonRecord, PhoneClaim
+
+# Authentication methods as the access token's amr claim names them (RFC 8176 where it
+# has a name).
+PASSWORD_METHOD = "pwd"  # noqa: S105 - a method name, not a password
+SMS_METHOD = "sms"
+FACE_METHOD = "face"
+QR_METHOD = "qr"
+
+SMS_STEP = "sms"
+SCAN_STEP = "scan"
+
+NATURAL_PERSON = types_pb2.ENTRY_NATURAL_PERSON
+ENTERPRISE = types_pb2.ENTRY_ENTERPRISE
+AGENT = types_pb2.ENTRY_AGENT
+SPECIFIC_SUBJECT = types_pb2.ENTRY_SPECIFIC_SUBJECT
+_SUBJECT_TYPES = frozenset(
+    {
+        types_pb2.SUBJECT_TYPE_CROSS_REGION_INSPECTION,
+        types_pb2.SUBJECT_TYPE_CROSS_REGION_TAX_SOURCE,
+    }
+)
+# A cross-region project number, or (as a subject number) a USCC/TIN: the format binding
+# accepts (etax.binding.v1.Target.subject_number).
+_SUBJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
+
+
+@dataclass(frozen=True)
+class LoginTarget:
+    """What step 1 asks to act as (D1, D5, D6), validated."""
+
+    entry: int
+    enterprise_code: str = ""
+    agency_code: str = ""
+    client_code: str = ""
+    subject_type: int = 0
+    subject_number: str = ""
+
+    def to_target(self, province: str) -> binding_pb2.Target:
+        return binding_pb2.Target(
+            entry=self.entry,  # type: ignore[arg-type]
+            enterprise_code=self.enterprise_code,
+            agency_code=self.agency_code,
+            client_code=self.client_code,
+            subject_type=self.subject_type,  # type: ignore[arg-type]
+            subject_number=self.subject_number,
+            province=province,
+        )
+
+
+def subject_type(value: int, field_name: str = "subject_type") -> int:
+    if value not in _SUBJECT_TYPES:
+        raise invalid(field_name, message="请选择特定主体类型")
+    return value
+
+
+def subject_number(raw: str, field_name: str = "subject_number") -> str:
+    value = raw.strip().upper()
+    if not _SUBJECT_NUMBER.fullmatch(value):
+        raise invalid(field_name, message="请输入正确的统一社会信用代码、纳税人识别号或项目编号")
+    return value
+
+
+def parse_target(
+    entry: int,
+    enterprise_code: str,
+    agency_code: str,
+    kind: int,
+    number: str,
+    *,
+    client_code: str = "",
+    prefix: str = "",
+) -> LoginTarget:
+    """The fields each entry needs (field names of StartLoginRequest, or of
+    SwitchIdentityRequest.target with prefix "target.")."""
+    if entry == NATURAL_PERSON:
+        return LoginTarget(NATURAL_PERSON)
+    if entry == ENTERPRISE:
+        # F5: a home-province project number may come with the enterprise.
+        return LoginTarget(
+            ENTERPRISE,
+            enterprise_code=normalize_enterprise_code(enterprise_code, f"{prefix}enterprise_code"),
+            subject_type=subject_type(kind, f"{prefix}subject_type") if kind else 0,
+            subject_number=subject_number(number, f"{prefix}subject_number")
+            if number.strip()
+            else "",
+        )
+    if entry == AGENT:
+        # D6: the login names the agency; the client is chosen by SwitchIdentity.
+        client = client_code.strip()
+        return LoginTarget(
+            AGENT,
+            agency_code=normalize_enterprise_code(agency_code, f"{prefix}agency_code"),
+            client_code=normalize_enterprise_code(client, f"{prefix}client_code") if client else "",
+        )
+    if entry == SPECIFIC_SUBJECT:
+        # D5: the subject's USCC/TIN or project number (enterprise_code is accepted too).
+        if number.strip():
+            chosen = subject_number(number, f"{prefix}subject_number")
+        elif enterprise_code.strip():
+            chosen = normalize_enterprise_code(enterprise_code, f"{prefix}enterprise_code")
+        else:
+            raise invalid(
+                f"{prefix}subject_number",
+                message="请输入统一社会信用代码、纳税人识别号或项目编号",
+            )
+        return LoginTarget(
+            SPECIFIC_SUBJECT,
+            subject_type=subject_type(kind, f"{prefix}subject_type"),
+            subject_number=chosen,
+        )
+    raise invalid(f"{prefix}entry", message="请选择登录入口")
+
+
+def identity_for(
+    bindings: Bindings, person: PersonRecord, target: LoginTarget, province: str
+) -> binding_pb2.Identity:
+    """What the person acts as: a natural person always (no call); otherwise binding
+    decides, and overseas-restricted persons have no enterprise business (B6)."""
+    if target.entry == NATURAL_PERSON:
+        return binding_pb2.Identity(entry=NATURAL_PERSON)
+    require_enterprise_business(person.overseas_restricted)
+    return bindings.check_access(person.person_id, target.to_target(province))
+
+
+@dataclass(frozen=True)
+class StartedLogin:
+    challenge_id: str
+    second_steps: tuple[str, ...]
+    masked_phone: str
+    phone_empty: bool
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class SentLoginCode:
+    masked_phone: str
+    code_expires_at: datetime | None
+
+
+class Logins:
+    def __init__(
+        self,
+        *,
+        accounts: AccountStore,
+        lookup: AccountLookup,
+        passwords: PasswordCheck,
+        checks: Checks,
+        bindings: Bindings,
+        sms: SmsCodes,
+        face: FaceChecks,
+        sessions: Sessions,
+        challenges: Flows,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        self._accounts = accounts
+        self._lookup = lookup
+        self._passwords = passwords
+        self._checks = checks
+        self._bindings = bindings
+        self._sms = sms
+        self._face = face
+        self._sessions = sessions
+        self._challenges = challenges
+        self._audit = audit
+        self._clock = clock
+
+    # --- step 1 ----------------------------------------------------------------------------
+
+    def start(
+        self, account: str, password: str, target: LoginTarget, province: str
+    ) -> StartedLogin:
+        if not password:
+            raise invalid("password", message="请输入个人用户密码")
+        with self._audit.attempt(
+            "login.password",
+            entry=target.entry,
+            province=province,
+            method="password",
+            masked_account=mask_account(account),
+        ) as event:
+            found = self._lookup.resolve(account)
+            person = found.person
+            event.person_id = person.person_id
+            self._checks.password(
+                person.person_id, lambda: self._passwords.matches(person, password), event
+            )
+            identity = identity_for(self._bindings, person, target, province)
+            event.detail.update(detail_of(identity))
+            challenge = self._challenges.create(
+                person_id=person.person_id,
+                province=province,
+                entry=target.entry,
+                methods=(PASSWORD_METHOD,),
+                masked_name=mask_name(person.name),
+                real_name_level=person.real_name_level,
+                masked_account=event.masked_account or "",
+                identity=encode_identity(identity),
+            )
+        phone = found.default_phone
+        return StartedLogin(
+            challenge_id=challenge.flow_id,
+            # D4, Q19: an empty phone offers scan verification only.
+            second_steps=(SCAN_STEP,) if phone is None else (SMS_STEP, SCAN_STEP),
+            masked_phone="" if phone is None else mask_phone(phone),
+            phone_empty=phone is None,
+            expires_at=challenge.expires_at,
+        )
+
+    def _person_challenge(self, challenge_id: str) -> Flow:
+        challenge = self._challenges.load(challenge_id)
+        if not challenge.person_id:
+            raise DomainError(
+                Reason.STATE_CONFLICT, "请使用税务APP扫码完成人脸识别", {"field": "challenge_id"}
+            )
+        return challenge
+
+    @staticmethod
+    def _event(challenge: Flow, method: str) -> dict[str, Any]:
+        return {
+            "person_id": challenge.person_id or None,
+            "entry": challenge.entry,
+            "province": challenge.province,
+            "method": method,
+            "masked_account": challenge.masked_account or None,
+        }
+
+    # --- step 2 by SMS code (D2, D4) -------------------------------------------------------
+
+    def send_code(self, challenge_id: str) -> SentLoginCode:
+        challenge = self._person_challenge(challenge_id)
+        with self._audit.attempt("login.send_code", **self._event(challenge, "sms_code")):
+            phone = self._accounts.default_phone(challenge.person_id)
+            if phone is None:
+                # C4: the phone went to another person; scan verification instead (D4).
+                raise DomainError(Reason.PHONE_EMPTY, metadata={"field": "challenge_id"})
+            self._checks.ensure_open(challenge.person_id, SMS_CODE)
+            sent = self._sms.send(phone, Purpose.LOGIN)
+            self._challenges.set(
+                challenge_id,
+                verification_id=sent.verification_id,
+                phone_index=self._accounts.phone_index(phone),
+            )
+        return SentLoginCode(mask_phone(phone), sent.expires_at)
+
+    def complete_with_code(self, challenge_id: str, code: str) -> IssuedSession:
+        require_code(code)
+        challenge = self._person_challenge(challenge_id)
+        if not challenge.verification_id:
+            raise DomainError(Reason.STATE_CONFLICT, "请先获取验证码", {"field": "code"})
+        with self._audit.attempt("login.complete", **self._event(challenge, "sms_code")) as event:
+            verified = self._checks.sms_code(
+                challenge.person_id, challenge.verification_id, code, Purpose.LOGIN, event
+            )
+            if self._accounts.phone_index(verified.recipient) != challenge.phone_index:
+                raise self._challenges.invalid()
+            challenge = self._challenges.consume(challenge_id)
+            now = self._clock.now()
+            # C4: passing an SMS check re-affirms the person's hold on that phone.
+            claim = PhoneClaim(verified.recipient, verified.verified_at or now)
+            return self._open(
+                challenge,
+                SMS_METHOD,
+                event,
+                also=lambda session: self._accounts.claim_phone_in(
+                    session, challenge.person_id, claim, now
+                ),
+            )
+
+    # --- step 2 by scan verification (D2, Q14) ---------------------------------------------
+
+    def start_face(self, challenge_id: str) -> FaceChallenge:
+        challenge = self._person_challenge(challenge_id)
+        self._checks.ensure_open(challenge.person_id, FACE)
+        self._checks.collect_previous(
+            challenge.person_id, challenge.face_ticket_id, challenge.flow_id
+        )
+        self._checks.ensure_open(challenge.person_id, FACE)
+        person = self._accounts.person(challenge.person_id)
+        if person is None:
+            raise self._challenges.invalid()
+        # The proof is bound to the challenge, not the person (docs/face.md).
+        ticket = self._face.create_ticket(
+            Purpose.LOGIN, challenge.flow_id, person.document, person.name
+        )
+        self._challenges.set(challenge_id, face_ticket_id=ticket.ticket_id)
+        return ticket
+
+    def complete_with_face(self, challenge_id: str, proof: str) -> IssuedSession:
+        challenge = self._challenges.load(challenge_id)
+        if not challenge.person_id:
+            return self._complete_subject_face(challenge, proof)
+        with self._audit.attempt("login.complete", **self._event(challenge, "face")) as event:
+            if not proof:
+                self._checks.face_not_passed(
+                    challenge.person_id, challenge.face_ticket_id, challenge.flow_id, event
+                )
+            self._checks.ensure_open(challenge.person_id, FACE)
+            result = self._face.redeem(proof, Purpose.LOGIN, challenge.flow_id)
+            self._checks.face_passed(challenge.person_id, result, event)
+            challenge = self._challenges.consume(challenge_id)
+            return self._open(challenge, FACE_METHOD, event)
+
+    # --- D5: specific subject by APP face alone --------------------------------------------
+
+    def start_subject_face(
+        self, kind: int, number: str, province: str
+    ) -> tuple[str, FaceChallenge]:
+        target = LoginTarget(
+            SPECIFIC_SUBJECT, subject_type=subject_type(kind), subject_number=subject_number(number)
+        )
+        challenge = self._challenges.create(
+            province=province,
+            entry=SPECIFIC_SUBJECT,
+            target=encode_target(target.to_target(province)),
+        )
+        # Subject-less: the APP supplies the identity with its capture.
+        ticket = self._face.create_ticket(Purpose.SPECIFIC_SUBJECT_LOGIN, challenge.flow_id, None)
+        self._challenges.set(challenge.flow_id, face_ticket_id=ticket.ticket_id)
+        return challenge.flow_id, ticket
+
+    def _complete_subject_face(self, challenge: Flow, proof: str) -> IssuedSession:
+        with self._audit.attempt("login.complete", **self._event(challenge, "face")) as event:
+            if not proof:
+                # Nobody to count the mismatches for: the APP named no registered person.
+                self._checks.face_not_passed(
+                    None, challenge.face_ticket_id, challenge.flow_id, event
+                )
+            result = self._face.redeem(proof, Purpose.SPECIFIC_SUBJECT_LOGIN, challenge.flow_id)
+            if result.identity is None:
+                raise DomainError(Reason.USER_NOT_REGISTERED)
+            document, _name = result.identity
+            person_id = self._accounts.person_id_for_document(document)
+            person = None if person_id is None else self._accounts.person(person_id)
+            if person is None:
+                raise DomainError(Reason.USER_NOT_REGISTERED)
+            event.person_id = person.person_id
+            self._checks.face_passed(person.person_id, result, event)
+            require_enterprise_business(person.overseas_restricted)
+            identity = self._bindings.check_access(
+                person.person_id, decode_target(challenge.target)
+            )
+            event.detail.update(detail_of(identity))
+            challenge = self._challenges.consume(challenge.flow_id)
+            challenge = replace(
+                challenge,
+                person_id=person.person_id,
+                masked_name=mask_name(person.name),
+                real_name_level=person.real_name_level,
+                identity=encode_identity(identity),
+            )
+            return self._open(challenge, FACE_METHOD, event)
+
+    # --- the session -------------------------------------------------------------------------
+
+    def _open(
+        self,
+        challenge: Flow,
+        method: str,
+        event: AuditEvent,
+        also: Callable[[Session], object] | None = None,
+    ) -> IssuedSession:
+        identity = decode_identity(challenge.identity)
+        event.detail.update(detail_of(identity))
+        return self._sessions.open(
+            Principal(challenge.person_id, challenge.masked_name, challenge.real_name_level),
+            identity,
+            challenge.province,
+            (*challenge.methods, method),
+            event,
+            also=also,
+        )
+
+
+def encode_target(target: binding_pb2.Target) -> str:
+    return base64.b64encode(target.SerializeToString()).decode()
+
+
+def decode_target(encoded: str) -> binding_pb2.Target:
+    return binding_pb2.Target.FromString(base64.b64decode(encoded))
+
+
+class Switching:
+    """身份切换 (F3, F5, Q27): the same session acting as another enterprise, project or
+    agent client the person is related to; binding decides, in the session's province."""
+
+    def __init__(
+        self, *, accounts: AccountStore, bindings: Bindings, sessions: Sessions, audit: AuditLog
+    ) -> None:
+        self._accounts = accounts
+        self._bindings = bindings
+        self._sessions = sessions
+        self._audit = audit
+
+    def switch(self, claims: AccessClaims, target: LoginTarget) -> IssuedSession:
+        with self._audit.attempt(
+            "identity.switch",
+            person_id=claims.person_id,
+            session_id=claims.session_id,
+            entry=target.entry,
+            province=claims.province,
+        ) as event:
+            person = self._accounts.person(claims.person_id)
+            if person is None:
+                raise DomainError(Reason.UNAUTHENTICATED)
+            identity = identity_for(self._bindings, person, target, claims.province)
+            event.detail.update(detail_of(identity))
+            return self._sessions.switch(claims, identity, event)

@@ -1,0 +1,439 @@
+"""Sessions (A3, F3): access tokens, refresh tokens, revocation, identity switching.
+
+- Access token: an Ed25519 JWT (etax_platform.tokens) with the claims of DESIGN.md, valid
+  `access_token_ttl` (15 min), signed by the key `SigningKeys` says signs now.
+- Refresh token: `secrets.token_urlsafe(32)`, stored only as its SHA-256, single use: each
+  RefreshSession marks it used and issues the next one (same session). A used token shown
+  again means two holders; the whole session is revoked (theft detection).
+- Revocation (logout, theft, password reset): the session row is marked, and a marker
+  `auth:revoked:<session id>` goes to the key-value store for as long as an access token
+  of the session can be valid, so auth's own token-bound RPCs refuse it with one store
+  read. Other services trust an access token until it expires (15 minutes).
+- The session records the province it came through (A3); persons are not per province.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from etax.binding.v1 import binding_pb2
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from etax_platform.clock import Clock
+from etax_platform.db import Database
+from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.kv import KeyValueStore
+from etax_platform.pii import PersonalData, mask_name
+from etax_platform.tokens import AccessClaims, TokenIssuer, TokenVerifier, require_claims
+from services.auth.audit import AuditEvent, AuditLog
+from services.auth.keys import SigningKeys
+from services.auth.models import persons, refresh_tokens, sessions
+
+_NAME = "persons.name"
+_ID_BYTES = 16
+_MAX_REFRESH_TOKEN = 128
+WEB = "etax-web"
+
+
+def encode_identity(identity: binding_pb2.Identity) -> str:
+    return base64.b64encode(identity.SerializeToString()).decode()
+
+
+def decode_identity(encoded: str) -> binding_pb2.Identity:
+    return binding_pb2.Identity.FromString(base64.b64decode(encoded))
+
+
+def _token_hash(token: str) -> str:
+    # The token has 256 random bits: a plain hash is as good as a keyed one here.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a new session is for, as its response shows them."""
+
+    person_id: str
+    masked_name: str
+    real_name_level: int
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    session_id: str
+    access_token: str
+    access_expires_at: datetime
+    refresh_token: str
+    refresh_expires_at: datetime
+    identity: binding_pb2.Identity
+    person_id: str
+    masked_name: str
+    real_name_level: int
+    province: str
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    access_token_ttl: timedelta = timedelta(minutes=15)
+    refresh_token_ttl: timedelta = timedelta(hours=12)
+
+    @property
+    def marker_ttl(self) -> timedelta:
+        # An access token is accepted up to 30 s after exp (etax_platform.tokens).
+        return self.access_token_ttl + timedelta(minutes=2)
+
+
+def claims_for(
+    principal: Principal,
+    *,
+    session_id: str,
+    identity: binding_pb2.Identity,
+    province: str,
+    methods: tuple[str, ...],
+    client_app: str,
+    extra: dict[str, Any] | None = None,
+) -> AccessClaims:
+    return AccessClaims(
+        person_id=principal.person_id,
+        session_id=session_id,
+        entry=identity.entry,
+        province=province,
+        real_name_level=principal.real_name_level,
+        methods=methods,
+        enterprise_code=identity.enterprise_code,
+        role=identity.role,
+        subject_type=identity.subject_type,
+        project_number=identity.project_number,
+        agency_code=identity.agency_code,
+        client_code=identity.client_code,
+        client_app=client_app,
+        extra=extra or {},
+    )
+
+
+class Sessions:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        store: KeyValueStore,
+        personal_data: PersonalData,
+        keys: SigningKeys,
+        audit: AuditLog,
+        clock: Clock,
+        policy: SessionPolicy,
+    ) -> None:
+        self._db = database
+        self._store = store
+        self._pd = personal_data
+        self._keys = keys
+        self._audit = audit
+        self._clock = clock
+        self.policy = policy
+        self.verifier = TokenVerifier(keys.public_jwks, clock)
+
+    # --- issuing ---------------------------------------------------------------------------
+
+    def _sign(self, claims: AccessClaims) -> tuple[str, datetime]:
+        issuer = TokenIssuer(self._keys.current(), self._clock, self.policy.access_token_ttl)
+        return issuer.issue(claims)
+
+    def _new_refresh_token(self, session: Session, session_id: str, now: datetime) -> str:
+        token = secrets.token_urlsafe(32)
+        session.execute(
+            refresh_tokens.insert().values(
+                token_hash=_token_hash(token),
+                session_id=session_id,
+                issued_at=now,
+                expires_at=now + self.policy.refresh_token_ttl,
+            )
+        )
+        return token
+
+    def open(
+        self,
+        principal: Principal,
+        identity: binding_pb2.Identity,
+        province: str,
+        methods: tuple[str, ...],
+        event: AuditEvent,
+        *,
+        client_app: str = WEB,
+        extra_claims: dict[str, Any] | None = None,
+        also: Callable[[Session], object] | None = None,
+    ) -> IssuedSession:
+        """A new session: its row, its first refresh token, the audit event and `also`
+        (a phone re-affirmed by the login, say) in one transaction."""
+        now = self._clock.now()
+        session_id = secrets.token_hex(_ID_BYTES)
+        event.session_id = session_id
+        with self._db.transaction() as session:
+            if also is not None:
+                also(session)
+            session.execute(
+                sessions.insert().values(
+                    id=session_id,
+                    person_id=principal.person_id,
+                    province=province,
+                    identity=encode_identity(identity),
+                    methods=",".join(methods),
+                    client_app=client_app,
+                    created_at=now,
+                    last_issued_at=now,
+                )
+            )
+            refresh_token = self._new_refresh_token(session, session_id, now)
+            self._audit.insert(session, event)
+        claims = claims_for(
+            principal,
+            session_id=session_id,
+            identity=identity,
+            province=province,
+            methods=methods,
+            client_app=client_app,
+            extra=extra_claims,
+        )
+        access_token, access_expires_at = self._sign(claims)
+        return IssuedSession(
+            session_id=session_id,
+            access_token=access_token,
+            access_expires_at=access_expires_at,
+            refresh_token=refresh_token,
+            refresh_expires_at=now + self.policy.refresh_token_ttl,
+            identity=identity,
+            person_id=principal.person_id,
+            masked_name=principal.masked_name,
+            real_name_level=principal.real_name_level,
+            province=province,
+        )
+
+    def _session_row(self, session: Session, session_id: str) -> Any:
+        return session.execute(
+            select(
+                sessions.c.id,
+                sessions.c.person_id,
+                sessions.c.province,
+                sessions.c.identity,
+                sessions.c.methods,
+                sessions.c.client_app,
+                sessions.c.revoked_at,
+                persons.c.real_name_level,
+                persons.c.name,
+            )
+            .join(persons, persons.c.id == sessions.c.person_id)
+            .where(sessions.c.id == session_id)
+        ).first()
+
+    def _reissue(
+        self, row: Any, identity: binding_pb2.Identity, refresh_token: str, now: datetime
+    ) -> IssuedSession:
+        principal = Principal(
+            row.person_id, mask_name(self._pd.decrypt(row.name, _NAME)), row.real_name_level
+        )
+        methods = tuple(m for m in row.methods.split(",") if m)
+        claims = claims_for(
+            principal,
+            session_id=row.id,
+            identity=identity,
+            province=row.province,
+            methods=methods,
+            client_app=row.client_app,
+        )
+        access_token, access_expires_at = self._sign(claims)
+        return IssuedSession(
+            session_id=row.id,
+            access_token=access_token,
+            access_expires_at=access_expires_at,
+            refresh_token=refresh_token,
+            refresh_expires_at=now + self.policy.refresh_token_ttl,
+            identity=identity,
+            person_id=row.person_id,
+            masked_name=principal.masked_name,
+            real_name_level=principal.real_name_level,
+            province=row.province,
+        )
+
+    # --- refresh ---------------------------------------------------------------------------
+
+    def refresh(self, refresh_token: str) -> IssuedSession:
+        """RefreshSession: single use, rotated; a reused token revokes the session."""
+        if not refresh_token or len(refresh_token) > _MAX_REFRESH_TOKEN:
+            raise invalid("refresh_token")
+        now = self._clock.now()
+        token_hash = _token_hash(refresh_token)
+        event = AuditEvent("session.refresh")
+        outcome = "ok"
+        issued: IssuedSession | None = None
+        with self._db.transaction() as session:
+            used = session.execute(
+                update(refresh_tokens)
+                .where(
+                    refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.used_at.is_(None)
+                )
+                .values(used_at=now)
+                .returning(refresh_tokens.c.session_id, refresh_tokens.c.expires_at)
+            ).first()
+            if used is None:
+                known = session.scalar(
+                    select(refresh_tokens.c.session_id).where(
+                        refresh_tokens.c.token_hash == token_hash
+                    )
+                )
+                if known is None:
+                    outcome = "unknown"
+                else:
+                    outcome = "reused"
+                    event.session_id = known
+                    self._revoke_in(session, [known], "refresh_token_reused", now)
+            elif used.expires_at <= now:
+                outcome = "expired"
+                event.session_id = used.session_id
+            else:
+                event.session_id = used.session_id
+                row = self._session_row(session, used.session_id)
+                if row is None or row.revoked_at is not None:
+                    outcome = "revoked"
+                else:
+                    event.person_id = row.person_id
+                    event.province = row.province
+                    identity = decode_identity(row.identity)
+                    event.entry = identity.entry
+                    new_token = self._new_refresh_token(session, row.id, now)
+                    session.execute(
+                        update(sessions).where(sessions.c.id == row.id).values(last_issued_at=now)
+                    )
+                    self._audit.insert(session, event)
+                    issued = self._reissue(row, identity, new_token, now)
+        if outcome == "reused" and event.session_id:
+            self._mark_revoked([event.session_id])
+        if issued is None:
+            event.outcome, event.reason = "refused", f"refresh_token_{outcome}"
+            self._audit.record(event)
+            raise DomainError(Reason.UNAUTHENTICATED, metadata={"field": "refresh_token"})
+        return issued
+
+    # --- identity switching (F3, F5) ----------------------------------------------------------
+
+    def switch(
+        self, claims: AccessClaims, identity: binding_pb2.Identity, event: AuditEvent
+    ) -> IssuedSession:
+        """New tokens for the same session acting as `identity`; earlier refresh tokens of
+        the session stop working (shown again, they count as reuse)."""
+        now = self._clock.now()
+        with self._db.transaction() as session:
+            changed = session.execute(
+                update(sessions)
+                .where(sessions.c.id == claims.session_id, sessions.c.revoked_at.is_(None))
+                .values(identity=encode_identity(identity), last_issued_at=now)
+            )
+            row = self._session_row(session, claims.session_id) if _count(changed) else None
+            if row is None:
+                issued = None
+            else:
+                session.execute(
+                    update(refresh_tokens)
+                    .where(
+                        refresh_tokens.c.session_id == row.id, refresh_tokens.c.used_at.is_(None)
+                    )
+                    .values(used_at=now)
+                )
+                new_token = self._new_refresh_token(session, row.id, now)
+                self._audit.insert(session, event)
+                issued = self._reissue(row, identity, new_token, now)
+        if issued is None:
+            raise DomainError(Reason.UNAUTHENTICATED)
+        return issued
+
+    # --- revocation ------------------------------------------------------------------------
+
+    def _revoke_in(
+        self, session: Session, session_ids: list[str], reason: str, now: datetime
+    ) -> None:
+        session.execute(
+            update(sessions)
+            .where(sessions.c.id.in_(session_ids), sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+        )
+
+    def revoke_person_in(self, session: Session, person_id: str, reason: str) -> list[str]:
+        """Revokes every session of the person in the caller's transaction; returns those
+        whose access tokens may still be valid (pass them to mark_revoked after commit)."""
+        now = self._clock.now()
+        revoked = session.execute(
+            update(sessions)
+            .where(sessions.c.person_id == person_id, sessions.c.revoked_at.is_(None))
+            .values(revoked_at=now, revoked_reason=reason)
+            .returning(sessions.c.id, sessions.c.last_issued_at)
+        ).all()
+        recent = now - self.policy.marker_ttl
+        return [row.id for row in revoked if row.last_issued_at > recent]
+
+    def _mark_revoked(self, session_ids: list[str]) -> None:
+        for session_id in session_ids:
+            self._store.create(f"auth:revoked:{session_id}", b"1", self.policy.marker_ttl)
+
+    def mark_revoked(self, session_ids: list[str]) -> None:
+        self._mark_revoked(session_ids)
+
+    def logout(self, claims: AccessClaims | None, refresh_token: str) -> None:
+        """Ends the session of the access token and, if given, the refresh token's."""
+        if refresh_token and len(refresh_token) > _MAX_REFRESH_TOKEN:
+            raise invalid("refresh_token")
+        now = self._clock.now()
+        with self._db.transaction() as session:
+            ids = [] if claims is None else [claims.session_id]
+            if refresh_token:
+                by_token = session.scalar(
+                    select(refresh_tokens.c.session_id).where(
+                        refresh_tokens.c.token_hash == _token_hash(refresh_token)
+                    )
+                )
+                if by_token is not None:
+                    ids.append(by_token)
+            if not ids:
+                raise DomainError(Reason.UNAUTHENTICATED, metadata={"field": "refresh_token"})
+            ids = list(dict.fromkeys(ids))
+            owners = dict(
+                session.execute(
+                    select(sessions.c.id, sessions.c.person_id).where(sessions.c.id.in_(ids))
+                ).all()
+            )
+            self._revoke_in(session, ids, "logout", now)
+            for session_id in ids:
+                event = AuditEvent(
+                    "session.revoke",
+                    session_id=session_id,
+                    person_id=owners.get(session_id, claims.person_id if claims else None),
+                    detail={"why": "logout"},
+                )
+                self._audit.insert(session, event)
+        self._mark_revoked(ids)
+
+    # --- callers ---------------------------------------------------------------------------
+
+    def is_revoked(self, session_id: str) -> bool:
+        return self._store.get(f"auth:revoked:{session_id}") is not None
+
+    def caller(self, context: grpc.ServicerContext) -> AccessClaims:
+        """The verified caller of a token-bound RPC whose session has not been revoked."""
+        claims = require_claims(self.verifier, context)
+        if self.is_revoked(claims.session_id):
+            raise DomainError(Reason.UNAUTHENTICATED)
+        return claims
+
+    def verify(self, token: str) -> AccessClaims:
+        claims = self.verifier.verify(token)
+        if self.is_revoked(claims.session_id):
+            raise DomainError(Reason.UNAUTHENTICATED)
+        return claims
+
+
+def _count(result: Any) -> int:
+    return int(result.rowcount)
