@@ -30,13 +30,6 @@ BACKENDS = [
 ]
 SHANDONG = "37"
 
-# Until AuthService (login, sessions, lockout, recovery, identity switching) is merged.
-needs_login = pytest.mark.xfail(
-    reason="AuthService (login) is not on main yet: StartLogin and the other AuthService RPCs "
-    "answer UNIMPLEMENTED, and Envoy has no JWKS (GetPublicKeys) to check sessions with",
-    strict=True,
-)
-
 
 @pytest.fixture(scope="session")
 def e2e_certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:

@@ -8,7 +8,6 @@ tokens' expiry against the real clock, the services against this one.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,10 +34,8 @@ from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
 from tests.harness.gateway import RunningGateway, running_gateway
-from tests.harness.grpc_checks import SERVING, health_status
 from tests.harness.servers import PostgresServer, free_port
 
-AUTH_SERVICE = "etax.auth.v1.AuthService"
 # Q17: the personal income tax APP (个人所得税 APP), a token issuer auth trusts for QR login.
 IIT_ISSUER = "https://iit.chinatax.example/app"
 # D7: the old login's transition period, from the platform's start.
@@ -75,9 +72,8 @@ class Platform:
     certificates: CertificatePaths
     workdir: Path
     hosts: dict[str, GrpcHost]
-    login_available: bool
-    # D7: when the old login closes (None: auth has no such setting yet).
-    legacy_login_closes_at: datetime | None
+    # D7: when the old login closes.
+    legacy_login_closes_at: datetime
     # The personal income tax APP's signing key (auth trusts its tokens, Q17).
     iit_key: SigningKey
 
@@ -114,27 +110,12 @@ class Platform:
             **overrides,
         ) as gateway:
             gateway.wait_healthy(*self.hosts)
-            if self.login_available:
-                gateway.wait_for_jwks()
+            gateway.wait_for_jwks()
             yield gateway
-
-
-def serves(host: GrpcHost, service: str) -> bool:
-    with grpc.insecure_channel(host.address) as channel:
-        try:
-            return health_status(channel, service) == SERVING
-        except grpc.RpcError:
-            return False
 
 
 def _platform_settings(directory: Path) -> PlatformSettings:
     return PlatformSettings(data_dir=directory)
-
-
-def _build_auth(settings: AuthSettings, **dependencies: Any) -> GrpcHost:
-    """auth's build, given the channels it accepts (login adds binding to them)."""
-    accepted = inspect.signature(build_auth).parameters
-    return build_auth(settings, **{k: v for k, v in dependencies.items() if k in accepted})
 
 
 @contextlib.contextmanager
@@ -176,16 +157,6 @@ def running_platform(
         auth_port = free_port()
         closes_at = clock.now() + LEGACY_LOGIN_PERIOD
         iit_key = SigningKey.generate()
-        wanted: dict[str, Any] = {
-            "legacy_login_closes_at": closes_at,
-            "iit_issuer": IIT_ISSUER,
-            "iit_jwks_json": json.dumps({"keys": [iit_key.public_jwk()]}),
-            # Key rotation is not under test here: after the clock jumps by days (Q10,
-            # Q12, Q15) auth must not sign with a key Envoy has not fetched yet (its JWKS
-            # cache runs on real time).
-            "key_rotation_seconds": 10 * 365 * 86400,
-        }
-        login_settings = {k: v for k, v in wanted.items() if k in AuthSettings.model_fields}
         binding = build_binding(
             BindingSettings(
                 port=0,
@@ -196,7 +167,7 @@ def running_platform(
             auth_channel=channel_to(f"127.0.0.1:{auth_port}"),
         ).start()
         started.append(binding)
-        auth = _build_auth(
+        auth = build_auth(
             AuthSettings(
                 port=auth_port,
                 database_url=backend.database_url("auth"),
@@ -205,7 +176,13 @@ def running_platform(
                 binding_target=binding.address,
                 hash_workers=2,
                 platform=_platform_settings(workdir / "auth"),
-                **login_settings,
+                legacy_login_closes_at=closes_at,
+                iit_issuer=IIT_ISSUER,
+                iit_jwks_json=json.dumps({"keys": [iit_key.public_jwk()]}),
+                # Key rotation is not under test here: after the clock jumps by days (Q10,
+                # Q12, Q15) auth must not sign with a key Envoy has not fetched yet (its
+                # JWKS cache runs on real time).
+                key_rotation_seconds=10 * 365 * 86400,
             ),
             clock=clock,
             store=new_store(),
@@ -214,22 +191,14 @@ def running_platform(
             binding_channel=channel_to(binding.address),
         ).start()
         started.append(auth)
-        login_available = serves(auth, AUTH_SERVICE)
-        if not login_available:
-            # Until AuthService (login) is on main: the gateway health-checks auth by that
-            # name and would route nothing to auth (no panic routing) without this.
-            auth.health.set(AUTH_SERVICE, SERVING)
         yield Platform(
             clock=clock,
             backend=backend,
             certificates=certificates,
             workdir=workdir,
             hosts={"auth": auth, "binding": binding, "sms": sms, "face": face},
-            login_available=login_available,
             iit_key=iit_key,
-            legacy_login_closes_at=closes_at
-            if "legacy_login_closes_at" in login_settings
-            else None,
+            legacy_login_closes_at=closes_at,
         )
     finally:
         for host in reversed(started):

@@ -13,7 +13,6 @@ from etax.binding.v1 import binding_pb2
 from etax.common.v1 import types_pb2
 
 from tests.e2e.api import Reply
-from tests.e2e.conftest import needs_login
 from tests.e2e.platform import Platform
 from tests.e2e.story import (
     AGENT,
@@ -67,7 +66,6 @@ def test_q01_enterprises_are_never_registered_online_the_core_tax_system_confirm
     assert relation.masked_person_name == "张*"
 
 
-@needs_login
 def test_q01_related_real_name_person_logs_in_through_the_enterprise_entry(
     bureau: Bureau,
 ) -> None:
@@ -88,7 +86,6 @@ def test_q01_related_real_name_person_logs_in_through_the_enterprise_entry(
     assert session.identity["role"] == "ROLE_LEGAL_REPRESENTATIVE"
 
 
-@needs_login
 def test_q26_financial_officer_relation_is_recorded_on_registration_and_confirmed_once(
     bureau: Bureau,
 ) -> None:
@@ -121,7 +118,6 @@ def test_q26_financial_officer_relation_is_recorded_on_registration_and_confirme
 # --- Q2: one personal password ---------------------------------------------------------------
 
 
-@needs_login
 def test_q02_the_personal_password_serves_every_entry_and_forgot_password_resets_it(
     bureau: Bureau,
 ) -> None:
@@ -161,7 +157,6 @@ def test_q02_the_personal_password_serves_every_entry_and_forgot_password_resets
 # --- Q6: specific subjects ---------------------------------------------------------------------
 
 
-@needs_login
 def test_q06_cross_region_taxpayer_logs_in_as_a_specific_subject(bureau: Bureau) -> None:
     """Q6, D5: 特定主体登录 at the bureau of the project's province. First way: subject type,
     USCC/TIN, account, personal password, then SMS code or the APP's face check. Second way:
@@ -216,7 +211,6 @@ def test_q06_cross_region_taxpayer_logs_in_as_a_specific_subject(bureau: Bureau)
 # --- Q8, Q9: two-way confirmation ----------------------------------------------------------
 
 
-@needs_login
 def test_q08_person_applies_for_authorization_and_the_legal_representative_confirms(
     bureau: Bureau,
 ) -> None:
@@ -259,7 +253,6 @@ def test_q08_person_applies_for_authorization_and_the_legal_representative_confi
     assert enterprise.identity["role"] == "ROLE_TAX_OFFICER"
 
 
-@needs_login
 def test_q09_legal_representative_adds_xiaoming_who_confirms_in_the_account_center(
     bureau: Bureau,
 ) -> None:
@@ -308,7 +301,6 @@ def test_q09_legal_representative_adds_xiaoming_who_confirms_in_the_account_cent
 # --- Q24: tax agents --------------------------------------------------------------------------
 
 
-@needs_login
 def test_q24_tax_agent_in_both_forms_registers_and_acts_for_the_client(bureau: Bureau) -> None:
     """Q24, F4, D6: the agency files the basic-information form (listing its agents) and an
     agreement form per client (naming the agents serving it); an agent in both registers,
@@ -340,7 +332,6 @@ def test_q24_tax_agent_in_both_forms_registers_and_acts_for_the_client(bureau: B
 # --- Q27: identity switching -------------------------------------------------------------------
 
 
-@needs_login
 def test_q27_tax_officer_switches_between_enterprises_without_logging_out(
     bureau: Bureau,
 ) -> None:
@@ -375,7 +366,6 @@ def test_q27_tax_officer_switches_between_enterprises_without_logging_out(
 # --- Q10: the old login (moves the clock past its closing date) ------------------------------
 
 
-@needs_login
 def test_q10_new_taxpayer_people_register_first_then_use_the_enterprise_entry(
     bureau: Bureau,
 ) -> None:
@@ -393,7 +383,6 @@ def test_q10_new_taxpayer_people_register_first_then_use_the_enterprise_entry(
     assert session.identity["role"] == "ROLE_LEGAL_REPRESENTATIVE"
 
 
-@needs_login
 def test_q10_old_enterprise_login_works_until_its_announced_closing_date(
     bureau: Bureau, platform: Platform
 ) -> None:
@@ -422,7 +411,6 @@ def test_q10_old_enterprise_login_works_until_its_announced_closing_date(
     assert session.person_id == legal_representative.person_id
     assert session.identity["enterprise_code"] == code
 
-    assert platform.legacy_login_closes_at is not None
     bureau.later(platform.legacy_login_closes_at - bureau.clock.now() + timedelta(seconds=1))
     bureau.app.call("AuthService.LegacyLogin", {**legacy, "password": "OldEnterprise1"}).expect(
         "LEGACY_LOGIN_CLOSED", "旧版登录方式已关闭，请使用新版登录"

@@ -13,7 +13,6 @@ from etax.common.v1 import types_pb2
 
 from etax_platform.clock import CST, next_cst_midnight
 from tests.e2e.api import Reply
-from tests.e2e.conftest import needs_login
 from tests.e2e.platform import Platform
 from tests.e2e.story import (
     ENTERPRISE,
@@ -60,7 +59,6 @@ def _recover_phone(bureau: Bureau, person: Person, new: str) -> dict[str, str]:
 # --- Q5, Q22: a new phone ----------------------------------------------------------------
 
 
-@needs_login
 def test_q05_existing_tax_officer_with_a_new_phone_recovers_it_with_the_personal_password(
     bureau: Bureau,
 ) -> None:
@@ -94,7 +92,6 @@ def test_q05_existing_tax_officer_with_a_new_phone_recovers_it_with_the_personal
     assert login_codes == [], "no login code reaches the old phone"
 
 
-@needs_login
 def test_q22_the_phone_shown_at_step_two_is_not_mine_any_more_recover_phone(
     bureau: Bureau,
 ) -> None:
@@ -112,7 +109,6 @@ def test_q22_the_phone_shown_at_step_two_is_not_mine_any_more_recover_phone(
 # --- Q11, Q18, Q19: one phone, one person --------------------------------------------------
 
 
-@needs_login
 def test_q11_phone_taken_by_another_person_is_found_again_by_face_login_and_account_center(
     bureau: Bureau,
 ) -> None:
@@ -140,7 +136,6 @@ def test_q11_phone_taken_by_another_person_is_found_again_by_face_login_and_acco
     assert sorted(phones) == sorted([masked(person.phone), masked(number)])
 
 
-@needs_login
 def test_q18_phone_not_found_then_document_number_says_not_registered_until_registration(
     bureau: Bureau,
 ) -> None:
@@ -166,7 +161,6 @@ def test_q18_phone_not_found_then_document_number_says_not_registered_until_regi
     assert session.identity["enterprise_code"] == code
 
 
-@needs_login
 def test_q18_emptied_phone_is_not_found_but_the_document_number_logs_in_then_add_the_phone(
     bureau: Bureau,
 ) -> None:
@@ -187,7 +181,6 @@ def test_q18_emptied_phone_is_not_found_but_the_document_number_logs_in_then_add
     assert bureau.login(person, account=number).person_id == person.person_id
 
 
-@needs_login
 def test_q19_empty_phone_at_the_sms_step_switch_to_scan_verification_then_add_a_phone(
     bureau: Bureau,
 ) -> None:
@@ -226,7 +219,6 @@ def test_q19_empty_phone_at_the_sms_step_switch_to_scan_verification_then_add_a_
 # --- Q14: scan verification and QR login ------------------------------------------------
 
 
-@needs_login
 def test_q14_scan_verification_is_a_second_step_that_needs_no_app_login(bureau: Bureau) -> None:
     """Q14, D2: 扫码验证 during a password login: the tax APP, not logged in, scans the QR
     code from its 扫一扫 and checks the face."""
@@ -251,7 +243,6 @@ def test_q14_scan_verification_is_a_second_step_that_needs_no_app_login(bureau: 
     assert session["person_id"] == person.person_id
 
 
-@needs_login
 def test_q14_qr_login_takes_the_business_the_app_is_logged_in_to(bureau: Bureau) -> None:
     """Q14, D3: 扫码登录 on the left of the web login page: an APP already logged in scans
     it, and the web page logs in to the same business (enterprise -> enterprise, natural
@@ -296,7 +287,6 @@ def test_q14_qr_login_takes_the_business_the_app_is_logged_in_to(bureau: Bureau)
 # --- Q15, Q21: accounts and phones --------------------------------------------------------
 
 
-@needs_login
 def test_q21_several_phones_and_any_of_them_logs_in(bureau: Bureau) -> None:
     """Q21, C3: a person may hold several phones, added in the account center; default or
     not, each one logs in; step two goes to the default."""
@@ -324,7 +314,6 @@ def test_q21_several_phones_and_any_of_them_logs_in(bureau: Bureau) -> None:
 # --- Q16, Q17: forgot password -------------------------------------------------------------
 
 
-@needs_login
 def test_q16_forgot_password_sets_a_new_personal_password_by_sms_code(bureau: Bureau) -> None:
     """Q16, C5: 【忘记密码】 on the login page: the account, a code to the phone shown masked,
     a new password (C1 applies); the old one stops working."""
@@ -349,7 +338,6 @@ def test_q16_forgot_password_sets_a_new_personal_password_by_sms_code(bureau: Bu
     assert bureau.login(person).person_id == person.person_id
 
 
-@needs_login
 def test_q16_person_who_never_set_a_personal_password_sets_one_through_forgot_password(
     bureau: Bureau,
 ) -> None:
@@ -373,7 +361,6 @@ def test_q16_person_who_never_set_a_personal_password_sets_one_through_forgot_pa
     assert bureau.login(person).person_id == person.person_id
 
 
-@needs_login
 def test_q17_empty_phone_and_forgotten_password_face_reset_then_recover_the_phone(
     bureau: Bureau,
 ) -> None:
@@ -404,7 +391,6 @@ def test_q17_empty_phone_and_forgotten_password_face_reset_then_recover_the_phon
     assert bureau.login(person).person_id == person.person_id
 
 
-@needs_login
 @pytest.mark.xfail(
     reason="gateway: ConfirmQrLogin's jwt_authn requirement accepts only etax-auth tokens, so "
     "a personal income tax APP token (an issuer auth trusts, ETAX_AUTH_IIT_ISSUER) gets 401 "
@@ -466,7 +452,6 @@ def _lock_password(bureau: Bureau, person: Person) -> None:
     bureau.start_login(person).expect("AUTH_METHOD_LOCKED")
 
 
-@needs_login
 def test_q12_locked_password_is_unlocked_by_forgot_password(bureau: Bureau) -> None:
     """Q12, E1, C5: five wrong passwords in a day lock the password; 「忘记密码」 unlocks."""
     person = bureau.register(Person("杨锁定"))
@@ -484,7 +469,6 @@ def test_q12_locked_password_is_unlocked_by_forgot_password(bureau: Bureau) -> N
     assert bureau.login(person).person_id == person.person_id
 
 
-@needs_login
 def test_q12_locked_password_is_unlocked_by_a_face_check(bureau: Bureau) -> None:
     """Q12, E1: 通过刷脸认证方式自行解锁."""
     person = bureau.register(Person("朱刷脸"))
@@ -497,7 +481,6 @@ def test_q12_locked_password_is_unlocked_by_a_face_check(bureau: Bureau) -> None
     assert bureau.login(person).person_id == person.person_id
 
 
-@needs_login
 def test_q12_sms_code_failures_lock_the_sms_level_and_the_password_below_it(
     bureau: Bureau,
 ) -> None:
@@ -528,7 +511,6 @@ def test_q12_sms_code_failures_lock_the_sms_level_and_the_password_below_it(
     assert bureau.login_by_face(person).person_id == person.person_id
 
 
-@needs_login
 def test_q12_lock_ends_at_midnight_and_failures_count_within_one_day(bureau: Bureau) -> None:
     """Q12, E1: 等待次日零时自动解锁 (China Standard Time), and "一天内...连续失败": four
     failures before midnight and one after do not lock."""
@@ -553,7 +535,6 @@ def test_q12_lock_ends_at_midnight_and_failures_count_within_one_day(bureau: Bur
 # --- Q15: usernames (moves the clock into the next year) ------------------------------------
 
 
-@needs_login
 def test_q15_document_number_phone_or_username_and_the_username_changes_once_a_year(
     bureau: Bureau,
 ) -> None:

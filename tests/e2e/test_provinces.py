@@ -14,7 +14,6 @@ from collections.abc import Iterator
 import pytest
 
 from etax_platform.gateway import PROFILES, load_settings
-from tests.e2e.conftest import needs_login
 from tests.e2e.platform import Platform
 from tests.e2e.story import (
     ENTERPRISE,
@@ -73,7 +72,6 @@ def test_a3_two_bureaus_run_side_by_side_with_distinct_base_ids(
     beijing.start_registration(person).expect("ALREADY_REGISTERED", "该证件已注册，请直接登录")
 
 
-@needs_login
 def test_a3_registered_through_shandong_logs_in_through_beijing(
     shandong: Bureau, beijing: Bureau
 ) -> None:
@@ -105,7 +103,6 @@ def test_a3_registered_through_shandong_logs_in_through_beijing(
     assert shandong.login_by_face(person).province == "37"
 
 
-@needs_login
 def test_q25_the_person_is_the_identity_everywhere_and_recovery_needs_no_login(
     shandong: Bureau, beijing: Bureau
 ) -> None:
@@ -139,7 +136,6 @@ def test_q25_the_person_is_the_identity_everywhere_and_recovery_needs_no_login(
     assert recovery["recovery_id"]
 
 
-@needs_login
 def test_q23_construction_company_switches_to_home_projects_and_logs_in_where_the_project_is(
     shandong: Bureau, beijing: Bureau
 ) -> None:

@@ -9,7 +9,6 @@ from etax.auth.v1 import auth_pb2
 
 from etax_platform.documents import gb11643_check_character
 from tests.e2e.api import Reply
-from tests.e2e.conftest import needs_login
 from tests.e2e.story import (
     ENTERPRISE,
     OFFLINE_FIRST_TEXT,
@@ -119,7 +118,6 @@ def test_q03_real_name_collected_at_the_hall_skips_the_face_step(bureau: Bureau)
     assert completed["real_name_level"] == 4
 
 
-@needs_login
 def test_q03_migrated_user_without_face_check_is_level_3_until_the_account_center_face_check(
     bureau: Bureau,
 ) -> None:
@@ -352,7 +350,6 @@ def test_q07_overseas_registration_by_email_is_restricted_until_the_hall(bureau:
         assert not found.overseas_restricted
 
 
-@needs_login
 def test_q07_overseas_person_has_no_enterprise_business_until_the_hall(bureau: Bureau) -> None:
     """Q7 (3), B6: 非居民(境外自然人)权限有所限制: the natural-person entry works, the
     enterprise entry is refused until the hall collects the person."""
@@ -420,7 +417,6 @@ def test_q13_password_rules_8_to_16_characters_two_kinds_of_three(bureau: Bureau
     assert complete(person.password)["real_name_level"] == 4
 
 
-@needs_login
 def test_q13_the_same_rules_apply_when_the_password_is_changed_and_letters_are_case_sensitive(
     bureau: Bureau,
 ) -> None:
@@ -484,7 +480,6 @@ def test_q20_five_codes_per_ten_minutes_counted_from_the_first(bureau: Bureau) -
     assert bureau.send_code(new_phone(), "VERIFICATION_PURPOSE_PHONE_ADD").ok
 
 
-@needs_login
 def test_q20_registration_login_and_password_reset_share_the_five_codes(bureau: Bureau) -> None:
     """Q20, E2: the FAQ's story: registering, logging in and resetting the password all
     send codes to the same phone; the sixth within ten minutes is refused, and after ten
