@@ -345,7 +345,8 @@ def test_q16_person_who_never_set_a_personal_password_sets_one_through_forgot_pa
     personal password uses 忘记密码 (here by face) and then logs in."""
     person = Person("严无密")
     bureau.hall.import_legacy_person(person, with_password=False)
-    assert not bureau.start_login(person).ok
+    # Whatever is typed, it is not the person's password.
+    bureau.start_login(person).expect("CREDENTIALS_INVALID", "账号或密码错误，您还可以尝试4次")
     reset = bureau.web.call(
         "AuthService.StartPasswordReset", {"account": person.number, "province": bureau.province}
     )
@@ -492,11 +493,17 @@ def test_q12_sms_code_failures_lock_the_sms_level_and_the_password_below_it(
     assert bureau.web.call("AuthService.SendLoginCode", {"challenge_id": challenge_id}).ok
     code = bureau.phones.code(person.phone, purpose="VERIFICATION_PURPOSE_LOGIN")
     wrong = "000000" if code != "000000" else "111111"
-    for _ in range(5):
-        refused = bureau.web.call(
-            "AuthService.CompleteLoginWithCode", {"challenge_id": challenge_id, "code": wrong}
+
+    def complete(code: str) -> Reply:
+        return bureau.web.call(
+            "AuthService.CompleteLoginWithCode", {"challenge_id": challenge_id, "code": code}
         )
-        assert not refused.ok
+
+    for remaining in (4, 3, 2, 1):
+        complete(wrong).expect("CREDENTIALS_INVALID", f"验证码错误，您还可以尝试{remaining}次")
+    complete(wrong).expect(
+        "AUTH_METHOD_LOCKED", _locked_text(bureau.clock.now(), "短信验证码认证", "短信验证码认证")
+    )
     locked = bureau.start_login(person)
     locked.expect(
         "AUTH_METHOD_LOCKED", _locked_text(bureau.clock.now(), locked_by="短信验证码认证")
