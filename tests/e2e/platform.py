@@ -102,11 +102,16 @@ class Platform:
     def gateway(self, province: str, **overrides: Any) -> Iterator[RunningGateway]:
         """A bureau's Envoy in front of these services, ready to route to all of them."""
         workdir = self.workdir / f"gateway-{province}-{uuid.uuid4().hex[:6]}"
+        # Q17: the gateway, like auth, trusts the personal income tax APP's sessions.
+        iit_jwks = self.workdir / "iit-jwks.json"
+        iit_jwks.write_text(json.dumps({"keys": [self.iit_key.public_jwk()]}))
         with running_gateway(
             self.upstreams,
             workdir=workdir,
             certificates=self.certificates,
             province=province,
+            iit_issuer=IIT_ISSUER,
+            iit_jwks_file=iit_jwks,
             **overrides,
         ) as gateway:
             gateway.wait_healthy(*self.hosts)

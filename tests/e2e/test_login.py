@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import pytest
 from etax.common.v1 import types_pb2
 
 from etax_platform.clock import CST, next_cst_midnight
@@ -392,12 +391,6 @@ def test_q17_empty_phone_and_forgotten_password_face_reset_then_recover_the_phon
     assert bureau.login(person).person_id == person.person_id
 
 
-@pytest.mark.xfail(
-    reason="gateway: ConfirmQrLogin's jwt_authn requirement accepts only etax-auth tokens, so "
-    "a personal income tax APP token (an issuer auth trusts, ETAX_AUTH_IIT_ISSUER) gets 401 "
-    "from Envoy before it reaches auth",
-    strict=True,
-)
 def test_q17_personal_income_tax_app_qr_login_then_add_a_phone_and_reset_the_password(
     bureau: Bureau, platform: Platform
 ) -> None:
