@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from google.protobuf import descriptor_pb2
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from etax_platform.certs import CertificatePaths, client_uri
@@ -163,6 +163,11 @@ class GatewaySettings(BaseSettings):
     jwks_url: str = ""
     jwks_cache_seconds: int = Field(default=300, ge=1)
     jwt_clock_skew_seconds: int = Field(default=30, ge=0)
+    # Q17: the personal income tax APP (个人所得税 APP) as a trusted issuer whose sessions
+    # may confirm a QR login (the same issuer auth trusts: ETAX_AUTH_IIT_*). Empty: none.
+    iit_issuer: str = ""
+    iit_audience: str = "etax"
+    iit_jwks_file: Path | None = None
     # Local rate limits per route: sustained requests per second and burst.
     login_rate_per_second: int = Field(default=200, ge=1)
     login_burst: int = Field(default=400, ge=1)
@@ -175,6 +180,12 @@ class GatewaySettings(BaseSettings):
     # Empty: JSON lines on Envoy's stdout; otherwise a file (both listeners).
     access_log: str = ""
     output_dir: Path = REPO_ROOT / "build" / "envoy"
+
+    @model_validator(mode="after")
+    def _trusted_issuer_has_keys(self) -> GatewaySettings:
+        if self.iit_issuer and self.iit_jwks_file is None:
+            raise ValueError("ETAX_GATEWAY_IIT_ISSUER needs ETAX_GATEWAY_IIT_JWKS_FILE")
+        return self
 
     @field_validator("auth_address", "binding_address", "sms_address", "face_address")
     @classmethod
@@ -302,13 +313,58 @@ def cluster_of(service: str) -> str:
 # --- rendering ------------------------------------------------------------------------
 
 
-def _per_route_jwt() -> dict[str, Any]:
+# Public methods a session of a trusted APP (not only auth's own) may call.
+TRUSTED_APP_METHODS = frozenset({"etax.auth.v1.AuthService/ConfirmQrLogin"})
+
+
+def _per_route_jwt(requirement: str) -> dict[str, Any]:
     return {
         "envoy.filters.http.jwt_authn": {
             "@type": _type("filters.http.jwt_authn.v3.PerRouteConfig"),
-            "requirement_name": "session",
+            "requirement_name": requirement,
         }
     }
+
+
+def _jwt_providers(settings: GatewaySettings) -> dict[str, Any]:
+    key, source = _jwks_source(settings)
+    providers: dict[str, Any] = {
+        "etax_auth": {
+            "issuer": "etax-auth",
+            "audiences": ["etax"],
+            key: source,
+            "forward": True,
+            "forward_payload_header": "x-etax-jwt-payload",
+            "claim_to_headers": [
+                {"header_name": "x-etax-person-id", "claim_name": "sub"},
+                {"header_name": "x-etax-session-id", "claim_name": "sid"},
+            ],
+            "clock_skew_seconds": settings.jwt_clock_skew_seconds,
+        }
+    }
+    if settings.iit_issuer:
+        providers["iit_app"] = {
+            "issuer": settings.iit_issuer,
+            "audiences": [settings.iit_audience],
+            "local_jwks": {"filename": str(settings.iit_jwks_file)},
+            "forward": True,
+            "clock_skew_seconds": settings.jwt_clock_skew_seconds,
+        }
+    return providers
+
+
+def _jwt_requirements(settings: GatewaySettings) -> dict[str, Any]:
+    requirements: dict[str, Any] = {"session": {"provider_name": "etax_auth"}}
+    requirements["trusted_app_session"] = (
+        {
+            "requires_any": {
+                "requirements": [{"provider_name": "etax_auth"}, {"provider_name": "iit_app"}]
+            }
+        }
+        if settings.iit_issuer
+        else {"provider_name": "etax_auth"}
+    )
+    return requirements
 
 
 def _per_route_rate_limit(group: str, rate: int, burst: int) -> dict[str, Any]:
@@ -365,8 +421,10 @@ def public_routes(settings: GatewaySettings, services: dict[str, list[Method]]) 
             raise ValueError(f"{service} is not in the descriptor set: run `make protos`")
         for method in services[service]:
             per_filter: dict[str, Any] = {}
-            if method.full_name not in ANONYMOUS_METHODS:
-                per_filter.update(_per_route_jwt())
+            if method.full_name in TRUSTED_APP_METHODS:
+                per_filter.update(_per_route_jwt("trusted_app_session"))
+            elif method.full_name not in ANONYMOUS_METHODS:
+                per_filter.update(_per_route_jwt("session"))
             group = RATE_LIMITED_METHODS.get(method.full_name)
             if group is not None:
                 per_filter.update(_per_route_rate_limit(group, *rates[group]))
@@ -598,7 +656,8 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "admin_port": settings.admin_port,
         "descriptor": str(descriptor or settings.descriptor),
         "public_services": list(PUBLIC_SERVICES),
-        "jwt_clock_skew_seconds": settings.jwt_clock_skew_seconds,
+        "jwt_providers": _jwt_providers(settings),
+        "jwt_requirements": _jwt_requirements(settings),
         "early_header_mutation": _early_header_mutation(),
         "public_access_log": _access_log(settings, "public"),
         "internal_access_log": _access_log(settings, "internal"),
@@ -610,23 +669,18 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "internal_client_matchers": matchers,
         "clusters": clusters,
     }
-    return _substitute(TEMPLATE.read_text(encoding="utf-8"), values, jwks=_jwks_source(settings))
+    return _substitute(TEMPLATE.read_text(encoding="utf-8"), values)
 
 
-def _substitute(template: str, values: dict[str, Any], *, jwks: tuple[str, Any]) -> str:
+def _substitute(template: str, values: dict[str, Any]) -> str:
     """Fills every placeholder with indented JSON (JSON is valid YAML, so no quoting can
-    go wrong); continuation lines are indented below the line the placeholder is on.
-    ${jwks_source} becomes `local_jwks: {...}` or `remote_jwks: {...}`."""
+    go wrong); continuation lines are indented below the line the placeholder is on."""
 
     def fill(line: str) -> str:
         indent = "\n" + " " * (len(line) - len(line.lstrip()) + 2)
 
         def value(match: re.Match[str]) -> str:
-            name = match[1]
-            if name == "jwks_source":
-                key, source = jwks
-                return f"{key}: " + json.dumps(source, indent=2).replace("\n", indent)
-            item = values[name]
+            item = values[match[1]]
             pretty = 2 if isinstance(item, list | dict) else None
             return json.dumps(item, ensure_ascii=False, indent=pretty).replace("\n", indent)
 

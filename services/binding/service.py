@@ -262,6 +262,9 @@ class BindingService:
         """Creates or updates the enterprise and records its legal representative and
         financial officer, each pending their own confirmation. The same registration
         again changes nothing; a different person replaces the old relation."""
+        for person in (legal_representative, financial_officer):
+            if person is not None:  # so the relations show who is registered already
+                self._directory.learn_if_registered(person.document)
         now = self._clock.now()
         now_ms = to_millis(now)
         authority = enterprise.tax_authority

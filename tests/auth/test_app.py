@@ -9,8 +9,6 @@ import grpc
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2
 from sqlalchemy import select
 
 from etax_platform.clock import ManualClock
@@ -22,24 +20,10 @@ from services.auth.keys import SigningKeys
 from services.auth.models import metadata, signing_keys
 from services.auth.settings import AuthSettings
 from tests.auth.conftest import Auth
+from tests.harness.grpc_checks import SERVING, health_status, reflected_services
 from tests.harness.processes import ServiceProcess
 
 SERVICES = {AUTH_SERVICE, ACCOUNT_SERVICE, INTERNAL_AUTH_SERVICE}
-
-
-def _health(channel: grpc.Channel, service: str) -> int:
-    stub = health_pb2_grpc.HealthStub(channel)
-    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
-def _listed_services(channel: grpc.Channel) -> set[str]:
-    call = channel.stream_stream(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
-        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
-    )
-    (response,) = list(call(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    return {s.name for s in response.list_services_response.service}
 
 
 def test_built_host_is_serving_and_reflects_its_services(auth: Auth) -> None:
@@ -50,8 +34,8 @@ def test_built_host_is_serving_and_reflects_its_services(auth: Auth) -> None:
     } == SERVICES
     with grpc.insecure_channel(auth.host.address) as channel:
         for name in ("", *SERVICES):
-            assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
-        assert _listed_services(channel) >= SERVICES
+            assert health_status(channel, name) == SERVING
+        assert reflected_services(channel) >= SERVICES
 
 
 def test_settings_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,8 +63,8 @@ def test_python_m_services_auth_serves_until_sigterm(tmp_path: Path) -> None:
         process.wait_serving()
         with grpc.insecure_channel(process.address) as channel:
             for name in ("", *SERVICES):
-                assert _health(channel, name) == health_pb2.HealthCheckResponse.SERVING
-            assert _listed_services(channel) >= SERVICES
+                assert health_status(channel, name) == SERVING
+            assert reflected_services(channel) >= SERVICES
     finally:
         assert process.terminate() == 0, process.log()
     assert "Traceback" not in process.log()

@@ -31,6 +31,8 @@ def test_a2_f2_registration_records_enterprise_and_pending_lr_and_fo(binding: Bi
         (Role.ROLE_LEGAL_REPRESENTATIVE, PENDING, pb.CONFIRMING_PARTY_PERSON),
         (Role.ROLE_FINANCIAL_OFFICER, PENDING, pb.CONFIRMING_PARTY_PERSON),
     ]
+    # Both are registered already, so the relations name them at once.
+    assert [r.person_id for r in response.relations] == [lr.person_id, fo.person_id]
     # Waiting for the person: no access yet.
     assert [r.relation_id for r in binding.pending(lr)] == [response.relations[0].relation_id]
     _, error = rpc_error(lambda: binding.check_enterprise(lr, "91110000600037341L"))

@@ -633,3 +633,43 @@ def test_replicas_share_the_load_and_an_unhealthy_one_gets_none(
             assert second.recorder.count("SendCode") == after
     finally:
         second.stop()
+
+
+# --- a trusted APP's sessions (Q17) -------------------------------------------------------------
+
+
+def test_q17_income_tax_app_session_may_confirm_a_qr_login_and_nothing_else(
+    upstreams: Upstreams, gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """D3, Q17: the personal income tax APP's tokens pass the gateway on ConfirmQrLogin only."""
+    iit_key = SigningKey.generate()
+    iit_jwks = tmp_path / "iit-jwks.json"
+    iit_jwks.write_text(json.dumps({"keys": [iit_key.public_jwk()]}))
+    now = int(time.time())
+    iit_token = jwt.encode(
+        {"sub": "iit-user-1", "iss": "iit-app", "aud": "etax", "iat": now, "exp": now + 600},
+        iit_key.private_key,
+        "EdDSA",
+        headers={"kid": iit_key.kid},
+    )
+    with running_gateway(
+        upstreams.addresses,
+        workdir=tmp_path / "gw",
+        certificates=gateway_certs,
+        iit_issuer="iit-app",
+        iit_jwks_file=iit_jwks,
+    ) as gateway:
+        channel = gateway.public_channel()
+        confirm = channel.unary_unary("/etax.auth.v1.AuthService/ConfirmQrLogin")
+        payload = auth_pb2.ConfirmQrLoginRequest(qr_payload="x").SerializeToString()
+        # Past the gateway: the stand-in auth does not implement ConfirmQrLogin and fails
+        # (INTERNAL); a token the gateway refused would be UNAUTHENTICATED.
+        assert (
+            _code_of(lambda: confirm(payload, metadata=bearer(iit_token), timeout=5))
+            == grpc.StatusCode.INTERNAL
+        )
+        stub = auth_pb2_grpc.AccountServiceStub(channel)
+        call = lambda: stub.GetProfile(  # noqa: E731
+            auth_pb2.GetProfileRequest(), metadata=bearer(iit_token), timeout=5
+        )
+        assert _code_of(call) == grpc.StatusCode.UNAUTHENTICATED

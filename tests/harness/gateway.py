@@ -200,14 +200,19 @@ class GrpcWebReply:
 
 
 def grpc_web_call(
-    url: str, message: bytes, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+    url: str,
+    message: bytes,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+    client: httpx.Client | None = None,
 ) -> GrpcWebReply:
     """One gRPC-Web call (binary, as a browser's grpc-web client sends it).
 
     url: http://host:port/package.Service/Method; message: the serialized request.
+    client: a client whose connections are kept (a browser's); default: a new connection.
     """
     frame = b"\x00" + len(message).to_bytes(4, "big") + message
-    response = httpx.post(
+    response = (client or httpx).post(
         url,
         content=frame,
         headers={
