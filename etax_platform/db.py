@@ -9,6 +9,9 @@ queue on the file lock instead of failing when a read lock cannot be upgraded.
 from __future__ import annotations
 
 import hashlib
+import logging
+import queue
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +19,10 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, pool, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, pool, text
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("etax.db")
 
 _READ_ONLY = "etax_read_only"
 
@@ -113,3 +118,87 @@ def run_migrations(target_metadata: MetaData) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+class BatchWriter:
+    """Rows of one table written off the request path, in batches.
+
+    For records a caller must not wait for and can afford to lose in a crash (a delivery
+    log, audit events no transaction carries): the request pays for a queue append, not a
+    database round trip. A full queue or a failed batch is logged (counts only) and
+    dropped, never raised. `batch_seconds=0` writes at once, on the caller's thread.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        table: Table,
+        *,
+        name: str,
+        batch_seconds: float = 0.2,
+        batch_rows: int = 500,
+        max_queued: int = 50_000,
+    ) -> None:
+        self._db = database
+        self._table = table
+        self._name = name
+        self._batch_seconds = batch_seconds
+        self._batch_rows = batch_rows
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=max_queued)
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+        if batch_seconds > 0:
+            self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
+            self._thread.start()
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self._thread is None:
+            self._write([row])
+            return
+        with self._idle:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(row)
+        except queue.Full:
+            with self._idle:
+                self._pending -= 1
+            log.warning("%s queue full: a row was dropped", self._name)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Waits until every queued row was written (or given up on)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.flush()
+            self._stopping.set()
+            self._thread.join(timeout=5)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self._db.transaction() as session:
+                session.execute(self._table.insert(), rows)
+        except Exception as error:
+            log.warning("%s: %d rows not written: %s", self._name, len(rows), type(error).__name__)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._batch_seconds)
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            rows = [first]
+            while len(rows) < self._batch_rows:
+                try:
+                    rows.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(rows)
+            with self._idle:
+                self._pending -= len(rows)
+                self._idle.notify_all()

@@ -28,6 +28,7 @@ ISSUER = "etax-auth"
 AUDIENCE = "etax"
 _ALGORITHM = "EdDSA"
 _LEEWAY = timedelta(seconds=30)
+_REMEMBER_AT_MOST = 10_000
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class TokenVerifier:
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._fetched_at = float("-inf")
         self._lock = threading.Lock()
+        # token -> (expiry, claims) of tokens whose signature was checked
+        self._verified: dict[str, tuple[int, AccessClaims]] = {}
 
     def _key(self, kid: str) -> Ed25519PublicKey | None:
         key = self._keys.get(kid)
@@ -184,6 +187,24 @@ class TokenVerifier:
             return self._keys.get(kid)
 
     def verify(self, token: str) -> AccessClaims:
+        """The token's claims if its signature holds and it has not expired by the clock.
+
+        A verified token is remembered until it expires: an APP calls many RPCs with one
+        token, and the signature check is the dearest part of a cheap call. A key that
+        stops being published does not revoke tokens already verified (their lifetime is
+        short); revoking a session is auth's business, checked where it matters.
+        """
+        now = self._clock.now().timestamp()
+        remembered = self._verified.get(token)
+        if remembered is not None and remembered[0] + _LEEWAY.total_seconds() > now:
+            return remembered[1]
+        expires, claims = self._verify_signature(token, now)
+        if len(self._verified) >= _REMEMBER_AT_MOST:
+            self._verified.clear()  # simpler than LRU, and rare: tokens live 15 minutes
+        self._verified[token] = (expires, claims)
+        return claims
+
+    def _verify_signature(self, token: str, now: float) -> tuple[int, AccessClaims]:
         unauthenticated = DomainError(Reason.UNAUTHENTICATED)
         try:
             header = jwt.get_unverified_header(token)
@@ -207,10 +228,10 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise unauthenticated from error
-        now = self._clock.now().timestamp()
-        if not int(claims["exp"]) + _LEEWAY.total_seconds() > now:
+        expires = int(claims["exp"])
+        if not expires + _LEEWAY.total_seconds() > now:
             raise unauthenticated
-        return AccessClaims.from_jwt_claims(claims)
+        return expires, AccessClaims.from_jwt_claims(claims)
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:

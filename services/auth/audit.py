@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from etax_platform.clock import Clock
-from etax_platform.db import Database
+from etax_platform.db import BatchWriter, Database
 from etax_platform.errors import DomainError, Reason
 from etax_platform.identifiers import normalize_phone
 from etax_platform.observability import request_id
@@ -38,7 +36,6 @@ log = logging.getLogger("etax.auth.audit")
 _WRONG_CREDENTIAL = frozenset(
     {Reason.CREDENTIALS_INVALID, Reason.CODE_INVALID, Reason.FACE_MISMATCH}
 )
-_BATCH = 500
 
 
 def mask_account(account: str) -> str:
@@ -86,17 +83,10 @@ class AuditEvent:
 
 class AuditLog:
     def __init__(self, database: Database, clock: Clock, *, batch_seconds: float = 0.2) -> None:
-        self._db = database
         self._clock = clock
-        self._batch_seconds = batch_seconds
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=50_000)
-        self._stopping = threading.Event()
-        self._idle = threading.Condition()
-        self._pending = 0
-        self._writer: threading.Thread | None = None
-        if batch_seconds > 0:
-            self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-            self._writer.start()
+        self._writer = BatchWriter(
+            database, audit_events, name="audit", batch_seconds=batch_seconds
+        )
 
     def _row(self, event: AuditEvent, at: datetime | None = None) -> dict[str, Any]:
         rid = request_id.get()
@@ -124,18 +114,7 @@ class AuditLog:
 
     def record(self, event: AuditEvent) -> None:
         """Best effort, off the request path (or at once when batching is off)."""
-        row = self._row(event)
-        if self._writer is None:
-            self._write([row])
-            return
-        with self._idle:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(row)
-        except queue.Full:
-            with self._idle:
-                self._pending -= 1
-            log.warning("audit queue full: event %s dropped", event.action)
+        self._writer.add(self._row(event))
 
     @contextmanager
     def attempt(self, action: str, **fields: Any) -> Iterator[AuditEvent]:
@@ -154,42 +133,12 @@ class AuditLog:
         if not event.written:
             self.record(event)
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        try:
-            with self._db.transaction() as session:
-                session.execute(audit_events.insert(), rows)
-        except Exception as error:
-            log.warning("audit: %d events not written: %s", len(rows), type(error).__name__)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self._batch_seconds)
-            except queue.Empty:
-                if self._stopping.is_set():
-                    return
-                continue
-            rows = [first]
-            while len(rows) < _BATCH:
-                try:
-                    rows.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._write(rows)
-            with self._idle:
-                self._pending -= len(rows)
-                self._idle.notify_all()
-
     def flush(self, timeout: float = 10.0) -> None:
         """Waits until every queued event was written (or given up on)."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+        self._writer.flush(timeout)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self.flush()
-            self._stopping.set()
-            self._writer.join(timeout=5)
+        self._writer.close()
 
 
 def loggable_code(code: str) -> str:

@@ -81,6 +81,7 @@ log = logging.getLogger("etax.binding")
 
 # Encryption contexts: a ciphertext only decrypts in the column it was written for.
 _DOCUMENT_NUMBER = "binding.relations.document_number"
+_REMEMBER_AT_MOST = 100_000
 _PERSON_NAME = "binding.relations.person_name"
 _SEARCH_LIMIT = 50
 AnyRow = Row[*tuple[Any, ...]]
@@ -165,13 +166,25 @@ class PersonDirectory:
         self._personal_data = personal_data
         self._clock = clock
         self._auth = auth
+        self._indexes: dict[str, str] = {}
 
     def index_of_document(self, document: Document) -> str:
         """The document's blind index, as auth computes it."""
         return document.blind_index(self._personal_data)
 
     def index_of(self, person_id: str) -> str:
-        """The person's document index; auth is asked only the first time."""
+        """The person's document index; auth is asked only the first time, the database
+        only once per process (a person's document never changes)."""
+        cached = self._indexes.get(person_id)
+        if cached is not None:
+            return cached
+        index = self._index_of(person_id)
+        if len(self._indexes) >= _REMEMBER_AT_MOST:
+            self._indexes.clear()
+        self._indexes[person_id] = index
+        return index
+
+    def _index_of(self, person_id: str) -> str:
         with self._db.reading() as session:
             known = session.scalar(
                 select(person_documents.c.document_index).where(

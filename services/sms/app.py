@@ -9,10 +9,11 @@ from pathlib import Path
 from etax.sms.v1 import sms_pb2_grpc
 
 from etax_platform.clock import Clock, SystemClock
-from etax_platform.db import Database
+from etax_platform.db import BatchWriter, Database
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration
+from services.sms.models import deliveries as delivery_log
 from services.sms.providers import HttpProvider, Outbox, Provider
 from services.sms.service import CodeService, Policy
 from services.sms.servicer import InternalSmsServicer, OutboxServicer, SmsServicer
@@ -38,7 +39,14 @@ def build(
         on_stop.append(store.close)
     database = Database(settings.database_url_for("sms"))
     database.migrate(MIGRATIONS)
-    on_stop.append(database.dispose)
+    deliveries = BatchWriter(
+        database,
+        delivery_log,
+        name="sms-deliveries",
+        batch_seconds=settings.delivery_log_batch_seconds,
+    )
+    # Stopped in this order: the log's last rows are written before the engine goes.
+    on_stop += [deliveries.close, database.dispose]
     outbox = Outbox(store)
     if provider is None:
         if settings.provider == "http":
@@ -56,7 +64,7 @@ def build(
         provider=provider,
         personal_data=PersonalData(settings.platform.keyring()),
         clock=clock or SystemClock(),
-        database=database,
+        deliveries=deliveries,
         policy=Policy(
             throttle_limit=settings.throttle_limit,
             throttle_window=timedelta(seconds=settings.throttle_window_seconds),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, SmallInteger, String
+from sqlalchemy import DateTime, Index, Integer, MetaData, SmallInteger, String, Table
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,3 +28,6 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_deliveries_recipient_created", "recipient_index", "created_at"),)
+
+
+deliveries = cast(Table, Delivery.__table__)

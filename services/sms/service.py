@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from etax.sms.v1 import sms_pb2
-from sqlalchemy.exc import SQLAlchemyError
 
 from etax_platform.clock import Clock, to_millis
-from etax_platform.db import Database
+from etax_platform.db import BatchWriter
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from services.sms import domain
 from services.sms.domain import CodeRecord, Purpose, Recipient, SendWindow, Verified
-from services.sms.models import Delivery
 from services.sms.providers import DeliveryFailed, Message, Outbox, Provider
 
 log = logging.getLogger("etax.sms")
@@ -57,14 +55,14 @@ class CodeService:
         provider: Provider,
         personal_data: PersonalData,
         clock: Clock,
-        database: Database,
+        deliveries: BatchWriter,
         policy: Policy | None = None,
     ) -> None:
         self._store = store
         self._provider = provider
         self._pii = personal_data
         self._clock = clock
-        self._db = database
+        self._deliveries = deliveries
         self._policy = policy or Policy()
 
     # --- sending ----------------------------------------------------------------------
@@ -139,22 +137,18 @@ class CodeService:
     def _log_delivery(
         self, recipient: Recipient, index: str, purpose: Purpose, outcome: str, now: datetime
     ) -> None:
-        """Best effort: the log is for operators; a code already sent stays sent."""
-        try:
-            with self._db.transaction() as session:
-                session.add(
-                    Delivery(
-                        channel=recipient.index_kind,
-                        recipient_index=index,
-                        masked_recipient=recipient.masked,
-                        purpose=purpose,
-                        provider=self._provider.name,
-                        outcome=outcome,
-                        created_at=now,
-                    )
-                )
-        except SQLAlchemyError:
-            log.exception("delivery log write failed for %s", recipient.masked)
+        """Off the request path and best effort: the log is for operators."""
+        self._deliveries.add(
+            {
+                "channel": recipient.index_kind,
+                "recipient_index": index,
+                "masked_recipient": recipient.masked,
+                "purpose": purpose,
+                "provider": self._provider.name,
+                "outcome": outcome,
+                "created_at": now,
+            }
+        )
 
     # --- verifying --------------------------------------------------------------------
 

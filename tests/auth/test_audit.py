@@ -110,13 +110,13 @@ def test_batched_events_are_written_off_the_request_path(tmp_path: Path) -> None
     database.migrate(MIGRATIONS)
     audit = AuditLog(database, ManualClock(), batch_seconds=0.05)
     writer_threads: set[str] = set()
-    original = audit._write
+    original = audit._writer._write
 
     def spy(rows: list[dict[str, object]]) -> None:
         writer_threads.add(threading.current_thread().name)
         original(rows)
 
-    audit._write = spy  # type: ignore[method-assign]
+    audit._writer._write = spy  # type: ignore[method-assign]
     token = request_id.set("req-1")
     try:
         for index in range(1200):

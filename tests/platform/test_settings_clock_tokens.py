@@ -96,6 +96,19 @@ def test_access_token_expires_by_the_injected_clock() -> None:
     assert caught.value.reason is Reason.UNAUTHENTICATED
 
 
+def test_a_remembered_token_still_expires_by_the_clock() -> None:
+    clock = ManualClock()
+    key = SigningKey.generate()
+    token, _ = TokenIssuer(key, clock, ttl=timedelta(minutes=5)).issue(_claims())
+    fetches = []
+    verifier = TokenVerifier(lambda: fetches.append(1) or [key.public_jwk()], clock)
+    assert verifier.verify(token) == verifier.verify(token)
+    assert len(fetches) == 1
+    clock.advance(timedelta(minutes=6))
+    with pytest.raises(DomainError):
+        verifier.verify(token)
+
+
 def test_forged_and_tampered_tokens_are_refused() -> None:
     clock = ManualClock()
     key, other = SigningKey.generate(), SigningKey.generate()
