@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from etax_platform.clock import Clock
 from etax_platform.db import BatchWriter, Database
@@ -107,7 +107,7 @@ class AuditLog:
             else None,
         }
 
-    def insert(self, session: Session, event: AuditEvent) -> None:
+    def insert(self, session: Connection, event: AuditEvent) -> None:
         """Writes the event in the caller's transaction."""
         session.execute(audit_events.insert().values(**self._row(event)))
         event.written = True

@@ -21,7 +21,7 @@ from typing import Any
 
 from etax.binding.v1 import binding_pb2
 from etax.common.v1 import types_pb2
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from etax_platform.clock import Clock
 from etax_platform.enterprise_codes import normalize_enterprise_code
@@ -404,7 +404,7 @@ class Logins:
         challenge: Flow,
         method: str,
         event: AuditEvent,
-        also: Callable[[Session], object] | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> IssuedSession:
         identity = decode_identity(challenge.identity)
         event.detail.update(detail_of(identity))

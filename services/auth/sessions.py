@@ -24,8 +24,7 @@ from typing import Any
 
 import grpc
 from etax.binding.v1 import binding_pb2
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, select, update
 
 from etax_platform.clock import Clock
 from etax_platform.db import Database
@@ -145,7 +144,7 @@ class Sessions:
         issuer = TokenIssuer(self._keys.current(), self._clock, self.policy.access_token_ttl)
         return issuer.issue(claims)
 
-    def _new_refresh_token(self, session: Session, session_id: str, now: datetime) -> str:
+    def _new_refresh_token(self, session: Connection, session_id: str, now: datetime) -> str:
         token = secrets.token_urlsafe(32)
         session.execute(
             refresh_tokens.insert().values(
@@ -167,7 +166,7 @@ class Sessions:
         *,
         client_app: str = WEB,
         extra_claims: dict[str, Any] | None = None,
-        also: Callable[[Session], object] | None = None,
+        also: Callable[[Connection], object] | None = None,
     ) -> IssuedSession:
         """A new session: its row, its first refresh token, the audit event and `also`
         (a phone re-affirmed by the login, say) in one transaction."""
@@ -214,7 +213,7 @@ class Sessions:
             province=province,
         )
 
-    def _session_row(self, session: Session, session_id: str) -> Any:
+    def _session_row(self, session: Connection, session_id: str) -> Any:
         return session.execute(
             select(
                 sessions.c.id,
@@ -354,7 +353,7 @@ class Sessions:
     # --- revocation ------------------------------------------------------------------------
 
     def _revoke_in(
-        self, session: Session, session_ids: list[str], reason: str, now: datetime
+        self, session: Connection, session_ids: list[str], reason: str, now: datetime
     ) -> None:
         session.execute(
             update(sessions)
@@ -362,7 +361,7 @@ class Sessions:
             .values(revoked_at=now, revoked_reason=reason)
         )
 
-    def revoke_person_in(self, session: Session, person_id: str, reason: str) -> list[str]:
+    def revoke_person_in(self, session: Connection, person_id: str, reason: str) -> list[str]:
         """Revokes every session of the person in the caller's transaction; returns those
         whose access tokens may still be valid (pass them to mark_revoked after commit)."""
         now = self._clock.now()

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
+    Connection,
     Row,
     case,
     delete,
@@ -26,11 +27,9 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from etax_platform.db import Database
+from etax_platform.db import Database, dialect_insert
 from etax_platform.documents import Document, DocumentType
 from etax_platform.errors import DomainError, Reason
 from etax_platform.pii import PersonalData
@@ -367,7 +366,7 @@ class AccountStore:
             "collected_at": now,
         }
         with self._db.transaction() as session:
-            insert = _insert(session)(offline_collections).values(**values)
+            insert = dialect_insert(session, offline_collections).values(**values)
             session.execute(
                 insert.on_conflict_do_update(
                     index_elements=[offline_collections.c.document_index],
@@ -399,13 +398,13 @@ class AccountStore:
             return self._claim(session, person_id, claim, now)
 
     def claim_phone_in(
-        self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
+        self, session: Connection, person_id: str, claim: PhoneClaim, now: datetime
     ) -> PhoneRecord | None:
         """claim_phone inside the caller's transaction (a login re-affirms its phone)."""
         return self._claim(session, person_id, claim, now)
 
     def reset_password_in(
-        self, session: Session, person_id: str, new_hash: str, now: datetime
+        self, session: Connection, person_id: str, new_hash: str, now: datetime
     ) -> bool:
         """Forgot password (C5): the new hash, whatever the old one was."""
         result = session.execute(
@@ -416,11 +415,11 @@ class AccountStore:
         return _count(result) == 1
 
     def _claim(
-        self, session: Session, person_id: str, claim: PhoneClaim, now: datetime
+        self, session: Connection, person_id: str, claim: PhoneClaim, now: datetime
     ) -> PhoneRecord | None:
         """One statement decides who holds the number; it touches only the phone's row (and
         the claimant's own row for the default), so concurrent claims cannot deadlock."""
-        insert = _insert(session)(phones).values(
+        insert = dialect_insert(session, phones).values(
             id=new_id(),
             person_id=person_id,
             number=self._pd.encrypt(claim.number, _PHONE),
@@ -541,12 +540,6 @@ def _person_query() -> Any:
         .exists()
     )
     return select(*persons.c, collected.label("offline_collected"))
-
-
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT, which has ON CONFLICT (upsert) on both databases."""
-    bind = session.get_bind()
-    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
 
 
 def _count(result: Any) -> int:

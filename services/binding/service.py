@@ -21,24 +21,25 @@ from etax.binding.v1.binding_pb2 import RelationState
 from etax.common.v1 import types_pb2
 from etax.common.v1.types_pb2 import Entry, Role, SubjectType
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
+    Connection,
     CursorResult,
     Row,
     Select,
     Table,
     and_,
+    bindparam,
     delete,
     not_,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from etax_platform.clients import call
 from etax_platform.clock import Clock, from_millis, to_millis
-from etax_platform.db import Database
+from etax_platform.db import Database, dialect_insert
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_document, mask_name
@@ -88,12 +89,11 @@ AnyRow = Row[*tuple[Any, ...]]
 _ALREADY_RELATED = "您与该企业已存在该身份的关联关系或待确认的授权"
 
 
-def insert_ignoring_conflicts(session: Session, table: Table, values: Mapping[str, Any]) -> bool:
+def insert_ignoring_conflicts(session: Connection, table: Table, values: Mapping[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING; True if the row went in. A concurrent insert of
     the same key waits for the other transaction and then yields to it."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(table)
+        dialect_insert(session, table)
         .values(**values)
         .on_conflict_do_nothing()
         .returning(*table.primary_key.columns)
@@ -221,7 +221,7 @@ class PersonDirectory:
             self.remember(person_id, document)
 
 
-def _in_state(state: RelationState, now_ms: int) -> ColumnElement[bool]:
+def _in_state(state: RelationState, now_ms: int | BindParameter[int]) -> ColumnElement[bool]:
     """Relations whose state as of now is `state`: past valid_until, pending and active
     ones count as expired (F1)."""
     unexpired = or_(relations.c.valid_until.is_(None), relations.c.valid_until > now_ms)
@@ -233,6 +233,15 @@ def _in_state(state: RelationState, now_ms: int) -> ColumnElement[bool]:
     if state in LIVE_STATES:
         return and_(relations.c.state == state, unexpired)
     return relations.c.state == state
+
+
+# Hot statements (login's access check, identity lists) are built once: building and
+# keying a statement costs about as much CPU as running it.
+_ACTIVE_ROLES = select(relations.c.enterprise_code, relations.c.role).where(
+    relations.c.document_index == bindparam("index"),
+    _in_state(ACTIVE, bindparam("now_ms")),
+)
+_ACTIVE_ROLES_IN = _ACTIVE_ROLES.where(relations.c.enterprise_code == bindparam("enterprise_code"))
 
 
 def _relations_query() -> Select[Any]:
@@ -333,7 +342,7 @@ class BindingService:
 
     def _record_registered_person(
         self,
-        session: Session,
+        session: Connection,
         *,
         enterprise_code: str,
         role: Role,
@@ -744,22 +753,24 @@ class BindingService:
     # --- queries ------------------------------------------------------------------------
 
     def _roles_by_enterprise(
-        self, session: Session, index: str, now_ms: int, enterprise_code: str | None = None
+        self, session: Connection, index: str, now_ms: int, enterprise_code: str | None = None
     ) -> dict[str, frozenset[Role]]:
         """The person's active relations, as roles per enterprise."""
-        query = select(relations.c.enterprise_code, relations.c.role).where(
-            relations.c.document_index == index, _in_state(ACTIVE, now_ms)
-        )
-        if enterprise_code is not None:
-            query = query.where(relations.c.enterprise_code == enterprise_code)
+        if enterprise_code is None:
+            rows = session.execute(_ACTIVE_ROLES, {"index": index, "now_ms": now_ms})
+        else:
+            rows = session.execute(
+                _ACTIVE_ROLES_IN,
+                {"index": index, "now_ms": now_ms, "enterprise_code": enterprise_code},
+            )
         roles: defaultdict[str, set[Role]] = defaultdict(set)
-        for code, role in session.execute(query):
+        for code, role in rows:
             roles[code].add(cast(Role, role))
         return {code: frozenset(held) for code, held in roles.items()}
 
     def _project_access(
         self,
-        session: Session,
+        session: Connection,
         index: str,
         roles_by_enterprise: Mapping[str, frozenset[Role]],
         province: str,
@@ -814,7 +825,7 @@ class BindingService:
         ]
 
     def _agent_clients(
-        self, session: Session, index: str, now_ms: int, agency_code: str | None = None
+        self, session: Connection, index: str, now_ms: int, agency_code: str | None = None
     ) -> list[AgentClient]:
         """F4: clients whose agreement names the person and is in force now, of agencies
         whose basic-information form lists the person."""
@@ -862,20 +873,20 @@ class BindingService:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _require_enterprise(self, session: Session, code: str) -> Enterprise:
+    def _require_enterprise(self, session: Connection, code: str) -> Enterprise:
         row = session.execute(select(enterprises).where(enterprises.c.code == code)).one_or_none()
         if row is None:
             raise invalid("enterprise_code", Reason.NOT_FOUND)
         return _enterprise(row)
 
-    def _actor(self, session: Session, index: str, enterprise_code: str, now_ms: int) -> Actor:
+    def _actor(self, session: Connection, index: str, enterprise_code: str, now_ms: int) -> Actor:
         roles = self._roles_by_enterprise(session, index, now_ms, enterprise_code)
         held = roles.get(enterprise_code, frozenset())
         return Actor(index, bool(held & domain.MANAGER_ROLES))
 
     def _insert_relation(
         self,
-        session: Session,
+        session: Connection,
         *,
         enterprise_code: str,
         role: Role,
@@ -926,7 +937,7 @@ class BindingService:
         return relation_id if inserted else None
 
     def _live_relation_id(
-        self, session: Session, enterprise_code: str, role: Role, index: str
+        self, session: Connection, enterprise_code: str, role: Role, index: str
     ) -> str | None:
         return session.scalar(
             select(relations.c.relation_id).where(
@@ -939,7 +950,7 @@ class BindingService:
 
     def _new_relation(
         self,
-        session: Session,
+        session: Connection,
         *,
         enterprise_code: str,
         role: Role,
@@ -970,7 +981,7 @@ class BindingService:
             )
         return self._relation(session, relation_id, now)
 
-    def _relation(self, session: Session, relation_id: str, now: datetime) -> Relation:
+    def _relation(self, session: Connection, relation_id: str, now: datetime) -> Relation:
         row = session.execute(
             _relations_query().where(relations.c.relation_id == relation_id)
         ).one()

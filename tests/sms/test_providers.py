@@ -20,7 +20,7 @@ from sqlalchemy import select
 from etax_platform.db import Database
 from etax_platform.errors import Reason, from_rpc_error
 from etax_platform.signed_http import request_signature
-from services.sms.models import Delivery
+from services.sms.models import deliveries
 from services.sms.providers import HttpProvider
 from services.sms.settings import SmsSettings
 from tests.harness.servers import free_port
@@ -169,7 +169,7 @@ def test_delivery_log_keeps_outcomes_without_the_number(
     sms.host.stop(grace=0)  # the log is written in batches; stopping writes the rest
     database = Database(database_url)
     with database.reading() as session:
-        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        rows = session.execute(select(deliveries).order_by(deliveries.c.id)).all()
     database.dispose()
     assert [r.outcome for r in rows] == ["sent", "failed"]
     assert {r.masked_recipient for r in rows} == {"138****5678"}
