@@ -186,11 +186,7 @@ class PersonDirectory:
 
     def _index_of(self, person_id: str) -> str:
         with self._db.reading() as session:
-            known = session.scalar(
-                select(person_documents.c.document_index).where(
-                    person_documents.c.person_id == person_id
-                )
-            )
+            known = session.scalar(_DOCUMENT_INDEX_OF, {"person_id": person_id})
         if known is not None:
             return str(known)
         return self.remember(person_id, self._auth.person(person_id).document)
@@ -242,6 +238,62 @@ _ACTIVE_ROLES = select(relations.c.enterprise_code, relations.c.role).where(
     _in_state(ACTIVE, bindparam("now_ms")),
 )
 _ACTIVE_ROLES_IN = _ACTIVE_ROLES.where(relations.c.enterprise_code == bindparam("enterprise_code"))
+
+_DOCUMENT_INDEX_OF = select(person_documents.c.document_index).where(
+    person_documents.c.person_id == bindparam("person_id")
+)
+_ENTERPRISE = select(enterprises).where(enterprises.c.code == bindparam("code"))
+_REPORT_ROLES = select(project_people.c.project_number, project_people.c.role).where(
+    project_people.c.document_index == bindparam("index")
+)
+_PROJECTS = (
+    select(
+        projects,
+        enterprises.c.name.label("enterprise_name"),
+        enterprises.c.province.label("home_province"),
+    )
+    .join(enterprises, enterprises.c.code == projects.c.enterprise_code)
+    .where(
+        or_(
+            projects.c.enterprise_code.in_(bindparam("codes", expanding=True)),
+            projects.c.project_number.in_(bindparam("numbers", expanding=True)),
+        )
+    )
+    .order_by(projects.c.project_number)
+)
+_PROJECTS_IN_PROVINCE = _PROJECTS.where(projects.c.province == bindparam("province"))
+_AGENT_CLIENTS = (
+    select(
+        agreements.c.agency_code,
+        agreements.c.client_code,
+        enterprises.c.code,
+        enterprises.c.name,
+        enterprises.c.tax_authority_code,
+        enterprises.c.tax_authority_name,
+        enterprises.c.province,
+    )
+    .select_from(
+        agreements.join(
+            agreement_agents,
+            agreement_agents.c.agreement_id == agreements.c.agreement_id,
+        )
+        .join(
+            agency_agents,
+            and_(
+                agency_agents.c.agency_code == agreements.c.agency_code,
+                agency_agents.c.document_index == agreement_agents.c.document_index,
+            ),
+        )
+        .outerjoin(enterprises, enterprises.c.code == agreements.c.client_code)
+    )
+    .where(
+        agreement_agents.c.document_index == bindparam("index"),
+        agreements.c.valid_from <= bindparam("now_ms"),
+        agreements.c.valid_until > bindparam("now_ms"),
+    )
+    .order_by(agreements.c.agency_code, agreements.c.client_code)
+)
+_AGENT_CLIENTS_OF = _AGENT_CLIENTS.where(agreements.c.agency_code == bindparam("agency_code"))
 
 
 def _relations_query() -> Select[Any]:
@@ -717,9 +769,7 @@ class BindingService:
                 clients = self._agent_clients(session, index, now_ms, target.agency_code)
                 return domain.agent_identity(clients, target)
             if target.entry == Entry.ENTRY_ENTERPRISE and not target.subject_number:
-                row = session.execute(
-                    select(enterprises).where(enterprises.c.code == target.enterprise_code)
-                ).one_or_none()
+                row = session.execute(_ENTERPRISE, {"code": target.enterprise_code}).one_or_none()
                 if row is None:
                     raise domain.relation_not_found()
                 roles = self._roles_by_enterprise(session, index, now_ms, target.enterprise_code)
@@ -783,31 +833,18 @@ class BindingService:
             if held & domain.PROJECT_ROLES
         }
         report_roles: defaultdict[str, set[Role]] = defaultdict(set)
-        for number, role in session.execute(
-            select(project_people.c.project_number, project_people.c.role).where(
-                project_people.c.document_index == index
-            )
-        ):
+        for number, role in session.execute(_REPORT_ROLES, {"index": index}):
             report_roles[number].add(cast(Role, role))
         if not enterprise_roles and not report_roles:
             return []
-        query = (
-            select(
-                projects,
-                enterprises.c.name.label("enterprise_name"),
-                enterprises.c.province.label("home_province"),
-            )
-            .join(enterprises, enterprises.c.code == projects.c.enterprise_code)
-            .where(
-                or_(
-                    projects.c.enterprise_code.in_(enterprise_roles),
-                    projects.c.project_number.in_(report_roles),
-                )
-            )
-            .order_by(projects.c.project_number)
+        rows = session.execute(
+            _PROJECTS_IN_PROVINCE if province else _PROJECTS,
+            {
+                "codes": list(enterprise_roles),
+                "numbers": list(report_roles),
+                "province": province,
+            },
         )
-        if province:
-            query = query.where(projects.c.province == province)
         return [
             ProjectAccess(
                 Project(
@@ -821,7 +858,7 @@ class BindingService:
                 enterprise_roles.get(row.enterprise_code, frozenset()),
                 frozenset(report_roles.get(row.project_number, ())),
             )
-            for row in session.execute(query)
+            for row in rows
         ]
 
     def _agent_clients(
@@ -829,52 +866,23 @@ class BindingService:
     ) -> list[AgentClient]:
         """F4: clients whose agreement names the person and is in force now, of agencies
         whose basic-information form lists the person."""
-        query = (
-            select(
-                agreements.c.agency_code,
-                agreements.c.client_code,
-                enterprises.c.code,
-                enterprises.c.name,
-                enterprises.c.tax_authority_code,
-                enterprises.c.tax_authority_name,
-                enterprises.c.province,
-            )
-            .select_from(
-                agreements.join(
-                    agreement_agents,
-                    agreement_agents.c.agreement_id == agreements.c.agreement_id,
-                )
-                .join(
-                    agency_agents,
-                    and_(
-                        agency_agents.c.agency_code == agreements.c.agency_code,
-                        agency_agents.c.document_index == agreement_agents.c.document_index,
-                    ),
-                )
-                .outerjoin(enterprises, enterprises.c.code == agreements.c.client_code)
-            )
-            .where(
-                agreement_agents.c.document_index == index,
-                agreements.c.valid_from <= now_ms,
-                agreements.c.valid_until > now_ms,
-            )
-            .order_by(agreements.c.agency_code, agreements.c.client_code)
+        parameters = {"index": index, "now_ms": now_ms, "agency_code": agency_code}
+        rows = session.execute(
+            _AGENT_CLIENTS if agency_code is None else _AGENT_CLIENTS_OF, parameters
         )
-        if agency_code is not None:
-            query = query.where(agreements.c.agency_code == agency_code)
         return [
             AgentClient(
                 row.agency_code,
                 row.client_code,
                 None if row.code is None else _enterprise(row),
             )
-            for row in session.execute(query)
+            for row in rows
         ]
 
     # --- helpers ------------------------------------------------------------------------
 
     def _require_enterprise(self, session: Connection, code: str) -> Enterprise:
-        row = session.execute(select(enterprises).where(enterprises.c.code == code)).one_or_none()
+        row = session.execute(_ENTERPRISE, {"code": code}).one_or_none()
         if row is None:
             raise invalid("enterprise_code", Reason.NOT_FOUND)
         return _enterprise(row)
