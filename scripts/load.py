@@ -36,6 +36,7 @@ class Scenario:
     name: str
     listener: str
     needs: tuple[str, ...]
+    single_use: bool = False
 
     @property
     def config(self) -> Path:
@@ -55,7 +56,8 @@ class Scenario:
 def scenarios() -> list[Scenario]:
     manifest = json.loads(SCENARIOS.read_text())
     return [
-        Scenario(s["name"], s["listener"], tuple(s.get("needs", ()))) for s in manifest["scenarios"]
+        Scenario(s["name"], s["listener"], tuple(s.get("needs", ())), s.get("single_use", False))
+        for s in manifest["scenarios"]
     ]
 
 
@@ -90,10 +92,16 @@ def command(ghz: str, scenario: Scenario, args: argparse.Namespace, report: Path
     metadata_file = scenario.metadata_file(args.data_dir)
     if metadata_file.exists():
         cmd += ["--metadata-file", str(metadata_file)]
-    if args.total is not None and args.duration is None:
+    total = args.total
+    if scenario.single_use and data_file.exists():
+        # ghz sends the data round-robin; a second round would only be refused.
+        available = len(json.loads(data_file.read_text()))
+        total = available if total is None else min(total, available)
+    if total is not None and args.duration is None:
         cmd += ["--duration", "0"]  # a count instead of the config's duration
+    overrides = {**vars(args), "total": total}
     for flag in ("duration", "total", "concurrency", "connections", "rps"):
-        value = getattr(args, flag)
+        value = overrides[flag]
         if value is not None:
             cmd += [f"--{flag}", str(value)]
     cmd.append(args.internal if scenario.listener == "internal" else args.public)

@@ -83,6 +83,28 @@ def test_dry_run_lists_commands_and_skips_scenarios_without_their_data(tmp_path:
     assert "access-check: skipped" in result.stdout
 
 
+def test_single_use_requests_are_sent_once_each(tmp_path: Path) -> None:
+    """A refresh token or login challenge works once: no second round-robin pass."""
+    (tmp_path / "token-refresh.data.json").write_text(
+        json.dumps([{"refresh_token": f"r{i}"} for i in range(3)])
+    )
+    (tmp_path / "access-check.data.json").write_text(json.dumps([{"person_id": "p"}]))
+
+    def dry_run(*extra: str) -> dict[str, str]:
+        result = subprocess.run(
+            [sys.executable, str(LOAD), "--dry-run", "--data-dir", str(tmp_path), *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return {line.split()[2].rsplit("/", 1)[-1]: line for line in result.stdout.splitlines()}
+
+    commands = dry_run("--only", "token-refresh", "access-check")
+    assert "--total 3" in commands["token-refresh.json"]
+    assert "--total" not in commands["access-check.json"]  # reusable: the config's own total
+    assert "--total 2" in dry_run("--only", "token-refresh", "--total", "2")["token-refresh.json"]
+
+
 def _ghz() -> str | None:
     installed = REPO_ROOT / "build" / "bin" / "ghz"
     return str(installed) if installed.exists() else shutil.which("ghz")
