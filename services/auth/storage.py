@@ -16,10 +16,10 @@ from typing import Any, Literal
 from sqlalchemy import (
     Connection,
     Row,
+    bindparam,
     case,
     delete,
     exists,
-    false,
     func,
     literal,
     or_,
@@ -160,21 +160,15 @@ class AccountStore:
     ) -> list[LoginCandidate]:
         """Persons an account can name (C2, C3), each with the phone the login shows (D2),
         in one query: login step 1 makes no other round trip."""
-        conditions: list[Any] = []
-        if document_indexes:
-            conditions.append(persons.c.document_index.in_(document_indexes))
-        if username_key is not None:
-            conditions.append(persons.c.username_key == username_key)
-        if phone_index is not None:
-            conditions.append(
-                persons.c.id
-                == select(phones.c.person_id)
-                .where(phones.c.number_index == phone_index)
-                .scalar_subquery()
-            )
-        query = _person_query().add_columns(_default_phone_number().label("default_phone"))
         with self._db.reading() as session:
-            rows = session.execute(query.where(or_(false(), *conditions))).all()
+            rows = session.execute(
+                _LOGIN_CANDIDATES,
+                {
+                    "document_indexes": document_indexes,
+                    "username_key": username_key,
+                    "phone_index": phone_index,
+                },
+            ).all()
         return [
             LoginCandidate(
                 self._person(row),
@@ -540,6 +534,26 @@ def _person_query() -> Any:
         .exists()
     )
     return select(*persons.c, collected.label("offline_collected"))
+
+
+# Built once (login step 1 is hot). A None key compares as NULL and an empty list as
+# an empty IN, so an account that names no person this way matches no row.
+_LOGIN_CANDIDATES = (
+    _person_query()
+    .add_columns(_default_phone_number().label("default_phone"))
+    .where(
+        or_(
+            persons.c.document_index.in_(bindparam("document_indexes", expanding=True)),
+            persons.c.username_key == bindparam("username_key", type_=persons.c.username_key.type),
+            persons.c.id
+            == select(phones.c.person_id)
+            .where(
+                phones.c.number_index == bindparam("phone_index", type_=phones.c.number_index.type)
+            )
+            .scalar_subquery(),
+        )
+    )
+)
 
 
 def _count(result: Any) -> int:
