@@ -185,6 +185,7 @@ def build(
         hasher=hasher,
         clock=clock,
         ttl=timedelta(seconds=settings.registration_ttl_seconds),
+        audit=audit,
     )
     account = AccountCenter(
         accounts=accounts, sms=sms, face=face, hasher=hasher, clock=clock, audit=audit

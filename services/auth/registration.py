@@ -24,6 +24,7 @@ from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_email, normalize_phone
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
+from services.auth.audit import AuditEvent, AuditLog
 from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
 from services.auth.domain import (
     LEVEL_FACE_VERIFIED,
@@ -84,8 +85,10 @@ class Registrations:
         hasher: PasswordHasher,
         clock: Clock,
         ttl: timedelta,
+        audit: AuditLog | None = None,
     ) -> None:
         self._accounts = accounts
+        self._audit = audit
         self._kv = kv
         self._pd = personal_data
         self._sms = sms
@@ -157,6 +160,17 @@ class Registrations:
         assert registration.contact is not None  # proven above
 
         password_hash = self._hasher.hash(request.password)
+        phone = (
+            None
+            if channel == Channel.EMAIL
+            else PhoneClaim(recipient, registration.contact.verified_at)
+        )
+        # C4: a phone another person holds goes to the newcomer; the audit names both.
+        previous = (
+            self._accounts.holder_of_phone(recipient)
+            if phone is not None and self._audit is not None
+            else None
+        )
         person_id = self._create(
             NewPerson(
                 document=document,
@@ -171,12 +185,21 @@ class Registrations:
                 username=None if username is None else username.display,
                 username_key=None if username is None else username.key,
             ),
-            None
-            if channel == Channel.EMAIL
-            else PhoneClaim(recipient, registration.contact.verified_at),
+            phone,
             request.registration_id,
         )
         self._forget(request.registration_id)
+        if self._audit is not None:
+            self._audit.record(
+                AuditEvent(
+                    "person.register",
+                    person_id=person_id,
+                    province=registration.province,
+                    detail={"takeover": previous is not None},
+                )
+            )
+            if previous is not None:
+                self._audit.record(AuditEvent("phone.taken_over", person_id=previous))
         return RegisteredPerson(person_id, LEVEL_FACE_VERIFIED)
 
     def _create(self, person: NewPerson, phone: PhoneClaim | None, registration_id: str) -> str:

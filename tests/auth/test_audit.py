@@ -1,6 +1,6 @@
-"""The audit trail: every login step and its outcome, locks and unlocks, resets, phone
-changes, token issue, refresh and revocation, QR confirmation and identity switching, with
-entry, province and masked accounts, never a plain personal number."""
+"""The audit trail: registration, every login step and its outcome, locks and unlocks,
+resets, phone changes, token issue, refresh and revocation, QR confirmation and identity
+switching, with entry, province and masked accounts, never a plain personal number."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from etax_platform.pii import mask_document, mask_phone
 from services.auth.app import MIGRATIONS
 from services.auth.audit import AuditEvent, AuditLog, mask_account
 from services.auth.models import audit_events
-from tests.auth.conftest import failure_of, new_phone
+from tests.auth.conftest import failure_of, new_phone, new_resident_id
 from tests.auth.platform import ENTERPRISE, Platform, bearer
 
 PHONE_ADD = 4
@@ -65,6 +65,7 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
     events = platform.audit(person_id=person.person_id)
     actions = {(e["action"], e["outcome"]) for e in events}
     assert {
+        ("person.register", "ok"),
         ("login.password", "failed"),
         ("login.password", "ok"),
         ("login.send_code", "ok"),
@@ -78,7 +79,7 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
         ("face_unlock.complete", "ok"),
         ("session.revoke", "ok"),
     } <= actions
-    first = events[0]
+    first = next(e for e in events if e["action"] == "login.password")
     assert (first["action"], first["province"], first["masked_account"], first["reason"]) == (
         "login.password",
         "11",
@@ -96,6 +97,25 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
     for secret in (person.document, person.phone, extra, other.phone, "欧阳小明"):
         assert secret not in every_value
     assert mask_document(person.document) in every_value
+
+
+def test_c4_registering_with_a_held_phone_records_the_takeover(platform: Platform) -> None:
+    """C4: the newcomer's SMS check wins the phone; the audit names both people."""
+    holder = platform.person()
+    plain = platform.person()
+    newcomer = platform.accounts.register(new_resident_id(), name="李四", phone=holder.phone)
+
+    registered = [e for e in platform.audit(person_id=newcomer) if e["action"] == "person.register"]
+    assert [(e["outcome"], e["province"]) for e in registered] == [("ok", "37")]
+    assert '"takeover": true' in registered[0]["detail"]
+    assert [e["action"] for e in platform.audit(person_id=holder.person_id)][-1] == (
+        "phone.taken_over"
+    )
+    untouched = platform.audit(person_id=plain.person_id)
+    assert "phone.taken_over" not in [e["action"] for e in untouched]
+    assert any(
+        '"takeover": false' in e["detail"] for e in untouched if e["action"] == "person.register"
+    )
 
 
 def test_accounts_are_masked_whatever_their_shape() -> None:
