@@ -34,6 +34,7 @@ from services.auth.registration import Registrations
 from services.auth.servicer import AccountServicer, AuthServicer, InternalAuthServicer
 from services.auth.sessions import SessionPolicy, Sessions
 from services.auth.settings import AuthSettings
+from services.auth.steps import PersonSteps
 from services.auth.storage import AccountStore
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -94,6 +95,7 @@ def build(
     audit = AuditLog(database, clock, batch_seconds=settings.audit_batch_seconds)
     lockout = Lockout(store, clock)
     checks = Checks(lockout=lockout, sms=sms, face=face, audit=audit)
+    steps = PersonSteps(accounts=accounts, checks=checks, sms=sms, face=face)
     passwords = PasswordCheck(accounts, hasher, clock)
     lookup = AccountLookup(accounts)
     sessions = Sessions(
@@ -117,8 +119,8 @@ def build(
         lookup=lookup,
         passwords=passwords,
         checks=checks,
+        steps=steps,
         bindings=bindings,
-        sms=sms,
         face=face,
         sessions=sessions,
         challenges=flows("login", settings.login_challenge_ttl_seconds, "challenge_id"),
@@ -164,9 +166,9 @@ def build(
         passwords=passwords,
         hasher=hasher,
         checks=checks,
+        steps=steps,
         lockout=lockout,
         sms=sms,
-        face=face,
         sessions=sessions,
         resets=flows("password-reset", settings.recovery_ttl_seconds, "reset_id"),
         recoveries=flows("phone-recovery", settings.recovery_ttl_seconds, "recovery_id"),

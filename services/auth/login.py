@@ -31,10 +31,9 @@ from etax_platform.tokens import AccessClaims
 from services.auth.audit import AuditEvent, AuditLog, detail_of, mask_account
 from services.auth.checks import Checks, require_code
 from services.auth.credentials import PasswordCheck
-from services.auth.dependencies import Bindings, FaceChallenge, FaceChecks, SmsCodes
+from services.auth.dependencies import Bindings, FaceChallenge, FaceChecks
 from services.auth.domain import Purpose, require_enterprise_business
 from services.auth.flows import Flow, Flows
-from services.auth.lockout import FACE, SMS_CODE
 from services.auth.lookup import AccountLookup
 from services.auth.sessions import (
     IssuedSession,
@@ -43,6 +42,7 @@ from services.auth.sessions import (
     decode_identity,
     encode_identity,
 )
+from services.auth.steps import PersonSteps, SentToPhone
 from services.auth.storage import AccountStore, PersonRecord, PhoneClaim
 
 # Authentication methods as the access token's amr claim names them (RFC 8176 where it
@@ -177,12 +177,6 @@ class StartedLogin:
     expires_at: datetime
 
 
-@dataclass(frozen=True)
-class SentLoginCode:
-    masked_phone: str
-    code_expires_at: datetime | None
-
-
 class Logins:
     def __init__(
         self,
@@ -191,8 +185,8 @@ class Logins:
         lookup: AccountLookup,
         passwords: PasswordCheck,
         checks: Checks,
+        steps: PersonSteps,
         bindings: Bindings,
-        sms: SmsCodes,
         face: FaceChecks,
         sessions: Sessions,
         challenges: Flows,
@@ -203,8 +197,8 @@ class Logins:
         self._lookup = lookup
         self._passwords = passwords
         self._checks = checks
+        self._steps = steps
         self._bindings = bindings
-        self._sms = sms
         self._face = face
         self._sessions = sessions
         self._challenges = challenges
@@ -273,21 +267,10 @@ class Logins:
 
     # --- step 2 by SMS code (D2, D4) -------------------------------------------------------
 
-    def send_code(self, challenge_id: str) -> SentLoginCode:
+    def send_code(self, challenge_id: str) -> SentToPhone:
         challenge = self._person_challenge(challenge_id)
         with self._audit.attempt("login.send_code", **self._event(challenge, "sms_code")):
-            phone = self._accounts.default_phone(challenge.person_id)
-            if phone is None:
-                # C4: the phone went to another person; scan verification instead (D4).
-                raise DomainError(Reason.PHONE_EMPTY, metadata={"field": "challenge_id"})
-            self._checks.ensure_open(challenge.person_id, SMS_CODE)
-            sent = self._sms.send(phone, Purpose.LOGIN)
-            self._challenges.set(
-                challenge_id,
-                verification_id=sent.verification_id,
-                phone_index=self._accounts.phone_index(phone),
-            )
-        return SentLoginCode(mask_phone(phone), sent.expires_at)
+            return self._steps.send_code(self._challenges, challenge, Purpose.LOGIN, "challenge_id")
 
     def complete_with_code(self, challenge_id: str, code: str) -> IssuedSession:
         require_code(code)
@@ -317,33 +300,14 @@ class Logins:
 
     def start_face(self, challenge_id: str) -> FaceChallenge:
         challenge = self._person_challenge(challenge_id)
-        self._checks.ensure_open(challenge.person_id, FACE)
-        self._checks.collect_previous(
-            challenge.person_id, challenge.face_ticket_id, challenge.flow_id
-        )
-        self._checks.ensure_open(challenge.person_id, FACE)
-        person = self._accounts.person(challenge.person_id)
-        if person is None:
-            raise self._challenges.invalid()
-        # The proof is bound to the challenge, not the person (docs/face.md).
-        ticket = self._face.create_ticket(
-            Purpose.LOGIN, challenge.flow_id, person.document, person.name
-        )
-        self._challenges.set(challenge_id, face_ticket_id=ticket.ticket_id)
-        return ticket
+        return self._steps.face_ticket(self._challenges, challenge, Purpose.LOGIN)
 
     def complete_with_face(self, challenge_id: str, proof: str) -> IssuedSession:
         challenge = self._challenges.load(challenge_id)
         if not challenge.person_id:
             return self._complete_subject_face(challenge, proof)
         with self._audit.attempt("login.complete", **self._event(challenge, "face")) as event:
-            if not proof:
-                self._checks.face_not_passed(
-                    challenge.person_id, challenge.face_ticket_id, challenge.flow_id, event
-                )
-            self._checks.ensure_open(challenge.person_id, FACE)
-            result = self._face.redeem(proof, Purpose.LOGIN, challenge.flow_id)
-            self._checks.face_passed(challenge.person_id, result, event)
+            self._steps.pass_face(challenge, proof, Purpose.LOGIN, event)
             challenge = self._challenges.consume(challenge_id)
             return self._open(challenge, FACE_METHOD, event)
 

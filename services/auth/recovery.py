@@ -26,13 +26,14 @@ from etax_platform.pii import mask_name, mask_phone
 from services.auth.audit import AuditEvent, AuditLog, mask_account
 from services.auth.checks import Checks, require_code
 from services.auth.credentials import PasswordCheck
-from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
+from services.auth.dependencies import FaceChallenge, SmsCodes
 from services.auth.domain import Channel, Purpose
 from services.auth.flows import Flow, Flows
-from services.auth.lockout import FACE, PASSWORD, SMS_CODE, Lockout
+from services.auth.lockout import FACE, PASSWORD, Lockout
 from services.auth.lookup import AccountLookup
 from services.auth.passwords import PasswordHasher, check_policy
 from services.auth.sessions import Sessions
+from services.auth.steps import PersonSteps, SentToPhone
 from services.auth.storage import AccountStore, PhoneClaim
 
 
@@ -42,12 +43,6 @@ class StartedReset:
     masked_phone: str
     phone_empty: bool
     expires_at: datetime
-
-
-@dataclass(frozen=True)
-class SentResetCode:
-    masked_phone: str
-    code_expires_at: datetime | None
 
 
 def _event(flow: Flow, method: str | None = None) -> dict[str, object]:
@@ -69,9 +64,9 @@ class Recovery:
         passwords: PasswordCheck,
         hasher: PasswordHasher,
         checks: Checks,
+        steps: PersonSteps,
         lockout: Lockout,
         sms: SmsCodes,
-        face: FaceChecks,
         sessions: Sessions,
         resets: Flows,
         recoveries: Flows,
@@ -85,9 +80,9 @@ class Recovery:
         self._passwords = passwords
         self._hasher = hasher
         self._checks = checks
+        self._steps = steps
         self._lockout = lockout
         self._sms = sms
-        self._face = face
         self._sessions = sessions
         self._resets = resets
         self._recoveries = recoveries
@@ -117,35 +112,14 @@ class Recovery:
             flow.expires_at,
         )
 
-    def send_reset_code(self, reset_id: str) -> SentResetCode:
+    def send_reset_code(self, reset_id: str) -> SentToPhone:
         flow = self._resets.load(reset_id)
         with self._audit.attempt("password_reset.send_code", **_event(flow, "sms_code")):
-            phone = self._accounts.default_phone(flow.person_id)
-            if phone is None:
-                raise DomainError(Reason.PHONE_EMPTY, metadata={"field": "reset_id"})
-            self._checks.ensure_open(flow.person_id, SMS_CODE)
-            sent = self._sms.send(phone, Purpose.PASSWORD_RESET)
-            self._resets.set(
-                reset_id,
-                verification_id=sent.verification_id,
-                phone_index=self._accounts.phone_index(phone),
-            )
-        return SentResetCode(mask_phone(phone), sent.expires_at)
+            return self._steps.send_code(self._resets, flow, Purpose.PASSWORD_RESET, "reset_id")
 
     def start_reset_face(self, reset_id: str) -> FaceChallenge:
         flow = self._resets.load(reset_id)
-        return self._new_face_ticket(self._resets, flow, Purpose.PASSWORD_RESET)
-
-    def _new_face_ticket(self, flows: Flows, flow: Flow, purpose: Purpose) -> FaceChallenge:
-        self._checks.ensure_open(flow.person_id, FACE)
-        self._checks.collect_previous(flow.person_id, flow.face_ticket_id, flow.flow_id)
-        self._checks.ensure_open(flow.person_id, FACE)
-        person = self._accounts.person(flow.person_id)
-        if person is None:
-            raise flows.invalid()
-        ticket = self._face.create_ticket(purpose, flow.flow_id, person.document, person.name)
-        flows.set(flow.flow_id, face_ticket_id=ticket.ticket_id)
-        return ticket
+        return self._steps.face_ticket(self._resets, flow, Purpose.PASSWORD_RESET)
 
     def complete_reset(
         self, reset_id: str, proof_kind: str | None, proof: str, new_password: str
@@ -163,13 +137,7 @@ class Recovery:
                     claim = self._prove_code(flow, proof, event)
                     proven_by = "sms"
                 elif proof_kind == "face_proof":
-                    if not proof:
-                        self._checks.face_not_passed(
-                            flow.person_id, flow.face_ticket_id, flow.flow_id, event
-                        )
-                    self._checks.ensure_open(flow.person_id, FACE)
-                    result = self._face.redeem(proof, Purpose.PASSWORD_RESET, flow.flow_id)
-                    self._checks.face_passed(flow.person_id, result, event)
+                    self._steps.pass_face(flow, proof, Purpose.PASSWORD_RESET, event)
                     proven_by = "face"
                 else:
                     raise invalid("code", message="请输入短信验证码或完成人脸识别")
@@ -289,16 +257,10 @@ class Recovery:
                 province=province,
                 masked_account=event.masked_account or "",
             )
-            return flow.flow_id, self._new_face_ticket(self._unlocks, flow, Purpose.UNLOCK)
+            return flow.flow_id, self._steps.face_ticket(self._unlocks, flow, Purpose.UNLOCK)
 
     def complete_face_unlock(self, unlock_id: str, proof: str) -> None:
         flow = self._unlocks.load(unlock_id)
         with self._audit.attempt("face_unlock.complete", **_event(flow, "face")) as event:
-            if not proof:
-                self._checks.face_not_passed(
-                    flow.person_id, flow.face_ticket_id, flow.flow_id, event
-                )
-            self._checks.ensure_open(flow.person_id, FACE)
-            result = self._face.redeem(proof, Purpose.UNLOCK, flow.flow_id)
-            self._checks.face_passed(flow.person_id, result, event)
+            self._steps.pass_face(flow, proof, Purpose.UNLOCK, event)
             self._unlocks.consume(unlock_id)
