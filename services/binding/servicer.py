@@ -16,7 +16,7 @@ from etax.common.v1 import types_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from etax_platform.clock import CST
+from etax_platform.clock import from_timestamp
 from etax_platform.errors import invalid
 from etax_platform.tokens import AccessClaims, TokenVerifier, require_claims
 from services.binding import domain
@@ -47,7 +47,7 @@ def _instant(message: Message, field_name: str) -> datetime | None:
     if not message.HasField(field_name):
         return None
     timestamp: Timestamp = getattr(message, field_name)
-    return timestamp.ToDatetime(tzinfo=CST)
+    return from_timestamp(timestamp)
 
 
 def _authority_pb(authority: domain.TaxAuthority | None) -> types_pb2.TaxAuthority | None:

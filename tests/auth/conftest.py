@@ -281,9 +281,10 @@ def auth_settings(tmp_path: Path, database_url: str, **overrides: object) -> Aut
     )
 
 
-@pytest.fixture
-def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
-    clock = ManualClock()
+def start_sms_and_face(
+    backend: Backend, tmp_path: Path, clock: ManualClock
+) -> tuple[GrpcHost, GrpcHost]:
+    """The real sms (outbox on) and face services auth calls, on the test's clock."""
     sms_host = build_sms(
         SmsSettings(
             port=0,
@@ -294,11 +295,22 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
         clock=clock,
         store=backend.new_store(),
     ).start()
-    face_host = build_face(
-        FaceSettings(port=0, platform=PlatformSettings(data_dir=tmp_path / "face")),
-        clock=clock,
-        store=backend.new_store(),
-    ).start()
+    try:
+        face_host = build_face(
+            FaceSettings(port=0, platform=PlatformSettings(data_dir=tmp_path / "face")),
+            clock=clock,
+            store=backend.new_store(),
+        ).start()
+    except BaseException:
+        sms_host.stop(grace=0)
+        raise
+    return sms_host, face_host
+
+
+@pytest.fixture
+def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
+    clock = ManualClock()
+    sms_host, face_host = start_sms_and_face(backend, tmp_path, clock)
     settings = auth_settings(tmp_path / "auth", backend.database_url)
     store = backend.new_store()
     dependencies = [grpc.insecure_channel(h.address) for h in (sms_host, face_host)]

@@ -36,10 +36,6 @@ from services.auth.models import audit_events
 from services.auth.settings import AuthSettings
 from services.binding.app import build as build_binding
 from services.binding.settings import BindingSettings
-from services.face.app import build as build_face
-from services.face.settings import FaceSettings
-from services.sms.app import build as build_sms
-from services.sms.settings import SmsSettings
 from tests.auth.conftest import (
     PASSWORD,
     Auth,
@@ -49,6 +45,7 @@ from tests.auth.conftest import (
     auth_settings,
     new_phone,
     new_resident_id,
+    start_sms_and_face,
 )
 
 SHANDONG, BEIJING = "37", "11"
@@ -412,23 +409,8 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
     late = LateChannel()
     servers: list[AuthServer] = []
     try:
-        sms_host = build_sms(
-            SmsSettings(
-                port=0,
-                outbox_enabled=True,
-                throttle_limit=100_000,  # E2 is the SMS service's rule, tested there
-                platform=PlatformSettings(data_dir=tmp_path / "sms"),
-            ),
-            clock=clock,
-            store=backend.new_store(),
-        ).start()
-        hosts.append(sms_host)
-        face_host = build_face(
-            FaceSettings(port=0, platform=PlatformSettings(data_dir=tmp_path / "face")),
-            clock=clock,
-            store=backend.new_store(),
-        ).start()
-        hosts.append(face_host)
+        sms_host, face_host = start_sms_and_face(backend, tmp_path, clock)
+        hosts += [sms_host, face_host]
         settings = auth_settings(
             tmp_path / "auth",
             backend.database_url,
