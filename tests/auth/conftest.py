@@ -18,7 +18,6 @@ from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 
 from etax_platform.clock import ManualClock
 from etax_platform.db import Database
-from etax_platform.documents import gb11643_check_character
 from etax_platform.errors import from_rpc_error
 from etax_platform.kv import KeyValueStore, MemoryStore, RedisStore
 from etax_platform.pii import PersonalData
@@ -32,6 +31,7 @@ from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
+from tests.harness.numbers import resident_id
 
 if TYPE_CHECKING:
     from tests.auth.platform import Platform
@@ -40,12 +40,6 @@ PASSWORD = "Passw0rd.1"
 REGISTRATION = types_pb2.VERIFICATION_PURPOSE_REGISTRATION
 PHONE_ADD = types_pb2.VERIFICATION_PURPOSE_PHONE_ADD
 REAL_NAME_UPGRADE = types_pb2.VERIFICATION_PURPOSE_REAL_NAME_UPGRADE
-
-
-def resident_id(serial: int, birth: str = "19900101", region: str = "370102") -> str:
-    """A valid 18-digit resident identity card number (GB 11643)."""
-    first_17 = f"{region}{birth}{serial % 1000:03d}"
-    return first_17 + gb11643_check_character(first_17)
 
 
 _serials = iter(range(1, 10**6))

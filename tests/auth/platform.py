@@ -24,7 +24,6 @@ from sqlalchemy import select
 
 from etax_platform.clock import ManualClock, to_timestamp
 from etax_platform.db import Database
-from etax_platform.enterprise_codes import USCC_ALPHABET, uscc_check_character
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost
@@ -47,6 +46,7 @@ from tests.auth.conftest import (
     new_resident_id,
     start_sms_and_face,
 )
+from tests.harness.numbers import uscc
 
 SHANDONG, BEIJING = "37", "11"
 AUTHORITIES = {
@@ -68,10 +68,7 @@ _serial = itertools.count(1000)
 
 def new_uscc(division: str = "370102") -> str:
     """A valid unified social credit code (GB 32100)."""
-    serial = next(_serial)
-    organisation = "MA" + "".join(USCC_ALPHABET[(serial // 31**i) % 31] for i in range(6, -1, -1))
-    first_17 = "91" + division + organisation
-    return first_17 + uscc_check_character(first_17)
+    return uscc(next(_serial), division)
 
 
 class LateChannel:

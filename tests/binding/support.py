@@ -16,11 +16,11 @@ from etax.common.v1 import types_pb2
 from etax.common.v1.types_pb2 import Entry, Role, SubjectType
 
 from etax_platform.clock import ManualClock
-from etax_platform.enterprise_codes import USCC_ALPHABET, uscc_check_character
 from etax_platform.errors import DomainError, Reason, from_rpc_error
 from etax_platform.server import GrpcHost
 from etax_platform.tokens import AccessClaims, TokenIssuer
 from tests.binding.fake_auth import FakeAuth
+from tests.harness.numbers import resident_id
 
 RESIDENT_ID = types_pb2.DOCUMENT_TYPE_RESIDENT_IDENTITY_CARD
 SHANDONG, BEIJING = "37", "11"
@@ -34,22 +34,7 @@ AUTHORITIES = {
 }
 INSPECTION = SubjectType.SUBJECT_TYPE_CROSS_REGION_INSPECTION
 TAX_SOURCE = SubjectType.SUBJECT_TYPE_CROSS_REGION_TAX_SOURCE
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _sequence = itertools.count(1)
-
-
-def resident_id(serial: int) -> str:
-    """A resident ID number with a correct GB 11643 check digit."""
-    body = f"37010219900101{serial % 1000:03d}"
-    total = sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS, strict=True))
-    return body + "10X98765432"[total % 11]
-
-
-def uscc(serial: int, division: str = "370102") -> str:
-    """A valid USCC with the given administrative division."""
-    organisation = "MA" + "".join(USCC_ALPHABET[(serial // 31**i) % 31] for i in range(6, -1, -1))
-    first_17 = "91" + division + organisation
-    return first_17 + uscc_check_character(first_17)
 
 
 @dataclass

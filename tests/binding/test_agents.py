@@ -11,7 +11,8 @@ from etax.binding.v1 import binding_pb2 as pb
 from etax.common.v1.types_pb2 import Entry, Role
 
 from etax_platform.errors import Reason
-from tests.binding.support import AUTHORITIES, SHANDONG, Binding, Person, expect, uscc
+from tests.binding.support import AUTHORITIES, SHANDONG, Binding, Person, expect
+from tests.harness.numbers import uscc
 
 AGENT = Entry.ENTRY_AGENT
 

@@ -25,8 +25,9 @@ from etax_platform.tokens import AccessClaims, SigningKey, TokenIssuer
 from services.binding.app import INTERNAL_SERVICE, MIGRATIONS, PUBLIC_SERVICE
 from services.binding.models import metadata
 from services.binding.settings import BindingSettings
-from tests.binding.support import Binding, expect, rpc_error, uscc
+from tests.binding.support import Binding, expect, rpc_error
 from tests.harness.grpc_checks import SERVING, health_status, reflected_services
+from tests.harness.numbers import uscc
 from tests.harness.servers import free_port
 
 

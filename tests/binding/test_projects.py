@@ -18,8 +18,8 @@ from tests.binding.support import (
     Binding,
     Person,
     expect,
-    uscc,
 )
+from tests.harness.numbers import uscc
 
 SPECIFIC = Entry.ENTRY_SPECIFIC_SUBJECT
 IN_BEIJING = "KQ110105202600001"

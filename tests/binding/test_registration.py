@@ -11,7 +11,8 @@ from etax.common.v1 import types_pb2
 from etax.common.v1.types_pb2 import Role
 
 from etax_platform.errors import Reason
-from tests.binding.support import AUTHORITIES, SHANDONG, Binding, expect, rpc_error, uscc
+from tests.binding.support import AUTHORITIES, SHANDONG, Binding, expect, rpc_error
+from tests.harness.numbers import uscc
 
 RELATION_NOT_FOUND_TEXT = "未查询到您与该企业的关联关系信息，请确认录入的信息是否正确"
 PENDING = pb.RELATION_STATE_PENDING

@@ -16,7 +16,8 @@ from etax.common.v1.types_pb2 import Entry, Role
 from sqlalchemy import NullPool, create_engine, text
 
 from etax_platform.errors import DomainError, Reason, from_rpc_error
-from tests.binding.support import Binding, Person, expect, uscc
+from tests.binding.support import Binding, Person, expect
+from tests.harness.numbers import uscc
 
 PENDING = pb.RELATION_STATE_PENDING
 ACTIVE = pb.RELATION_STATE_ACTIVE

@@ -25,11 +25,10 @@ from etax.common.v1 import types_pb2
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 
 from etax_platform.clock import ManualClock, to_timestamp
-from etax_platform.documents import gb11643_check_character
-from etax_platform.enterprise_codes import USCC_ALPHABET, uscc_check_character
 from etax_platform.errors import DomainError, from_rpc_error
 from tests.e2e.api import Client, Reply
 from tests.harness.gateway import RunningGateway
+from tests.harness.numbers import resident_id, uscc
 
 PASSWORD = "Etax.2023pw"
 RESIDENT_ID = "DOCUMENT_TYPE_RESIDENT_IDENTITY_CARD"
@@ -67,8 +66,7 @@ def new_resident_id(region: str = "370102") -> str:
     """A valid resident identity card number (GB 11643), different on every call."""
     serial = next(_serials)
     birth = f"19{60 + serial // 1000 % 40:02d}{1 + serial // 40000 % 12:02d}15"
-    first_17 = f"{region}{birth}{serial % 1000:03d}"
-    return first_17 + gb11643_check_character(first_17)
+    return resident_id(serial, birth, region)
 
 
 def new_phone() -> str:
@@ -80,10 +78,7 @@ def new_email(name: str = "user") -> str:
 
 
 def new_uscc(province: str = "37") -> str:
-    serial = next(_serials)
-    organisation = "MA" + "".join(USCC_ALPHABET[(serial // 31**i) % 31] for i in range(6, -1, -1))
-    first_17 = "91" + REGIONS[province] + organisation
-    return first_17 + uscc_check_character(first_17)
+    return uscc(next(_serials), REGIONS[province])
 
 
 @dataclass

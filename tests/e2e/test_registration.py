@@ -7,7 +7,6 @@ from datetime import timedelta
 
 from etax.auth.v1 import auth_pb2
 
-from etax_platform.documents import gb11643_check_character
 from tests.e2e.api import Reply
 from tests.e2e.story import (
     ENTERPRISE,
@@ -19,6 +18,7 @@ from tests.e2e.story import (
     new_uscc,
     refusal,
 )
+from tests.harness.numbers import resident_id
 
 POLICY_TEXT = "密码长度为8-16个字符，必须包含数字、字母（区分大小写）、特殊字符三者中至少两种"
 BUSY_TEXT = "实名核验服务繁忙，请稍后重试"
@@ -29,8 +29,7 @@ _numbers = itertools.count(10_000_001)
 
 def _permit(prefix: str) -> str:
     """A residence permit number for HK/Macao (810000, 820000) or Taiwan (830000) residents."""
-    first_17 = f"{prefix}19880808{next(_numbers) % 1000:03d}"
-    return first_17 + gb11643_check_character(first_17)
+    return resident_id(next(_numbers), "19880808", prefix)
 
 
 def _foreigner(document_type: str, name: str = "JOHN SMITH") -> Person:
