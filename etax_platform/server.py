@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.observability import request_id
+from etax_platform.settings import ServiceSettings
 
 log = logging.getLogger("etax.rpc")
 
@@ -201,6 +202,24 @@ class _ReflectionV1:
 
 class GrpcHost:
     """Builds, starts and stops one service's gRPC server."""
+
+    @classmethod
+    def for_service(
+        cls,
+        settings: ServiceSettings,
+        registrations: Sequence[Registration],
+        *,
+        on_stop: Sequence[Callable[[], None]] = (),
+    ) -> GrpcHost:
+        """A service's host on its own settings: address, workers, shutdown grace."""
+        return cls(
+            registrations,
+            host=settings.host,
+            port=settings.port,
+            max_workers=settings.max_workers,
+            grace_seconds=settings.grace_seconds,
+            on_stop=on_stop,
+        )
 
     def __init__(
         self,

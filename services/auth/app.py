@@ -205,7 +205,8 @@ def build(
     )
     account_servicer = AccountServicer(registrations, account, sessions.caller, clock)
     internal_servicer = InternalAuthServicer(internal, legacy, keys, clock)
-    return GrpcHost(
+    return GrpcHost.for_service(
+        settings,
         [
             Registration(
                 AUTH_SERVICE,
@@ -226,9 +227,5 @@ def build(
                 ),
             ),
         ],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.max_workers,
-        grace_seconds=settings.grace_seconds,
         on_stop=[hasher.close, audit.close, database.dispose, *owned],
     )

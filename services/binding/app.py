@@ -45,7 +45,8 @@ def build(
     on_stop = [database.dispose]
     if auth_channel is None:
         on_stop.append(channel.close)
-    return GrpcHost(
+    return GrpcHost.for_service(
+        settings,
         [
             Registration(
                 PUBLIC_SERVICE,
@@ -60,9 +61,5 @@ def build(
                 ),
             ),
         ],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.max_workers,
-        grace_seconds=settings.grace_seconds,
         on_stop=on_stop,
     )

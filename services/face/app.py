@@ -76,7 +76,8 @@ def build(
         on_stop.append(provider.close)
     if owned_store:
         on_stop.append(store.close)
-    host = GrpcHost(
+    host = GrpcHost.for_service(
+        settings,
         [
             Registration(
                 PUBLIC_SERVICE,
@@ -89,10 +90,6 @@ def build(
                 ),
             ),
         ],
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.max_workers,
-        grace_seconds=settings.grace_seconds,
         on_stop=on_stop,
     )
     return host

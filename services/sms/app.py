@@ -95,11 +95,4 @@ def build(
                 ),
             )
         )
-    return GrpcHost(
-        registrations,
-        host=settings.host,
-        port=settings.port,
-        max_workers=settings.max_workers,
-        grace_seconds=settings.grace_seconds,
-        on_stop=on_stop,
-    )
+    return GrpcHost.for_service(settings, registrations, on_stop=on_stop)
