@@ -46,6 +46,12 @@ def _measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # --- charts -------------------------------------------------------------------------------
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _throughput_chart(results: dict[str, Any], path: Path) -> None:
     rows = _measured(_rows(results, "cheap")) + _measured(_rows(results, "login"))
     rows = [r for r in rows if not r["name"].startswith("login-start")]
@@ -61,9 +67,7 @@ def _throughput_chart(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("calls per second (50 in flight; blue direct, orange through Envoy)")
     ax.set_title("Cheap RPCs beside the echo ceiling of the same server type")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _latency_chart(results: dict[str, Any], path: Path) -> None:
@@ -91,9 +95,7 @@ def _latency_chart(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("latency, ms (log scale; 50 in flight)")
     ax.set_title("Latency percentiles per RPC")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _login_chart(results: dict[str, Any], path: Path) -> None:
@@ -124,9 +126,7 @@ def _login_chart(results: dict[str, Any], path: Path) -> None:
     ax.set_title("Login step 1 beside the raw Argon2id rate of the same cores")
     if logins:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _overhead_chart(results: dict[str, Any], path: Path) -> None:
@@ -148,9 +148,7 @@ def _overhead_chart(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("latency, ms (one call in flight)")
     ax.set_title("Gateway overhead: direct vs through Envoy")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # --- markdown -----------------------------------------------------------------------------
