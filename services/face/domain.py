@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etax_platform.clock import CST
+from etax_platform.clock import CST, from_millis, to_millis
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import mask_document, mask_name
 
@@ -46,14 +46,6 @@ def _to_micros(instant: datetime) -> int:
 
 def _from_micros(micros: int) -> datetime:
     return (_EPOCH + timedelta(microseconds=micros)).astimezone(CST)
-
-
-def _to_millis(instant: datetime) -> int:
-    return (instant - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _from_millis(millis: int) -> datetime:
-    return (_EPOCH + timedelta(milliseconds=millis)).astimezone(CST)
 
 
 class TicketState(enum.IntEnum):
@@ -340,7 +332,7 @@ class Signer:
         return hmac.compare_digest(signature.encode(), self.sign(label, *parts).encode())
 
     def qr_payload(self, ticket_id: str, expires_at: datetime) -> str:
-        expires = str(_to_millis(expires_at))
+        expires = str(to_millis(expires_at))
         return ".".join((_QR_PREFIX, ticket_id, expires, self.sign("qr", ticket_id, expires)))
 
     def open_qr_payload(self, payload: str, now: datetime) -> str:
@@ -355,12 +347,12 @@ class Signer:
         _, ticket_id, expires, signature = parts
         if not _is_millis(expires) or not self.verify(signature, "qr", ticket_id, expires):
             raise DomainError(Reason.TICKET_INVALID)
-        if now >= _from_millis(int(expires)):
+        if now >= from_millis(int(expires)):
             raise DomainError(Reason.TICKET_INVALID)
         return ticket_id
 
     def proof(self, ticket_id: str, purpose: int, subject_ref: str, expires_at: datetime) -> str:
-        expires = str(_to_millis(expires_at))
+        expires = str(to_millis(expires_at))
         signature = self.sign("proof", ticket_id, str(purpose), subject_ref, expires)
         return ".".join((_PROOF_PREFIX, ticket_id, expires, signature))
 
@@ -375,7 +367,7 @@ class Signer:
         # Another purpose or subject changes the signed text: the same failure as tampering.
         if not self.verify(signature, "proof", ticket_id, str(purpose), subject_ref, expires):
             raise DomainError(Reason.TICKET_INVALID)
-        if now >= _from_millis(int(expires)):
+        if now >= from_millis(int(expires)):
             raise DomainError(Reason.TICKET_INVALID)
         return ticket_id
 
