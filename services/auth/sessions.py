@@ -199,9 +199,20 @@ class Sessions:
             client_app=client_app,
             extra=extra_claims,
         )
+        return self._issued(principal, claims, identity, refresh_token, now)
+
+    def _issued(
+        self,
+        principal: Principal,
+        claims: AccessClaims,
+        identity: binding_pb2.Identity,
+        refresh_token: str,
+        now: datetime,
+    ) -> IssuedSession:
+        """The signed access token beside the refresh token, as the response shows them."""
         access_token, access_expires_at = self._sign(claims)
         return IssuedSession(
-            session_id=session_id,
+            session_id=claims.session_id,
             access_token=access_token,
             access_expires_at=access_expires_at,
             refresh_token=refresh_token,
@@ -210,7 +221,7 @@ class Sessions:
             person_id=principal.person_id,
             masked_name=principal.masked_name,
             real_name_level=principal.real_name_level,
-            province=province,
+            province=claims.province,
         )
 
     def _session_row(self, session: Connection, session_id: str) -> Any:
@@ -245,19 +256,7 @@ class Sessions:
             methods=methods,
             client_app=row.client_app,
         )
-        access_token, access_expires_at = self._sign(claims)
-        return IssuedSession(
-            session_id=row.id,
-            access_token=access_token,
-            access_expires_at=access_expires_at,
-            refresh_token=refresh_token,
-            refresh_expires_at=now + self.policy.refresh_token_ttl,
-            identity=identity,
-            person_id=row.person_id,
-            masked_name=principal.masked_name,
-            real_name_level=principal.real_name_level,
-            province=row.province,
-        )
+        return self._issued(principal, claims, identity, refresh_token, now)
 
     # --- refresh ---------------------------------------------------------------------------
 
