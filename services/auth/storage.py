@@ -320,10 +320,7 @@ class AccountStore:
                 update(persons)
                 .where(persons.c.id == person_id)
                 .values(
-                    real_name_level=case(
-                        (persons.c.real_name_level < level, level),
-                        else_=persons.c.real_name_level,
-                    ),
+                    real_name_level=_raised_level(level),
                     face_verified_at=face_verified_at,
                     updated_at=face_verified_at,
                 )
@@ -371,10 +368,7 @@ class AccountStore:
                 update(persons)
                 .where(persons.c.document_index == index)
                 .values(
-                    real_name_level=case(
-                        (persons.c.real_name_level < level, level),
-                        else_=persons.c.real_name_level,
-                    ),
+                    real_name_level=_raised_level(level),
                     updated_at=now,
                 )
                 .returning(persons.c.id)
@@ -525,6 +519,11 @@ def _default_phone_number() -> Any:
         .scalar_subquery()
     )
     return func.coalesce(chosen, latest)
+
+
+def _raised_level(level: int) -> Any:
+    """B3: the stored real-name level raised to `level`, never lowered."""
+    return case((persons.c.real_name_level < level, level), else_=persons.c.real_name_level)
 
 
 def _person_query() -> Any:
