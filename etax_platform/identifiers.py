@@ -1,14 +1,19 @@
-"""Validation and normalisation of identifiers every service meets: phones and emails."""
+"""Validation and normalisation of identifiers every service meets: phones, emails,
+subject (project) numbers and tax authority codes."""
 
 from __future__ import annotations
 
 import re
 
-from etax_platform.errors import DomainError, Reason
+from etax_platform.errors import DomainError, Reason, invalid
 
 _MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")
 _MAX_EMAIL = 254
+# A cross-region project number, or (as a subject number) a USCC/TIN: what
+# etax.binding.v1.Target.subject_number accepts.
+_SUBJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
+_TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
 
 
 def normalize_phone(raw: str, field_name: str = "phone") -> str:
@@ -32,3 +37,18 @@ def normalize_email(raw: str, field_name: str = "email") -> str:
     if len(email) > _MAX_EMAIL or not _EMAIL.fullmatch(email):
         raise DomainError(Reason.INVALID_EMAIL, metadata={"field": field_name})
     return email
+
+
+def normalize_subject_number(raw: str, field_name: str, message: str | None = None) -> str:
+    """A project number or USCC/TIN, upper case without surrounding spaces."""
+    value = raw.strip().upper()
+    if not _SUBJECT_NUMBER.fullmatch(value):
+        raise invalid(field_name, message=message)
+    return value
+
+
+def require_tax_authority_code(code: str, field_name: str, message: str | None = None) -> str:
+    """A tax authority code: 11 digits."""
+    if not _TAX_AUTHORITY_CODE.fullmatch(code):
+        raise invalid(field_name, message=message)
+    return code

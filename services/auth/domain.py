@@ -23,7 +23,7 @@ from etax_platform.documents import (
     looks_like_document,
 )
 from etax_platform.errors import DomainError, Reason, invalid
-from etax_platform.identifiers import normalize_phone
+from etax_platform.identifiers import normalize_phone, require_tax_authority_code
 
 # B1, B2: registered with a face check (or collected by the hall). B3: migrated without one.
 LEVEL_FACE_VERIFIED = 4
@@ -51,7 +51,6 @@ class Channel(enum.IntEnum):
     EMAIL = 2
 
 
-_TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
 # Person, phone and registration ids: 128 random bits as 32 lower-case hex digits.
 _ID = re.compile(r"[0-9a-f]{32}")
 _NAME_MAX = 100
@@ -80,8 +79,7 @@ def normalize_name(raw: str, field_name: str = "identity.name") -> str:
 
 
 def require_tax_authority(code: str, province: str, name: str) -> None:
-    if not _TAX_AUTHORITY_CODE.fullmatch(code):
-        raise invalid("tax_authority.code", message="税务机关代码应为11位数字")
+    require_tax_authority_code(code, "tax_authority.code", "税务机关代码应为11位数字")
     require_province(province, "tax_authority.province")
     if len(name) > _NAME_MAX:
         raise invalid("tax_authority.name")

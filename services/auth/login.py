@@ -13,7 +13,6 @@ opens the session (sessions.py). Refusals that reveal something about the person
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -26,6 +25,7 @@ from sqlalchemy import Connection
 from etax_platform.clock import Clock
 from etax_platform.enterprise_codes import normalize_enterprise_code
 from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.identifiers import normalize_subject_number
 from etax_platform.pii import mask_name, mask_phone
 from etax_platform.tokens import AccessClaims
 from services.auth.audit import AuditEvent, AuditLog, detail_of, mask_account
@@ -65,9 +65,6 @@ _SUBJECT_TYPES = frozenset(
         types_pb2.SUBJECT_TYPE_CROSS_REGION_TAX_SOURCE,
     }
 )
-# A cross-region project number, or (as a subject number) a USCC/TIN: the format binding
-# accepts (etax.binding.v1.Target.subject_number).
-_SUBJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
 
 
 @dataclass(frozen=True)
@@ -100,10 +97,9 @@ def subject_type(value: int, field_name: str = "subject_type") -> int:
 
 
 def subject_number(raw: str, field_name: str = "subject_number") -> str:
-    value = raw.strip().upper()
-    if not _SUBJECT_NUMBER.fullmatch(value):
-        raise invalid(field_name, message="请输入正确的统一社会信用代码、纳税人识别号或项目编号")
-    return value
+    return normalize_subject_number(
+        raw, field_name, "请输入正确的统一社会信用代码、纳税人识别号或项目编号"
+    )
 
 
 def parse_target(

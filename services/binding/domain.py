@@ -21,6 +21,7 @@ from etax.common.v1.types_pb2 import Entry, Role, SubjectType
 from etax_platform.documents import Document, parse_document
 from etax_platform.enterprise_codes import normalize_enterprise_code
 from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.identifiers import normalize_subject_number, require_tax_authority_code
 
 LEGAL_REPRESENTATIVE = Role.ROLE_LEGAL_REPRESENTATIVE
 FINANCIAL_OFFICER = Role.ROLE_FINANCIAL_OFFICER
@@ -71,9 +72,7 @@ PROVINCES = frozenset((
 ))
 # fmt: on
 
-_PROJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
 _SEARCH_QUERY = re.compile(r"[0-9A-Z-]{0,64}")
-_TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
 _OPAQUE_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _MAX_NAME = 100
 _MAX_ORGANISATION_NAME = 200
@@ -208,21 +207,11 @@ def province(raw: str, field_name: str) -> str:
 
 
 def tax_authority(code: str, name: str, province_code: str, field_name: str) -> TaxAuthority:
-    if not _TAX_AUTHORITY_CODE.fullmatch(code.strip()):
-        raise invalid(f"{field_name}.code")
     return TaxAuthority(
-        code.strip(),
+        require_tax_authority_code(code.strip(), f"{field_name}.code"),
         organisation_name(name, f"{field_name}.name"),
         province(province_code, f"{field_name}.province"),
     )
-
-
-def project_number(raw: str, field_name: str) -> str:
-    """A project number, or (as a subject number) a USCC/TIN: upper case, no spaces."""
-    value = raw.strip().upper()
-    if not _PROJECT_NUMBER.fullmatch(value):
-        raise invalid(field_name)
-    return value
 
 
 def search_query(raw: str, field_name: str) -> str:
@@ -283,7 +272,9 @@ def target(
             Entry.ENTRY_ENTERPRISE,
             enterprise_code=enterprise_code(enterprise_code_, "target.enterprise_code"),
             subject_type=subject_type(subject_type_, "target.subject_type", required=False),
-            subject_number=project_number(number, "target.subject_number") if number else "",
+            subject_number=normalize_subject_number(number, "target.subject_number")
+            if number
+            else "",
             province=province_code,
         )
     if entry == Entry.ENTRY_AGENT:
@@ -300,7 +291,7 @@ def target(
         return Target(
             Entry.ENTRY_SPECIFIC_SUBJECT,
             subject_type=subject_type(subject_type_, "target.subject_type", required=True),
-            subject_number=project_number(subject_number, "target.subject_number"),
+            subject_number=normalize_subject_number(subject_number, "target.subject_number"),
             province=province_code,
         )
     raise invalid("target.entry")

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from etax_platform.clock import from_timestamp
 from etax_platform.errors import invalid
+from etax_platform.identifiers import normalize_subject_number
 from etax_platform.tokens import AccessClaims, TokenVerifier, require_claims
 from services.binding import domain
 from services.binding.service import BindingService
@@ -254,7 +255,7 @@ class InternalBindingServicer(binding_pb2_grpc.InternalBindingServiceServicer): 
         self, request: pb.RecordCrossRegionProjectRequest, context: grpc.ServicerContext
     ) -> pb.RecordCrossRegionProjectResponse:
         project = domain.Project(
-            project_number=domain.project_number(request.project_number, "project_number"),
+            project_number=normalize_subject_number(request.project_number, "project_number"),
             subject_type=domain.subject_type(request.subject_type, "subject_type", required=True),
             enterprise_code=domain.enterprise_code(request.enterprise_code, "enterprise_code"),
             enterprise_name="",

@@ -1,11 +1,17 @@
-"""Phones (C3) and emails (B6) as every service reads them."""
+"""Phones (C3), emails (B6), subject numbers (D5) and tax authority codes as every service
+reads them."""
 
 from __future__ import annotations
 
 import pytest
 
 from etax_platform.errors import DomainError, Reason
-from etax_platform.identifiers import normalize_email, normalize_phone
+from etax_platform.identifiers import (
+    normalize_email,
+    normalize_phone,
+    normalize_subject_number,
+    require_tax_authority_code,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +50,25 @@ def test_malformed_email_is_invalid_email(raw: str) -> None:
     with pytest.raises(DomainError) as caught:
         normalize_email(raw)
     assert caught.value.reason is Reason.INVALID_EMAIL
+
+
+def test_subject_numbers_are_upper_cased_and_stripped() -> None:
+    assert normalize_subject_number(" kq110105-2026 ", "n") == "KQ110105-2026"
+    assert normalize_subject_number("91370102MA3C4D5E6M", "n") == "91370102MA3C4D5E6M"
+
+
+@pytest.mark.parametrize("raw", ["", "-KQ1", "KQ1", "KQ 110105", "KQ_110105", "K" * 65])
+def test_malformed_subject_number_names_its_field(raw: str) -> None:
+    with pytest.raises(DomainError) as caught:
+        normalize_subject_number(raw, "target.subject_number", "请输入项目编号")
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
+    assert caught.value.metadata["field"] == "target.subject_number"
+    assert caught.value.user_text == "请输入项目编号"
+
+
+@pytest.mark.parametrize("code", ["1370102000", "137010200000", "1370102000A", " 13701020000"])
+def test_tax_authority_code_is_eleven_digits(code: str) -> None:
+    assert require_tax_authority_code("13701020000", "code") == "13701020000"
+    with pytest.raises(DomainError) as caught:
+        require_tax_authority_code(code, "tax_authority.code")
+    assert caught.value.metadata["field"] == "tax_authority.code"
