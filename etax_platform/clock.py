@@ -11,6 +11,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 CST = ZoneInfo("Asia/Shanghai")
 
@@ -74,3 +75,11 @@ def to_timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
 
 def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=CST)
+
+
+def optional_instant(message: Message, field_name: str) -> datetime | None:
+    """A message's optional Timestamp field as a CST instant, None when unset."""
+    if not message.HasField(field_name):
+        return None
+    stamp: timestamp_pb2.Timestamp = getattr(message, field_name)
+    return from_timestamp(stamp)

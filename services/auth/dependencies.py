@@ -16,10 +16,9 @@ from etax.binding.v1 import binding_pb2, binding_pb2_grpc
 from etax.common.v1 import types_pb2
 from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 from etax_platform.clients import call
-from etax_platform.clock import from_timestamp
+from etax_platform.clock import optional_instant
 from etax_platform.documents import Document, parse_document
 from etax_platform.errors import DomainError
 from services.auth.domain import Channel, Purpose
@@ -64,10 +63,6 @@ class CollectedFailures:
     state: int
 
 
-def _instant(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return from_timestamp(stamp) if present else None
-
-
 def _named_document(document: Document, name: str) -> types_pb2.NamedDocument:
     return types_pb2.NamedDocument(
         document=types_pb2.Document(type=int(document.type), number=document.number),  # type: ignore[arg-type]
@@ -97,7 +92,7 @@ class SmsCodes:
         return VerifiedCode(
             channel=Channel(response.channel),
             recipient=response.recipient,
-            verified_at=_instant(response.verified_at, response.HasField("verified_at")),
+            verified_at=optional_instant(response, "verified_at"),
         )
 
     def send(self, phone: str, purpose: Purpose) -> SentCode:
@@ -111,7 +106,7 @@ class SmsCodes:
         return SentCode(
             verification_id=response.verification_id,
             masked_recipient=response.masked_recipient,
-            expires_at=_instant(response.expires_at, response.HasField("expires_at")),
+            expires_at=optional_instant(response, "expires_at"),
         )
 
 
@@ -149,7 +144,7 @@ class FaceChecks:
         return FaceChallenge(
             ticket_id=response.ticket_id,
             qr_payload=response.qr_payload,
-            expires_at=_instant(response.expires_at, response.HasField("expires_at")),
+            expires_at=optional_instant(response, "expires_at"),
         )
 
     def redeem(self, proof: str, purpose: Purpose, subject_ref: str) -> FaceResult:
@@ -165,7 +160,7 @@ class FaceChecks:
         )
         return FaceResult(
             ticket_id=response.ticket_id,
-            verified_at=_instant(response.verified_at, response.HasField("verified_at")),
+            verified_at=optional_instant(response, "verified_at"),
             identity=_identity(response.identity) if response.HasField("identity") else None,
             uncollected_failures=max(0, response.uncollected_failures),
         )

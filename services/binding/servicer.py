@@ -7,16 +7,13 @@ system, hall, auth) name the person or enterprise in the request.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 import grpc
 from etax.binding.v1 import binding_pb2 as pb
 from etax.binding.v1 import binding_pb2_grpc
 from etax.common.v1 import types_pb2
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from etax_platform.clock import from_timestamp
+from etax_platform.clock import optional_instant
 from etax_platform.errors import invalid
 from etax_platform.identifiers import normalize_subject_number
 from etax_platform.tokens import AccessClaims, TokenVerifier, require_claims
@@ -41,14 +38,6 @@ def _named_document(person: types_pb2.NamedDocument, field_name: str) -> domain.
 
 def _tax_authority(authority: types_pb2.TaxAuthority, field_name: str) -> domain.TaxAuthority:
     return domain.tax_authority(authority.code, authority.name, authority.province, field_name)
-
-
-def _instant(message: Message, field_name: str) -> datetime | None:
-    """An optional Timestamp field as a CST instant, None when unset."""
-    if not message.HasField(field_name):
-        return None
-    timestamp: Timestamp = getattr(message, field_name)
-    return from_timestamp(timestamp)
 
 
 def _authority_pb(authority: domain.TaxAuthority | None) -> types_pb2.TaxAuthority | None:
@@ -135,7 +124,7 @@ class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[
             domain.enterprise_code(request.enterprise_code, "enterprise_code"),
             _named_document(request.person, "person"),
             domain.grantable_role(request.role, "role"),
-            _instant(request, "valid_until"),
+            optional_instant(request, "valid_until"),
         )
         return pb.AddPersonResponse(relation=_relation_pb(relation))
 
@@ -283,7 +272,7 @@ class InternalBindingServicer(binding_pb2_grpc.InternalBindingServiceServicer): 
     ) -> pb.SubmitAgencyAgreementResponse:
         if not request.agents:
             raise invalid("agents")
-        valid_until = _instant(request, "valid_until")
+        valid_until = optional_instant(request, "valid_until")
         if valid_until is None:
             raise invalid("valid_until")
         agreement_id = self._service.submit_agency_agreement(
@@ -293,7 +282,7 @@ class InternalBindingServicer(binding_pb2_grpc.InternalBindingServiceServicer): 
                 domain.document(agent.type, agent.number, f"agents[{i}]")
                 for i, agent in enumerate(request.agents)
             ],
-            _instant(request, "valid_from"),
+            optional_instant(request, "valid_from"),
             valid_until,
         )
         return pb.SubmitAgencyAgreementResponse(agreement_id=agreement_id)

@@ -11,9 +11,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from etax.sms.v1 import sms_pb2
 from pydantic import ValidationError
 
-from etax_platform.clock import CST, ManualClock, cst_day, next_cst_midnight
+from etax_platform.clock import (
+    CST,
+    ManualClock,
+    cst_day,
+    next_cst_midnight,
+    optional_instant,
+    to_timestamp,
+)
 from etax_platform.errors import DomainError, Reason
 from etax_platform.observability import MaskingFormatter
 from etax_platform.pii import Keyring
@@ -163,3 +171,12 @@ def test_generated_code_is_fresh() -> None:
         capture_output=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unset_timestamp_field_is_no_instant_and_a_set_one_reads_in_cst() -> None:
+    instant = datetime(2026, 11, 27, 8, 30, tzinfo=CST)
+    unset = sms_pb2.VerifyCodeResponse()
+    assert optional_instant(unset, "verified_at") is None
+    set_ = sms_pb2.VerifyCodeResponse(verified_at=to_timestamp(instant))
+    read = optional_instant(set_, "verified_at")
+    assert read == instant and read is not None and read.tzinfo == CST
