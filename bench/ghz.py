@@ -67,6 +67,7 @@ class Load:
     duration: str | None = "8s"
     total: int | None = None
     skip_first: int = 0
+    warm_up_calls: int = 0  # an unrecorded run of this many calls before the measured one
     extra: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> dict[str, Any]:
