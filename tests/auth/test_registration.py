@@ -67,6 +67,26 @@ def _complete(
     )
 
 
+def _ready_request(auth: Auth, **fields: str) -> auth_pb2.CompleteRegistrationRequest:
+    """A completion that would succeed: face passed, a registration code issued to a new
+    phone, PASSWORD; `fields` override it (the code, the password, a username)."""
+    started = auth.start(new_resident_id())
+    proof = _face_proof(auth, started.registration_id)
+    phone = new_phone()
+    verification_id, code = auth.sms.issue(phone, REGISTRATION)
+    request = auth_pb2.CompleteRegistrationRequest(
+        registration_id=started.registration_id,
+        phone=phone,
+        verification_id=verification_id,
+        code=code,
+        face_proof=proof,
+        password=PASSWORD,
+    )
+    for name, value in fields.items():
+        setattr(request, name, value)
+    return request
+
+
 def _face_proof(auth: Auth, registration_id: str) -> str:
     face = auth.account.StartRegistrationFace(
         auth_pb2.StartRegistrationFaceRequest(registration_id=registration_id), timeout=10
@@ -107,19 +127,9 @@ def test_b1_identity_check_refuses_a_name_that_does_not_match(auth: Auth) -> Non
 
 
 def test_b1_wrong_code_then_right_code(auth: Auth) -> None:
-    started = auth.start(new_resident_id())
-    proof = _face_proof(auth, started.registration_id)
-    phone = new_phone()
-    verification_id, code = auth.sms.issue(phone, REGISTRATION)
-    wrong = "000000" if code != "000000" else "111111"
-    request = auth_pb2.CompleteRegistrationRequest(
-        registration_id=started.registration_id,
-        phone=phone,
-        verification_id=verification_id,
-        code=wrong,
-        face_proof=proof,
-        password=PASSWORD,
-    )
+    request = _ready_request(auth)
+    code = request.code
+    request.code = "000000" if code != "000000" else "111111"
     failure = failure_of(auth.account.CompleteRegistration, request, timeout=10)
     assert failure.reason == "CODE_INVALID"
     assert _count(auth, persons) == 0
@@ -226,19 +236,7 @@ def test_b1_concurrent_registrations_of_one_document_create_one_person(auth: Aut
 
 def test_b1_a_taken_username_is_refused_before_the_code_is_spent(auth: Auth) -> None:
     auth.register(username="taken_name")
-    started = auth.start(new_resident_id())
-    proof = _face_proof(auth, started.registration_id)
-    phone = new_phone()
-    verification_id, code = auth.sms.issue(phone, REGISTRATION)
-    request = auth_pb2.CompleteRegistrationRequest(
-        registration_id=started.registration_id,
-        phone=phone,
-        verification_id=verification_id,
-        code=code,
-        face_proof=proof,
-        password=PASSWORD,
-        username="Taken_Name",
-    )
+    request = _ready_request(auth, username="Taken_Name")
     failure = failure_of(auth.account.CompleteRegistration, request, timeout=10)
     assert (failure.code, failure.reason) == (grpc.StatusCode.ALREADY_EXISTS, "USERNAME_TAKEN")
     request.username = "fresh_name"
@@ -247,18 +245,7 @@ def test_b1_a_taken_username_is_refused_before_the_code_is_spent(auth: Auth) -> 
 
 
 def test_c1_password_policy_is_checked_before_the_code_is_spent(auth: Auth) -> None:
-    started = auth.start(new_resident_id())
-    proof = _face_proof(auth, started.registration_id)
-    phone = new_phone()
-    verification_id, code = auth.sms.issue(phone, REGISTRATION)
-    request = auth_pb2.CompleteRegistrationRequest(
-        registration_id=started.registration_id,
-        phone=phone,
-        verification_id=verification_id,
-        code=code,
-        face_proof=proof,
-        password="short",
-    )
+    request = _ready_request(auth, password="short")
     failure = failure_of(auth.account.CompleteRegistration, request, timeout=10)
     assert (failure.code, failure.reason, failure.metadata["field"]) == (
         grpc.StatusCode.INVALID_ARGUMENT,
