@@ -62,6 +62,8 @@ class Reason(enum.StrEnum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NOT_FOUND = "NOT_FOUND"
     STATE_CONFLICT = "STATE_CONFLICT"
+    MALFORMED_REQUEST = "MALFORMED_REQUEST"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,9 @@ MEANINGS: Mapping[Reason, _Meaning] = {
         Code.INVALID_ARGUMENT,
         "密码长度为8-16个字符，必须包含数字、字母（区分大小写）、特殊字符三者中至少两种",
     ),
-    Reason.CREDENTIALS_INVALID: _Meaning(Code.UNAUTHENTICATED, "账号或密码错误"),
+    # A failed login attempt is a bad argument (HTTP 400, as OAuth's invalid_grant):
+    # UNAUTHENTICATED (401) means only "your token" (DESIGN.md, Errors).
+    Reason.CREDENTIALS_INVALID: _Meaning(Code.INVALID_ARGUMENT, "账号或密码错误"),
     Reason.AUTH_METHOD_LOCKED: _Meaning(
         Code.PERMISSION_DENIED,
         "认证失败次数过多，该认证方式已锁定，请通过忘记密码或刷脸认证解锁，或次日零时自动解锁",
@@ -140,6 +144,8 @@ MEANINGS: Mapping[Reason, _Meaning] = {
     Reason.PERMISSION_DENIED: _Meaning(Code.PERMISSION_DENIED, "您无权办理此业务"),
     Reason.NOT_FOUND: _Meaning(Code.NOT_FOUND, "未查询到相关信息"),
     Reason.STATE_CONFLICT: _Meaning(Code.FAILED_PRECONDITION, "当前状态不允许此操作"),
+    Reason.MALFORMED_REQUEST: _Meaning(Code.INVALID_ARGUMENT, "请求格式不正确"),
+    Reason.TOO_MANY_REQUESTS: _Meaning(Code.RESOURCE_EXHAUSTED, "当前访问人数较多，请稍后重试"),
 }
 
 

@@ -1,10 +1,11 @@
 """Validation and normalisation of identifiers every service meets: phones, emails,
-subject (project) numbers and tax authority codes."""
+subject (project) numbers, tax authority codes and the provinces of the bureaus."""
 
 from __future__ import annotations
 
 import re
 
+from etax_platform.documents import MAINLAND_PROVINCES
 from etax_platform.errors import DomainError, Reason, invalid
 
 _MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}")
@@ -52,3 +53,10 @@ def require_tax_authority_code(code: str, field_name: str, message: str | None =
     if not _TAX_AUTHORITY_CODE.fullmatch(code):
         raise invalid(field_name, message=message)
     return code
+
+
+def require_province(province: str, field_name: str = "province") -> str:
+    """A mainland province code (GB/T 2260, two digits): each is a provincial bureau (A3)."""
+    if province not in MAINLAND_PROVINCES:
+        raise invalid(field_name, message="请选择正确的省份")
+    return province

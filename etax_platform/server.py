@@ -7,10 +7,21 @@ and the slow work (Argon2id) releases the GIL in a bounded pool of its own.
 Every server gets: health per service name, reflection v1 and v1alpha (grpcurl, ghz),
 request ids, one log line per call, the single domain-error mapping, and a graceful
 shutdown on SIGTERM (health turns NOT_SERVING, in-flight calls get `grace_seconds`).
+
+One interceptor does, for every call, what no servicer should repeat:
+- parses the request itself, so bytes that do not decode (or a string that is not UTF-8)
+  are INVALID_ARGUMENT / MALFORMED_REQUEST, never INTERNAL with a traceback;
+- enforces the RPC's policy from the contract (`etax_platform.policy`): a session-bearing
+  RPC gets a verified, unrevoked session or UNAUTHENTICATED; an internal RPC is refused if
+  a public gateway routed it; the caller and the gateway's province go into the call's
+  context (`policy.caller()`, `policy.province_for()`);
+- admits server streams into slots of their own (`max_streams`, beyond the `max_workers`
+  threads for unary calls), so long-lived watches never take the threads unary calls need.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,6 +42,17 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.observability import request_id
+from etax_platform.policy import (
+    GATEWAY_HEADER,
+    PROVINCE_HEADER,
+    Access,
+    CallContext,
+    RpcPolicy,
+    SessionAuthenticator,
+    calling,
+    service_policies,
+    undeclared,
+)
 from etax_platform.settings import ServiceSettings
 
 log = logging.getLogger("etax.rpc")
@@ -48,21 +70,127 @@ class Registration:
     add: Callable[[grpc.Server], None]
 
 
-def _request_id_of(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return os.urandom(12).hex()
+class _Metadata:
+    """The request headers the interceptor reads, in one pass over the metadata."""
+
+    __slots__ = ("gateway", "province", "request_id", "token")
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.request_id = ""
+        self.token: str | None = None
+        self.province = ""
+        self.gateway = ""
+        for key, value in context.invocation_metadata() or ():
+            if not isinstance(value, str):
+                continue
+            if key == REQUEST_ID_HEADER and 0 < len(value) <= 128:
+                self.request_id = value
+            elif key == "authorization" and value.startswith("Bearer "):
+                self.token = value[len("Bearer ") :].strip() or None
+            elif key == PROVINCE_HEADER:
+                self.province = value.strip()
+            elif key == GATEWAY_HEADER:
+                self.gateway = value
+        if not self.request_id:
+            self.request_id = os.urandom(12).hex()
+
+
+class _Admission:
+    """What the contract says a call needs, checked before the servicer runs."""
+
+    def __init__(self, policy: RpcPolicy | None, authenticator: SessionAuthenticator | None):
+        self._policy = policy
+        self._authenticator = authenticator
+
+    def admit(self, headers: _Metadata) -> CallContext:
+        policy = self._policy
+        if policy is None:  # health, reflection
+            return CallContext(gateway_province=headers.province)
+        if policy.access is Access.INTERNAL and headers.gateway == "public":
+            # The public listener never routes these; refuse even if one were misrouted.
+            raise DomainError(Reason.PERMISSION_DENIED)
+        claims = None
+        if policy.access is Access.ANONYMOUS and headers.token and self._authenticator:
+            # Not needed, but known to the RPC if valid (Logout); never a reason to fail.
+            with contextlib.suppress(DomainError):
+                claims = self._authenticator.session(headers.token)
+        elif policy.needs_session:
+            if headers.token is None:
+                raise DomainError(Reason.UNAUTHENTICATED)
+            assert self._authenticator is not None  # checked when the host was built
+            if policy.access is Access.SESSION:
+                claims = self._authenticator.session(headers.token)
+            else:
+                claims = self._authenticator.trusted_app(headers.token)
+        return CallContext(claims=claims, token=headers.token, gateway_province=headers.province)
+
+
+class _StreamSlots:
+    """At most `size` server streams at once; the next one is RESOURCE_EXHAUSTED."""
+
+    def __init__(self, size: int) -> None:
+        self._free = threading.BoundedSemaphore(size)
+
+    def take(self) -> None:
+        if not self._free.acquire(blocking=False):
+            raise DomainError(Reason.TOO_MANY_REQUESTS, metadata={"limit": "streams"})
+
+    def give_back(self) -> None:
+        self._free.release()
+
+
+class _MalformedLog:
+    """At most one WARNING per method every `every` seconds, with how many were seen."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self._every = every
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def note(self, method: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._count[method] = self._count.get(method, 0) + 1
+            if now - self._last.get(method, float("-inf")) < self._every:
+                return
+            self._last[method] = now
+            count = self._count.pop(method)
+        log.warning("rpc %s: %d malformed request(s)", method, count)
+
+
+_malformed = _MalformedLog()
+
+
+def _parser(method: str, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def parse(raw: bytes) -> Any:
+        if deserialize is None:
+            return raw
+        try:
+            return deserialize(raw)
+        except Exception:  # DecodeError, invalid UTF-8, anything the parser refuses
+            _malformed.note(method)
+            raise DomainError(Reason.MALFORMED_REQUEST) from None
+
+    return parse
 
 
 class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Request id, one log line per call, and DomainError -> status.
+    """Parsing, policy, stream slots, request id, one log line per call, errors -> status.
 
     The request id comes from the caller's x-request-id (or is made up) and goes back in
     the trailing metadata, so a user's error report can be found in the logs.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        policies: Sequence[RpcPolicy],
+        authenticator: SessionAuthenticator | None,
+        streams: _StreamSlots,
+    ) -> None:
+        self._policies = {p.path: p for p in policies}
+        self._authenticator = authenticator
+        self._streams = streams
         # Handlers never change after start, so each method is wrapped once, not per call.
         self._wrapped: dict[str, Any] = {}
 
@@ -77,17 +205,24 @@ class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 self._wrapped[method] = wrapped
         return wrapped
 
-    @staticmethod
-    def _wrap(method: str, handler: Any) -> Any:
+    def _wrap(self, method: str, handler: Any) -> Any:
         if handler is None:
             return None
+        admission = _Admission(self._policies.get(method), self._authenticator)
+        parse = _parser(method, handler.request_deserializer)
         if handler.unary_unary:
-            return handler._replace(unary_unary=_unary(method, handler.unary_unary))
+            return handler._replace(
+                request_deserializer=None,
+                unary_unary=_unary(method, handler.unary_unary, parse, admission),
+            )
         if handler.unary_stream:
-            return handler._replace(unary_stream=_streaming(method, handler.unary_stream))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=_streaming(method, handler.stream_stream))
-        return handler
+            return handler._replace(
+                request_deserializer=None,
+                unary_stream=_streaming(
+                    method, handler.unary_stream, parse, admission, self._streams
+                ),
+            )
+        return handler  # client streams: reflection only, not ours
 
 
 def _fail(context: grpc.ServicerContext, method: str, rid: str, error: Exception) -> None:
@@ -117,13 +252,21 @@ def _dependency_failure(error: Exception) -> DomainError | None:
     return DomainError(Reason.PROVIDER_UNAVAILABLE, metadata={"dependency": dependency})
 
 
-def _unary(method: str, behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
-        rid = _request_id_of(context)
+def _unary(
+    method: str,
+    behaviour: Callable[[Any, Any], Any],
+    parse: Callable[[bytes], Any],
+    admission: _Admission,
+) -> Callable[[Any, Any], Any]:
+    def call(raw: bytes, context: grpc.ServicerContext) -> Any:
+        headers = _Metadata(context)
+        rid = headers.request_id
         token = request_id.set(rid)
         started = time.perf_counter()
         try:
-            response = behaviour(request, context)
+            request = parse(raw)
+            with calling(admission.admit(headers)):
+                response = behaviour(request, context)
         except Exception as error:
             _fail(context, method, rid, error)
         else:
@@ -138,20 +281,47 @@ def _unary(method: str, behaviour: Callable[[Any, Any], Any]) -> Callable[[Any, 
 
 
 def _streaming(
-    method: str, behaviour: Callable[[Any, Any], Iterator[Any]]
+    method: str,
+    behaviour: Callable[[Any, Any], Iterator[Any]],
+    parse: Callable[[bytes], Any],
+    admission: _Admission,
+    slots: _StreamSlots,
 ) -> Callable[[Any, Any], Iterator[Any]]:
-    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        rid = _request_id_of(context)
+    def call(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+        headers = _Metadata(context)
+        rid = headers.request_id
         token = request_id.set(rid)
+        holding = False
         try:
-            yield from behaviour(request, context)
+            request = parse(raw)
+            with calling(admission.admit(headers)):
+                slots.take()
+                holding = True
+                yield from behaviour(request, context)
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         except Exception as error:
             _fail(context, method, rid, error)
         finally:
+            if holding:
+                slots.give_back()
             request_id.reset(token)
 
     return call
+
+
+def _declared_policies(service_names: Sequence[str]) -> list[RpcPolicy]:
+    """The policies of the registered services that are in the contract (test probes and
+    grpc's own services are not); refuses an RPC without one."""
+    found: list[RpcPolicy] = []
+    for name in service_names:
+        try:
+            found += service_policies(name)
+        except KeyError:
+            continue
+    missing = undeclared(found)
+    if missing:
+        raise ValueError(f"RPCs without a policy in the contract: {', '.join(missing)}")
+    return found
 
 
 class _ReflectionV1:
@@ -209,6 +379,7 @@ class GrpcHost:
         settings: ServiceSettings,
         registrations: Sequence[Registration],
         *,
+        authenticator: SessionAuthenticator | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
     ) -> GrpcHost:
         """A service's host on its own settings: address, workers, shutdown grace."""
@@ -217,7 +388,9 @@ class GrpcHost:
             host=settings.host,
             port=settings.port,
             max_workers=settings.max_workers,
+            max_streams=settings.max_streams,
             grace_seconds=settings.grace_seconds,
+            authenticator=authenticator,
             on_stop=on_stop,
         )
 
@@ -228,22 +401,34 @@ class GrpcHost:
         host: str = "127.0.0.1",
         port: int = 0,
         max_workers: int = 64,
+        max_streams: int = 256,
         grace_seconds: float = 5.0,
+        authenticator: SessionAuthenticator | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.stopping = threading.Event()
         self._grace = grace_seconds
         self._on_stop = list(on_stop)
-        self._executor = futures.ThreadPoolExecutor(max_workers, thread_name_prefix="rpc")
+        policies = _declared_policies([r.service_name for r in registrations])
+        if authenticator is None and any(p.needs_session for p in policies):
+            raise ValueError("a service with session-bearing RPCs needs an authenticator")
+        self._authenticator = authenticator
+        if authenticator is not None:
+            self._on_stop.append(authenticator.close)
+        # Streams hold a thread each for as long as they last: they get threads of their
+        # own on top of the unary workers, and no more than that many at once.
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers + max_streams, thread_name_prefix="rpc"
+        )
         self.server = grpc.server(
             self._executor,
-            interceptors=[_CallInterceptor()],
+            interceptors=[_CallInterceptor(policies, authenticator, _StreamSlots(max_streams))],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=max_workers * 16,
+            maximum_concurrent_rpcs=max_workers * 16 + max_streams,
         )
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
@@ -268,6 +453,8 @@ class GrpcHost:
         self.address = f"{host}:{self.port}"
 
     def start(self) -> GrpcHost:
+        if self._authenticator is not None:
+            self._authenticator.revocations.start()
         self.server.start()
         for name in ["", *self.service_names]:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

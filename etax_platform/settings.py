@@ -80,8 +80,13 @@ class ServiceSettings(BaseSettings):
     port: int = Field(ge=0, le=65535)
     # Empty: a SQLite file <data_dir>/<service>.sqlite3 (the embedded default).
     database_url: str = ""
+    # Threads for unary calls; server streams (WatchTicket) get max_streams threads of
+    # their own, and a stream beyond them is RESOURCE_EXHAUSTED.
     max_workers: int = Field(default=64, ge=2, le=1024)
+    max_streams: int = Field(default=256, ge=1, le=4096)
     grace_seconds: float = Field(default=5.0, ge=0)
+    # Global revocation: how often a process rereads the sessions revoked elsewhere.
+    revocation_poll_seconds: float = Field(default=0.25, gt=0, le=1)
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
 
     def database_url_for(self, service: str) -> str:

@@ -14,6 +14,7 @@ from etax_platform.clock import Clock, SystemClock
 from etax_platform.db import Database
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
+from etax_platform.policy import SessionAuthenticator
 from etax_platform.server import GrpcHost, Registration
 from services.auth.account import AccountCenter
 from services.auth.audit import AuditLog
@@ -100,7 +101,6 @@ def build(
     lookup = AccountLookup(accounts)
     sessions = Sessions(
         database=database,
-        store=store,
         personal_data=personal_data,
         keys=keys,
         audit=audit,
@@ -109,6 +109,7 @@ def build(
             access_token_ttl=access_ttl,
             refresh_token_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
         ),
+        revocation_poll_seconds=settings.revocation_poll_seconds,
     )
 
     def flows(kind: str, ttl_seconds: int, id_field: str) -> Flows:
@@ -203,8 +204,15 @@ def build(
         recovery=recovery,
         keys=keys,
     )
-    account_servicer = AccountServicer(registrations, account, sessions.caller, clock)
-    internal_servicer = InternalAuthServicer(internal, legacy, keys, clock)
+    account_servicer = AccountServicer(registrations, account, clock)
+    internal_servicer = InternalAuthServicer(internal, legacy, keys, sessions, clock)
+    # Sessions of the personal income tax APP may confirm a QR login (Q17).
+    trusted_issuers = (
+        {trusted.issuer: lambda token: trusted.document(token, clock.now())}
+        if trusted is not None
+        else {}
+    )
+    authenticator = SessionAuthenticator(sessions.verifier, sessions.revocations, trusted_issuers)
     return GrpcHost.for_service(
         settings,
         [
@@ -227,5 +235,6 @@ def build(
                 ),
             ),
         ],
+        authenticator=authenticator,
         on_stop=[hasher.close, audit.close, database.dispose, *owned],
     )

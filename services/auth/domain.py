@@ -16,14 +16,17 @@ from datetime import datetime
 from etax_platform.clock import CST, from_millis, to_millis
 from etax_platform.documents import (
     HALL_FIRST_TYPES,
-    MAINLAND_PROVINCES,
     OVERSEAS_TYPES,
     Document,
     DocumentType,
     looks_like_document,
 )
 from etax_platform.errors import DomainError, Reason, invalid
-from etax_platform.identifiers import normalize_phone, require_tax_authority_code
+from etax_platform.identifiers import (
+    normalize_phone,
+    require_province,
+    require_tax_authority_code,
+)
 
 # B1, B2: registered with a face check (or collected by the hall). B3: migrated without one.
 LEVEL_FACE_VERIFIED = 4
@@ -60,12 +63,6 @@ def require_id(value: str, field_name: str) -> str:
     if not _ID.fullmatch(value):
         raise invalid(field_name)
     return value
-
-
-def require_province(province: str, field_name: str = "province") -> str:
-    if province not in MAINLAND_PROVINCES:
-        raise invalid(field_name, message="请选择正确的省份")
-    return province
 
 
 def normalize_name(raw: str, field_name: str = "identity.name") -> str:

@@ -153,7 +153,7 @@ class Recovery:
                     self._accounts.claim_phone_in(session, flow.person_id, claim, now)
                 live = self._sessions.revoke_person_in(session, flow.person_id, "password_reset")
                 self._audit.insert(session, event)
-            self._sessions.mark_revoked(live)
+            self._sessions.revoked(live)
             self._resets.consume(reset_id)
         if proven_by == "sms":
             # E1: forgot password clears the password level (face cleared every level).

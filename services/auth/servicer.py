@@ -3,28 +3,25 @@ protobuf in, domain values to the use cases, protobuf out. Nothing else lives he
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 
 import grpc
 from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.common.v1 import types_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from etax_platform.clock import Clock, to_timestamp
+from etax_platform.clock import Clock, optional_instant, to_timestamp
 from etax_platform.documents import Document, parse_document
 from etax_platform.enterprise_codes import normalize_enterprise_code
 from etax_platform.errors import invalid
-from etax_platform.gateway import PROVINCE_HEADER
-from etax_platform.identifiers import normalize_phone
+from etax_platform.identifiers import normalize_phone, require_province
 from etax_platform.pii import mask_document, mask_email, mask_name, mask_phone
-from etax_platform.tokens import AccessClaims, bearer_token
+from etax_platform.policy import caller, optional_caller, presented_token, province_for
 from services.auth.account import AccountCenter
 from services.auth.dependencies import FaceChallenge
 from services.auth.domain import (
     PhoneRecord,
     normalize_name,
-    require_province,
     require_tax_authority,
 )
 from services.auth.internal import InternalAccounts
@@ -36,7 +33,6 @@ from services.auth.recovery import Recovery
 from services.auth.registration import Completion, Registrations
 from services.auth.sessions import IssuedSession, Sessions
 
-Caller = Callable[[grpc.ServicerContext], AccessClaims]
 _SECOND_STEPS = {
     SMS_STEP: auth_pb2.SECOND_STEP_SMS_CODE,
     SCAN_STEP: auth_pb2.SECOND_STEP_SCAN_VERIFICATION,
@@ -82,32 +78,6 @@ def _phone(phone: PhoneRecord) -> auth_pb2.Phone:
         is_default=phone.is_default,
         verified_at=_timestamp(phone.verified_at),
     )
-
-
-def _gateway_province(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == PROVINCE_HEADER and isinstance(value, str):
-            return value.strip()
-    return ""
-
-
-def province_of(
-    context: grpc.ServicerContext, requested: str, field: str = "province", *, required: bool
-) -> str:
-    """A3: the province of the bureau the request came through. The gateway says so in
-    x-etax-province (clients cannot set it); a direct caller names it in the request. A
-    request naming another province than its gateway's is refused."""
-    through = _gateway_province(context)
-    if requested.strip():
-        province = require_province(requested.strip(), field)
-        if through and through != province:
-            raise invalid(field, message="请在所选省份的电子税务局办理")
-        return province
-    if through:
-        return require_province(through, field)
-    if required:
-        return require_province("", field)
-    return ""
 
 
 def _session(issued: IssuedSession) -> auth_pb2.Session:
@@ -161,7 +131,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
             request.account,
             request.password,
             target,
-            province_of(context, request.province, required=True),
+            province_for(request.province, required=True),
         )
         return auth_pb2.StartLoginResponse(
             challenge_id=started.challenge_id,
@@ -204,7 +174,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         challenge_id, face = self._logins.start_subject_face(
             request.subject_type,
             request.subject_number,
-            province_of(context, request.province, required=True),
+            province_for(request.province, required=True),
         )
         return auth_pb2.StartSubjectFaceLoginResponse(challenge_id=challenge_id, face=_face(face))
 
@@ -213,7 +183,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     def CreateQrLogin(
         self, request: auth_pb2.CreateQrLoginRequest, context: grpc.ServicerContext
     ) -> auth_pb2.CreateQrLoginResponse:
-        created = self._qr.create(province_of(context, request.province, required=True))
+        created = self._qr.create(province_for(request.province, required=True))
         return auth_pb2.CreateQrLoginResponse(
             qr_login_id=created.qr_login_id,
             qr_payload=created.qr_payload,
@@ -223,7 +193,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     def ConfirmQrLogin(
         self, request: auth_pb2.ConfirmQrLoginRequest, context: grpc.ServicerContext
     ) -> auth_pb2.ConfirmQrLoginResponse:
-        self._qr.confirm(bearer_token(context), request.qr_payload)
+        self._qr.confirm(presented_token(), request.qr_payload)
         return auth_pb2.ConfirmQrLoginResponse()
 
     def GetQrLogin(
@@ -240,7 +210,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     def LegacyLogin(
         self, request: auth_pb2.LegacyLoginRequest, context: grpc.ServicerContext
     ) -> auth_pb2.LegacyLoginResponse:
-        province = province_of(context, request.province, required=True)
+        province = province_for(request.province, required=True)
         code = normalize_enterprise_code(request.enterprise_code)
         issued = self._legacy.login(code, request.password, province)
         return auth_pb2.LegacyLoginResponse(session=_session(issued))
@@ -256,15 +226,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     def Logout(
         self, request: auth_pb2.LogoutRequest, context: grpc.ServicerContext
     ) -> auth_pb2.LogoutResponse:
-        token = bearer_token(context)
-        claims = self._sessions.verifier.verify(token) if token else None
-        self._sessions.logout(claims, request.refresh_token)
+        self._sessions.logout(optional_caller(), request.refresh_token)
         return auth_pb2.LogoutResponse()
 
     def SwitchIdentity(
         self, request: auth_pb2.SwitchIdentityRequest, context: grpc.ServicerContext
     ) -> auth_pb2.SwitchIdentityResponse:
-        claims = self._sessions.caller(context)
+        claims = caller()
         requested = request.target
         if requested.province.strip() and requested.province.strip() != claims.province:
             raise invalid("target.province", message="只能切换到本次登录省份的身份")
@@ -293,7 +261,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.StartPasswordResetRequest, context: grpc.ServicerContext
     ) -> auth_pb2.StartPasswordResetResponse:
         started = self._recovery.start_reset(
-            request.account, province_of(context, request.province, required=False)
+            request.account, province_for(request.province, required=False)
         )
         return auth_pb2.StartPasswordResetResponse(
             reset_id=started.reset_id,
@@ -329,7 +297,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.StartPhoneRecoveryRequest, context: grpc.ServicerContext
     ) -> auth_pb2.StartPhoneRecoveryResponse:
         flow = self._recovery.start_phone_recovery(
-            request.account, request.password, province_of(context, "", required=False)
+            request.account, request.password, province_for("", required=False)
         )
         return auth_pb2.StartPhoneRecoveryResponse(
             recovery_id=flow.flow_id, expires_at=to_timestamp(flow.expires_at)
@@ -347,7 +315,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.StartFaceUnlockRequest, context: grpc.ServicerContext
     ) -> auth_pb2.StartFaceUnlockResponse:
         unlock_id, face = self._recovery.start_face_unlock(
-            request.account, province_of(context, "", required=False)
+            request.account, province_for("", required=False)
         )
         return auth_pb2.StartFaceUnlockResponse(unlock_id=unlock_id, face=_face(face))
 
@@ -363,16 +331,15 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):  # type: ignore[mis
         self,
         registrations: Registrations,
         account: AccountCenter,
-        caller: Caller,
         clock: Clock,
     ) -> None:
         self._registrations = registrations
         self._account = account
-        self._caller = caller
         self._convert = _Convert(clock)
 
-    def _person_id(self, context: grpc.ServicerContext) -> str:
-        return self._caller(context).person_id
+    @staticmethod
+    def _person_id(context: grpc.ServicerContext) -> str:
+        return caller().person_id
 
     def StartRegistration(
         self, request: auth_pb2.StartRegistrationRequest, context: grpc.ServicerContext
@@ -494,12 +461,24 @@ class InternalAuthServicer(auth_pb2_grpc.InternalAuthServiceServicer):  # type: 
         internal: InternalAccounts,
         legacy: LegacyLogins,
         keys: SigningKeys,
+        sessions: Sessions,
         clock: Clock,
     ) -> None:
         self._internal = internal
         self._legacy = legacy
         self._keys = keys
+        self._sessions = sessions
         self._convert = _Convert(clock)
+
+    def ListRevokedSessions(
+        self, request: auth_pb2.ListRevokedSessionsRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ListRevokedSessionsResponse:
+        found = self._sessions.revoked_since(optional_instant(request, "since"))
+        retain_for = duration_pb2.Duration()
+        retain_for.FromTimedelta(found.retain_for)
+        return auth_pb2.ListRevokedSessionsResponse(
+            session_ids=found.session_ids, as_of=to_timestamp(found.as_of), retain_for=retain_for
+        )
 
     def ImportLegacyCredential(
         self, request: auth_pb2.ImportLegacyCredentialRequest, context: grpc.ServicerContext

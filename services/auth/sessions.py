@@ -5,10 +5,11 @@
 - Refresh token: `secrets.token_urlsafe(32)`, stored only as its SHA-256, single use: each
   RefreshSession marks it used and issues the next one (same session). A used token shown
   again means two holders; the whole session is revoked (theft detection).
-- Revocation (logout, theft, password reset): the session row is marked, and a marker
-  `auth:revoked:<session id>` goes to the key-value store for as long as an access token
-  of the session can be valid, so auth's own token-bound RPCs refuse it with one store
-  read. Other services trust an access token until it expires (15 minutes).
+- Revocation (logout, theft, password reset): the session row is marked in the same
+  transaction as the rest of the change (all or nothing). Every service refuses the
+  session's access tokens within a second (global revocation, `etax_platform.revocation`):
+  this process knows at once, the others through `revoked_since` (auth's replicas) and
+  `InternalAuthService.ListRevokedSessions` (every other service).
 - The session records the province it came through (A3); persons are not per province.
 """
 
@@ -22,16 +23,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
 from etax.binding.v1 import binding_pb2
 from sqlalchemy import Connection, select, update
 
 from etax_platform.clock import Clock
 from etax_platform.db import Database
 from etax_platform.errors import DomainError, Reason, invalid
-from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData, mask_name
-from etax_platform.tokens import AccessClaims, TokenIssuer, TokenVerifier, require_claims
+from etax_platform.revocation import RevocationList, Revocations
+from etax_platform.tokens import AccessClaims, TokenIssuer, TokenVerifier
 from services.auth.audit import AuditEvent, AuditLog
 from services.auth.keys import SigningKeys
 from services.auth.models import persons, refresh_tokens, sessions
@@ -84,8 +84,9 @@ class SessionPolicy:
     refresh_token_ttl: timedelta = timedelta(hours=12)
 
     @property
-    def marker_ttl(self) -> timedelta:
-        # An access token is accepted up to 30 s after exp (etax_platform.tokens).
+    def revocation_retention(self) -> timedelta:
+        """How long a revoked session's access token can still be presented: an access
+        token is accepted up to 30 s after exp (etax_platform.tokens), and a margin."""
         return self.access_token_ttl + timedelta(minutes=2)
 
 
@@ -122,21 +123,23 @@ class Sessions:
         self,
         *,
         database: Database,
-        store: KeyValueStore,
         personal_data: PersonalData,
         keys: SigningKeys,
         audit: AuditLog,
         clock: Clock,
         policy: SessionPolicy,
+        revocation_poll_seconds: float = 0.25,
     ) -> None:
         self._db = database
-        self._store = store
         self._pd = personal_data
         self._keys = keys
         self._audit = audit
         self._clock = clock
         self.policy = policy
         self.verifier = TokenVerifier(keys.public_jwks, clock)
+        self.revocations = RevocationList(
+            self.revoked_since, poll_seconds=revocation_poll_seconds, name="auth-revocations"
+        )
 
     # --- issuing ---------------------------------------------------------------------------
 
@@ -310,7 +313,7 @@ class Sessions:
                     self._audit.insert(session, event)
                     issued = self._reissue(row, identity, new_token, now)
         if outcome == "reused" and event.session_id:
-            self._mark_revoked([event.session_id])
+            self.revoked([event.session_id])
         if issued is None:
             event.outcome, event.reason = "refused", f"refresh_token_{outcome}"
             self._audit.record(event)
@@ -362,7 +365,7 @@ class Sessions:
 
     def revoke_person_in(self, session: Connection, person_id: str, reason: str) -> list[str]:
         """Revokes every session of the person in the caller's transaction; returns those
-        whose access tokens may still be valid (pass them to mark_revoked after commit)."""
+        whose access tokens may still be valid (pass them to `revoked` after commit)."""
         now = self._clock.now()
         revoked = session.execute(
             update(sessions)
@@ -370,15 +373,24 @@ class Sessions:
             .values(revoked_at=now, revoked_reason=reason)
             .returning(sessions.c.id, sessions.c.last_issued_at)
         ).all()
-        recent = now - self.policy.marker_ttl
+        recent = now - self.policy.revocation_retention
         return [row.id for row in revoked if row.last_issued_at > recent]
 
-    def _mark_revoked(self, session_ids: list[str]) -> None:
-        for session_id in session_ids:
-            self._store.create(f"auth:revoked:{session_id}", b"1", self.policy.marker_ttl)
+    def revoked(self, session_ids: list[str]) -> None:
+        """Sessions whose revocation just committed: refused in this process at once."""
+        self.revocations.add(session_ids, self.policy.revocation_retention)
 
-    def mark_revoked(self, session_ids: list[str]) -> None:
-        self._mark_revoked(session_ids)
+    def revoked_since(self, since: datetime | None) -> Revocations:
+        """The revocation feed: sessions revoked at or after `since` (default: every one
+        whose access tokens may still be presented)."""
+        now = self._clock.now()
+        retention = self.policy.revocation_retention
+        start = max(since, now - retention) if since is not None else now - retention
+        with self._db.reading() as connection:
+            ids = connection.scalars(
+                select(sessions.c.id).where(sessions.c.revoked_at >= start)
+            ).all()
+        return Revocations(session_ids=ids, as_of=now, retain_for=retention)
 
     def logout(self, claims: AccessClaims | None, refresh_token: str) -> None:
         """Ends the session of the access token and, if given, the refresh token's."""
@@ -412,23 +424,14 @@ class Sessions:
                     detail={"why": "logout"},
                 )
                 self._audit.insert(session, event)
-        self._mark_revoked(ids)
+        self.revoked(ids)
 
     # --- callers ---------------------------------------------------------------------------
 
-    def is_revoked(self, session_id: str) -> bool:
-        return self._store.get(f"auth:revoked:{session_id}") is not None
-
-    def caller(self, context: grpc.ServicerContext) -> AccessClaims:
-        """The verified caller of a token-bound RPC whose session has not been revoked."""
-        claims = require_claims(self.verifier, context)
-        if self.is_revoked(claims.session_id):
-            raise DomainError(Reason.UNAUTHENTICATED)
-        return claims
-
     def verify(self, token: str) -> AccessClaims:
+        """The claims of one of auth's access tokens whose session is not revoked."""
         claims = self.verifier.verify(token)
-        if self.is_revoked(claims.session_id):
+        if self.revocations.is_revoked(claims.session_id):
             raise DomainError(Reason.UNAUTHENTICATED)
         return claims
 

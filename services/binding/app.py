@@ -11,6 +11,8 @@ from etax_platform.clients import open_channel
 from etax_platform.clock import Clock, SystemClock
 from etax_platform.db import Database
 from etax_platform.pii import PersonalData
+from etax_platform.policy import SessionAuthenticator
+from etax_platform.revocation import RevocationList
 from etax_platform.server import GrpcHost, Registration
 from etax_platform.tokens import TokenVerifier
 from services.binding.service import Auth, BindingService
@@ -40,7 +42,13 @@ def build(
     channel = auth_channel or open_channel(settings.auth_target)
     auth = Auth(channel, settings.auth_timeout_seconds)
     service = BindingService(database, personal_data, clock, auth)
-    public = BindingServicer(service, TokenVerifier(auth.public_keys, clock))
+    public = BindingServicer(service)
+    # Binding verifies access tokens itself (internal callers bypass the gateway), and
+    # refuses those of sessions auth revoked (global revocation).
+    authenticator = SessionAuthenticator(
+        TokenVerifier(auth.public_keys, clock),
+        RevocationList(auth.revoked_since, poll_seconds=settings.revocation_poll_seconds),
+    )
     internal = InternalBindingServicer(service)
     on_stop = [database.dispose]
     if auth_channel is None:
@@ -61,5 +69,6 @@ def build(
                 ),
             ),
         ],
+        authenticator=authenticator,
         on_stop=on_stop,
     )

@@ -38,11 +38,12 @@ from sqlalchemy import (
 )
 
 from etax_platform.clients import call
-from etax_platform.clock import Clock, from_millis, to_millis
+from etax_platform.clock import Clock, from_millis, from_timestamp, to_millis, to_timestamp
 from etax_platform.db import Database, dialect_insert
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_document, mask_name
+from etax_platform.revocation import Revocations
 from services.binding import domain
 from services.binding.domain import (
     ACTIVE,
@@ -156,6 +157,20 @@ class Auth:
             {"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.use}
             for k in response.keys
         ]
+
+    def revoked_since(self, since: datetime | None) -> Revocations:
+        """Auth's revocation feed (global revocation: etax_platform.revocation)."""
+        request = auth_pb2.ListRevokedSessionsRequest()
+        if since is not None:
+            request.since.CopyFrom(to_timestamp(since))
+        response = call(
+            self._internal.ListRevokedSessions, request, timeout=self._timeout, dependency="auth"
+        )
+        return Revocations(
+            session_ids=list(response.session_ids),
+            as_of=from_timestamp(response.as_of),
+            retain_for=response.retain_for.ToTimedelta(),
+        )
 
 
 class PersonDirectory:

@@ -16,7 +16,8 @@ from etax.common.v1 import types_pb2
 from etax_platform.clock import optional_instant
 from etax_platform.errors import invalid
 from etax_platform.identifiers import normalize_subject_number
-from etax_platform.tokens import AccessClaims, TokenVerifier, require_claims
+from etax_platform.policy import caller
+from etax_platform.tokens import AccessClaims
 from services.binding import domain
 from services.binding.service import BindingService
 
@@ -97,12 +98,12 @@ def _province_or_session(raw: str, claims: AccessClaims) -> str:
 
 
 class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[misc]
-    def __init__(self, service: BindingService, verifier: TokenVerifier) -> None:
+    def __init__(self, service: BindingService) -> None:
         self._service = service
-        self._verifier = verifier
 
-    def _person_id(self, context: grpc.ServicerContext) -> str:
-        return require_claims(self._verifier, context).person_id
+    @staticmethod
+    def _person_id(context: grpc.ServicerContext) -> str:
+        return caller().person_id
 
     def ApplyForAuthorization(
         self, request: pb.ApplyForAuthorizationRequest, context: grpc.ServicerContext
@@ -181,7 +182,7 @@ class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[
     def ListMyIdentities(
         self, request: pb.ListMyIdentitiesRequest, context: grpc.ServicerContext
     ) -> pb.ListMyIdentitiesResponse:
-        claims = require_claims(self._verifier, context)
+        claims = caller()
         identities = self._service.identities(
             claims.person_id, _province_or_session(request.province, claims)
         )
@@ -190,7 +191,7 @@ class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[
     def SearchSubjects(
         self, request: pb.SearchSubjectsRequest, context: grpc.ServicerContext
     ) -> pb.SearchSubjectsResponse:
-        claims = require_claims(self._verifier, context)
+        claims = caller()
         subjects = self._service.search_subjects(
             claims.person_id,
             domain.subject_type(request.subject_type, "subject_type", required=False),
@@ -202,7 +203,7 @@ class BindingServicer(binding_pb2_grpc.BindingServiceServicer):  # type: ignore[
     def ListRelatedProjects(
         self, request: pb.ListRelatedProjectsRequest, context: grpc.ServicerContext
     ) -> pb.ListRelatedProjectsResponse:
-        claims = require_claims(self._verifier, context)
+        claims = caller()
         projects = self._service.related_projects(
             claims.person_id, _province_or_session(request.province, claims)
         )

@@ -62,6 +62,7 @@ def build(
         max_mismatches=settings.max_mismatches,
         capture_hold=settings.capture_hold,
         watch_poll_seconds=settings.watch_poll_seconds,
+        max_watchers_per_ticket=settings.max_watchers_per_ticket,
     )
     host: GrpcHost | None = None
 

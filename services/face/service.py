@@ -12,7 +12,9 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -72,6 +74,32 @@ class Collected:
     state: domain.TicketState
 
 
+class _Watchers:
+    """Open watches per ticket in this process, at most `per_ticket` each: a page that
+    opens watch after watch (or a script that does) is refused, not served."""
+
+    def __init__(self, per_ticket: int) -> None:
+        self._per_ticket = per_ticket
+        self._open: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def watching(self, ticket_id: str) -> Iterator[None]:
+        with self._lock:
+            if self._open[ticket_id] >= self._per_ticket:
+                raise DomainError(
+                    Reason.TOO_MANY_REQUESTS, metadata={"limit": "watchers_per_ticket"}
+                )
+            self._open[ticket_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[ticket_id] -= 1
+                if not self._open[ticket_id]:
+                    del self._open[ticket_id]
+
+
 class FaceService:
     def __init__(
         self,
@@ -86,6 +114,7 @@ class FaceService:
         max_mismatches: int = 3,
         capture_hold: timedelta = timedelta(seconds=30),
         watch_poll_seconds: float = 0.2,
+        max_watchers_per_ticket: int = 4,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -97,6 +126,7 @@ class FaceService:
         self._max_mismatches = max_mismatches
         self._capture_hold = capture_hold
         self._watch_poll = watch_poll_seconds
+        self._watchers = _Watchers(max_watchers_per_ticket)
         self._store_ttl = ticket_ttl + proof_ttl + _RETENTION
 
     # --- helpers -------------------------------------------------------------------------
@@ -178,17 +208,18 @@ class FaceService:
         domain.check_ticket_id(ticket_id)
         give_up_at = time.monotonic() + (self._ticket_ttl + self._proof_ttl).total_seconds()
         last: TicketView | None = None
-        while True:
-            current = domain.view(self._load(ticket_id), self._clock.now())
-            if current != last:
-                yield current
-                last = current
-            if current.is_final:
-                return
-            if stopping.wait(self._watch_poll) or not active():
-                return
-            if time.monotonic() > give_up_at:
-                return
+        with self._watchers.watching(ticket_id):
+            while True:
+                current = domain.view(self._load(ticket_id), self._clock.now())
+                if current != last:
+                    yield current
+                    last = current
+                if current.is_final:
+                    return
+                if stopping.wait(self._watch_poll) or not active():
+                    return
+                if time.monotonic() > give_up_at:
+                    return
 
     def scan_ticket(self, qr_payload: str) -> ScanResult:
         now = self._clock.now()

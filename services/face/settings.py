@@ -30,6 +30,9 @@ class FaceSettings(ServiceSettings):
     capture_hold_seconds: float = Field(default=30, gt=0)
     # How often a WatchTicket stream looks at the store (see servicer / service docs).
     watch_poll_seconds: float = Field(default=0.2, gt=0, le=5)
+    # Open watches of one ticket in this process (a page and a reload or two); the next
+    # is RESOURCE_EXHAUSTED. All watches of the process: ETAX_FACE_MAX_STREAMS.
+    max_watchers_per_ticket: int = Field(default=4, ge=1, le=1000)
 
     provider: Literal["simulator", "http"] = "simulator"
     # Simulator: how long a capture starting with b"slow" takes.

@@ -78,7 +78,7 @@ def test_a1_c1_change_password_needs_the_old_one_and_the_policy(auth: Auth) -> N
     person_id = auth.register()
     failure = failure_of(_change, auth, person_id, "Wrong.pass1", "New.pass12")
     assert (failure.code, failure.reason, failure.metadata["field"]) == (
-        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "CREDENTIALS_INVALID",
         "old_password",
     )

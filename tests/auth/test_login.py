@@ -90,7 +90,7 @@ def test_e1_wrong_password_says_how_many_attempts_are_left(platform: Platform) -
     person = platform.person()
     failure = failure_of(platform.start, person.document, "Wrong.pass1")
     assert (failure.code, failure.reason, failure.metadata["remaining_attempts"]) == (
-        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "CREDENTIALS_INVALID",
         "4",
     )

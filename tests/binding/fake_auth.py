@@ -1,6 +1,6 @@
-"""A small fake of auth's contract, just what binding calls: InternalAuthService.GetPerson
-and ResolvePerson, AuthService.GetPublicKeys. Served by a real gRPC server on a free port
-until the auth service exists."""
+"""A small fake of auth's contract, just what binding calls: InternalAuthService.GetPerson,
+ResolvePerson and ListRevokedSessions, AuthService.GetPublicKeys. Served by a real gRPC
+server on a free port."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import grpc
 from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.common.v1 import types_pb2
 
+from etax_platform.clock import SystemClock, to_timestamp
 from etax_platform.errors import DomainError, Reason
+from etax_platform.revocation import Revocations
 from etax_platform.server import GrpcHost, Registration
 from etax_platform.tokens import SigningKey
+from tests.harness.sessions import RETAIN, authenticator
 
 
 class FakeAuth:
@@ -22,6 +25,7 @@ class FakeAuth:
         self.signing_key = signing_key
         self.calls: Counter[str] = Counter()
         self._persons: dict[str, auth_pb2.Person] = {}
+        self._revoked: list[str] = []
         self._lock = threading.Lock()
         internal = _Internal(self)
         public = _Public(self)
@@ -40,6 +44,11 @@ class FakeAuth:
             ],
             port=0,
             max_workers=8,
+            # Its own session-bearing RPCs are not implemented, but its host checks
+            # sessions as every host does.
+            authenticator=authenticator(
+                lambda: [signing_key.public_jwk()], lambda: list(self._revoked)
+            ),
         ).start()
         self.address = self.host.address
 
@@ -66,6 +75,15 @@ class FakeAuth:
                     return person.person_id
         return None
 
+    def revoke(self, session_id: str) -> None:
+        """Logout: the session's tokens are refused by binding within a second."""
+        with self._lock:
+            self._revoked.append(session_id)
+
+    def revocations(self) -> Revocations:
+        with self._lock:
+            return Revocations(list(self._revoked), SystemClock().now(), RETAIN)
+
     def stop(self) -> None:
         self.host.stop(grace=0)
 
@@ -91,6 +109,17 @@ class _Internal(auth_pb2_grpc.InternalAuthServiceServicer):  # type: ignore[misc
         return auth_pb2.ResolvePersonResponse(
             registered=person_id is not None, person_id=person_id or ""
         )
+
+    def ListRevokedSessions(
+        self, request: auth_pb2.ListRevokedSessionsRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.ListRevokedSessionsResponse:
+        self._fake.calls["ListRevokedSessions"] += 1
+        found = self._fake.revocations()
+        response = auth_pb2.ListRevokedSessionsResponse(
+            session_ids=found.session_ids, as_of=to_timestamp(found.as_of)
+        )
+        response.retain_for.FromTimedelta(found.retain_for)
+        return response
 
 
 class _Public(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]

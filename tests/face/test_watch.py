@@ -4,6 +4,7 @@ by the clock, on cancellation and on shutdown (D2, G2)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import grpc
@@ -76,19 +77,51 @@ def test_watch_of_an_unknown_ticket_is_ticket_invalid(face: Face) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_watch_frees_its_thread_when_the_client_cancels(face_factory: FaceFactory) -> None:
-    # Two worker threads: while two streams hold them, nothing else is served.
-    face = face_factory(max_workers=2)
-    ticket_id = face.create().ticket_id
-    streams = [_watch(face, ticket_id) for _ in range(2)]
+def test_watches_have_threads_of_their_own_and_a_cap(face_factory: FaceFactory) -> None:
+    """Issue 11: streams cannot starve a service. Two unary workers and two stream slots:
+    while two watches are open, unary calls are still served and a third watch is refused
+    (RESOURCE_EXHAUSTED); a cancelled watch gives its slot back."""
+    face = face_factory(max_workers=2, max_streams=2, max_watchers_per_ticket=10)
+    tickets = [face.create().ticket_id for _ in range(3)]
+    streams = [_watch(face, ticket_id) for ticket_id in tickets[:2]]
     for stream in streams:
         assert next(stream).ticket.state == S.TICKET_STATE_CREATED
+    for _ in range(3):
+        assert face.get(tickets[0]).state == S.TICKET_STATE_CREATED
     with pytest.raises(grpc.RpcError) as caught:
-        face.public.GetTicket(S.GetTicketRequest(ticket_id=ticket_id), timeout=0.5)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for stream in streams:
+        next(_watch(face, tickets[2]))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert domain_error(caught.value).reason is Reason.TOO_MANY_REQUESTS
+    streams[0].cancel()
+    third = _watch(face, tickets[2])
+    deadline = time.monotonic() + 5
+    while True:  # the cancelled stream's slot comes back within one poll
+        try:
+            assert next(third).ticket.state == S.TICKET_STATE_CREATED
+            break
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+            third = _watch(face, tickets[2])
+    third.cancel()
+    streams[1].cancel()
+
+
+def test_watches_of_one_ticket_are_capped(face_factory: FaceFactory) -> None:
+    face = face_factory(max_watchers_per_ticket=2)
+    ticket_id = face.create().ticket_id
+    open_streams = [_watch(face, ticket_id) for _ in range(2)]
+    for stream in open_streams:
+        assert next(stream).ticket.state == S.TICKET_STATE_CREATED
+    with pytest.raises(grpc.RpcError) as caught:
+        next(_watch(face, ticket_id))
+    assert domain_error(caught.value).reason is Reason.TOO_MANY_REQUESTS
+    # Another ticket is not affected.
+    other = face.create().ticket_id
+    assert next(_watch(face, other)).ticket.state == S.TICKET_STATE_CREATED
+    for stream in open_streams:
         stream.cancel()
-    assert face.get(ticket_id).state == S.TICKET_STATE_CREATED
 
 
 def test_watch_ends_cleanly_on_server_shutdown(face: Face) -> None:

@@ -10,91 +10,111 @@ import pytest
 
 from etax_platform import gateway
 from etax_platform.certs import CertificatePaths
-from etax_platform.gateway import (
-    ANONYMOUS_METHODS,
-    PUBLIC_SERVICES,
-    RATE_LIMITED_METHODS,
-    GatewaySettings,
-    internal_routes,
-    methods,
-    public_routes,
-    validate,
-    write_config,
-)
+from etax_platform.gateway import GatewaySettings, policies_of, validate, write_config
+from etax_platform.gateway.config import _load_descriptor_set
+from etax_platform.gateway.routes import internal_routes, public_routes
+from etax_platform.policy import Access, FloodGuard, RpcPolicy
 from etax_platform.tokens import SigningKey
+
+JWT = "envoy.filters.http.jwt_authn"
+FLOOD_GUARD = "envoy.filters.http.local_ratelimit"
 
 
 @pytest.fixture(scope="module")
-def services() -> dict[str, list[gateway.Method]]:
-    return methods(gateway._load_descriptor_set(GatewaySettings().descriptor))
+def policies() -> list[RpcPolicy]:
+    return policies_of(_load_descriptor_set(GatewaySettings().descriptor))
 
 
 def _settings(certs: CertificatePaths, tmp_path: Path, **overrides: object) -> GatewaySettings:
     return GatewaySettings(certs_dir=certs.directory, output_dir=tmp_path, **overrides)  # type: ignore[arg-type]
 
 
-def test_policy_tables_name_only_existing_public_methods(
-    services: dict[str, list[gateway.Method]],
+def test_every_public_rpc_has_a_route_with_the_policy_of_its_contract(
+    policies: list[RpcPolicy], gateway_certs: CertificatePaths, tmp_path: Path
 ) -> None:
-    """A typo in a table would silently protect or expose the wrong RPC."""
-    public = {m.full_name for s in PUBLIC_SERVICES for m in services[s]}
-    assert public >= ANONYMOUS_METHODS
-    assert set(RATE_LIMITED_METHODS) <= public
-
-
-def test_every_public_rpc_has_a_route_and_session_rpcs_need_a_token(
-    services: dict[str, list[gateway.Method]], gateway_certs: CertificatePaths, tmp_path: Path
-) -> None:
-    routes = {r["name"]: r for r in public_routes(_settings(gateway_certs, tmp_path), services)}
-    public = {m.full_name for s in PUBLIC_SERVICES for m in services[s]}
-    assert set(routes) == public
+    """The gateway's routes, jwt rules and flood guards are the contract's options."""
+    routes = {r["name"]: r for r in public_routes(_settings(gateway_certs, tmp_path), policies)}
+    public = {p.full_name: p for p in policies if p.public}
+    assert set(routes) == set(public)
     for name, route in routes.items():
-        needs_session = "envoy.filters.http.jwt_authn" in route.get("typed_per_filter_config", {})
-        assert needs_session == (name not in ANONYMOUS_METHODS), name
-    # The brief's list, spelled out.
-    for name in [
+        per_filter = route.get("typed_per_filter_config", {})
+        requirement = per_filter.get(JWT, {}).get("requirement_name")
+        expected = {
+            Access.ANONYMOUS: None,
+            Access.SESSION: "session",
+            Access.TRUSTED_APP_SESSION: "trusted_app_session",
+        }[public[name].access]
+        assert requirement == expected, name
+        assert (FLOOD_GUARD in per_filter) == (public[name].flood_guard is not FloodGuard.NONE)
+    # What a client relies on, spelled out.
+    sessions = {p.full_name for p in policies if p.access is Access.SESSION}
+    anonymous = {p.full_name for p in policies if p.access is Access.ANONYMOUS}
+    assert {
         "etax.auth.v1.AuthService/Logout",
         "etax.auth.v1.AuthService/SwitchIdentity",
-        "etax.auth.v1.AuthService/ConfirmQrLogin",
         "etax.auth.v1.AccountService/GetProfile",
         "etax.binding.v1.BindingService/ListMyIdentities",
-    ]:
-        assert name not in ANONYMOUS_METHODS
-    for name in [
+        "etax.binding.v1.BindingService/ApplyForAuthorization",
+    } <= sessions
+    assert {
         "etax.auth.v1.AuthService/StartLogin",
         "etax.auth.v1.AuthService/GetPublicKeys",
         "etax.auth.v1.AccountService/StartRegistration",
         "etax.sms.v1.SmsService/SendCode",
         "etax.face.v1.FaceService/ScanTicket",
-    ]:
-        assert name in ANONYMOUS_METHODS
+    } <= anonymous
+    assert public["etax.auth.v1.AuthService/ConfirmQrLogin"].access is Access.TRUSTED_APP_SESSION
 
 
-def test_no_internal_service_on_the_public_listener(
-    services: dict[str, list[gateway.Method]], gateway_certs: CertificatePaths, tmp_path: Path
+def test_flood_guards_count_per_client_address_and_per_app(
+    policies: list[RpcPolicy], gateway_certs: CertificatePaths, tmp_path: Path
 ) -> None:
-    routes = public_routes(_settings(gateway_certs, tmp_path), services)
-    assert all(r["match"]["path"].split("/")[1] in PUBLIC_SERVICES for r in routes)
-    internal = {r["name"] for r in internal_routes(_settings(gateway_certs, tmp_path), services)}
-    assert {
-        "etax.auth.v1.InternalAuthService",
-        "etax.binding.v1.InternalBindingService",
-        "etax.sms.v1.InternalSmsService",
-        "etax.face.v1.InternalFaceService",
-        *PUBLIC_SERVICES,
-    } <= internal
+    settings = _settings(gateway_certs, tmp_path, login_rate_per_second=7, login_burst=9)
+    routes = {r["name"]: r for r in public_routes(settings, policies)}
+    guard = routes["etax.auth.v1.AuthService/StartLogin"]["typed_per_filter_config"][FLOOD_GUARD]
+    per_client, per_app = guard["descriptors"]
+    assert per_client["entries"] == [{"key": "remote_address", "value": ""}]
+    assert per_client["token_bucket"] == {
+        "max_tokens": 9,
+        "tokens_per_fill": 7,
+        "fill_interval": "1s",
+    }
+    assert per_app["entries"] == [{"key": "app", "value": ""}]
+    assert guard["always_consume_default_token_bucket"] is False
 
 
-def test_streaming_routes_have_no_route_timeout(
-    services: dict[str, list[gateway.Method]], gateway_certs: CertificatePaths, tmp_path: Path
+def test_no_internal_rpc_on_the_public_listener(
+    policies: list[RpcPolicy], gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    routes = public_routes(_settings(gateway_certs, tmp_path), policies)
+    internal_paths = {p.path for p in policies if p.access is Access.INTERNAL}
+    assert internal_paths
+    assert not internal_paths & {r["match"]["path"] for r in routes}
+    internal = {r["name"] for r in internal_routes(_settings(gateway_certs, tmp_path), policies)}
+    assert {p.service for p in policies} <= internal
+
+
+def test_an_rpc_without_a_policy_is_refused(tmp_path: Path) -> None:
+    """The contract must say who may call every RPC: the gateway will not guess."""
+    files = _load_descriptor_set(GatewaySettings().descriptor)
+    for file in files.file:
+        if file.package == "etax.sms.v1":
+            file.service[0].method[0].options.Clear()
+    with pytest.raises(ValueError, match=r"etax\.sms\.v1\.SmsService/SendCode"):
+        policies_of(files)
+
+
+def test_streaming_routes_have_no_route_timeout_and_a_cluster_of_their_own(
+    policies: list[RpcPolicy], gateway_certs: CertificatePaths, tmp_path: Path
 ) -> None:
     settings = _settings(gateway_certs, tmp_path, route_timeout_seconds=3)
-    for routes in (public_routes(settings, services), internal_routes(settings, services)):
+    for routes in (public_routes(settings, policies), internal_routes(settings, policies)):
         by_name = {r["name"]: r["route"] for r in routes}
         assert by_name["etax.face.v1.FaceService/WatchTicket"]["timeout"] == "0s"
-    assert {r["name"]: r for r in public_routes(settings, services)}[
-        "etax.face.v1.FaceService/GetTicket"
-    ]["route"]["timeout"] == "3s"
+    public = {r["name"]: r["route"] for r in public_routes(settings, policies)}
+    assert public["etax.face.v1.FaceService/GetTicket"]["timeout"] == "3s"
+    assert public["etax.face.v1.FaceService/WatchTicket"]["cluster"] == "face.WatchTicket"
+    assert public["etax.face.v1.FaceService/GetTicket"]["cluster"] == "face"
 
 
 def test_settings_come_from_the_environment(

@@ -25,6 +25,7 @@ from google.protobuf import timestamp_pb2
 from etax_platform.errors import DomainError, Reason
 from etax_platform.pii import mask_phone
 from etax_platform.server import GrpcHost, Registration
+from tests.harness.sessions import trusting_authenticator
 
 # SendCode to this phone is refused as the SMS service refuses the 6th send (E2).
 THROTTLED_PHONE = "13900000006"
@@ -279,7 +280,8 @@ def start_upstreams(keys: list[dict[str, str]]) -> Upstreams:
                     auth_pb2_grpc.add_InternalAuthServiceServicer_to_server,
                     _InternalAuth(recorder),
                 ),
-            ]
+            ],
+            authenticator=trusting_authenticator(),
         ),
         "binding": GrpcHost(
             [
@@ -293,7 +295,8 @@ def start_upstreams(keys: list[dict[str, str]]) -> Upstreams:
                     binding_pb2_grpc.add_InternalBindingServiceServicer_to_server,
                     _InternalBinding(recorder),
                 ),
-            ]
+            ],
+            authenticator=trusting_authenticator(),
         ),
         "sms": GrpcHost(
             [

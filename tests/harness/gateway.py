@@ -128,6 +128,14 @@ class RunningGateway:
         return [json.loads(line) for line in self.access_log.read_text().splitlines() if line]
 
 
+_GENEROUS_FLOOD_GUARDS = {
+    "login_rate_per_second": 5000,
+    "login_burst": 10000,
+    "code_rate_per_second": 5000,
+    "code_burst": 10000,
+}
+
+
 @contextlib.contextmanager
 def running_gateway(
     upstreams: Mapping[str, str],
@@ -149,6 +157,9 @@ def running_gateway(
     if unknown:
         raise ValueError(f"unknown upstreams {unknown}")
     closed = f"127.0.0.1:{free_port()}"
+    # Tests drive many logins from one loopback address: the flood guards stand aside
+    # unless a test sets them (the flood-guard tests do).
+    overrides = {**_GENEROUS_FLOOD_GUARDS, **overrides}
     workdir.mkdir(parents=True, exist_ok=True)
     access_log = workdir / "access.log"
     settings = GatewaySettings(

@@ -72,7 +72,10 @@ def test_design_table_codes_and_verbatim_texts(
 @pytest.mark.parametrize(
     ("reason", "code"),
     [
-        (Reason.CREDENTIALS_INVALID, grpc.StatusCode.UNAUTHENTICATED),
+        # DESIGN.md: a failed login attempt is 400; 401 means only "your token".
+        (Reason.CREDENTIALS_INVALID, grpc.StatusCode.INVALID_ARGUMENT),
+        (Reason.UNAUTHENTICATED, grpc.StatusCode.UNAUTHENTICATED),
+        (Reason.MALFORMED_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
         (Reason.AUTH_METHOD_LOCKED, grpc.StatusCode.PERMISSION_DENIED),
         (Reason.CODE_INVALID, grpc.StatusCode.INVALID_ARGUMENT),
         (Reason.CODE_EXPIRED, grpc.StatusCode.FAILED_PRECONDITION),
@@ -96,4 +99,4 @@ def test_a_message_overrides_the_default_text_only() -> None:
         Reason.CREDENTIALS_INVALID, "密码错误，您还可以尝试4次", {"remaining_attempts": "4"}
     )
     assert error.user_text == "密码错误，您还可以尝试4次"
-    assert error.code == grpc.StatusCode.UNAUTHENTICATED
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT

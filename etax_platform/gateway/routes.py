@@ -1,0 +1,171 @@
+"""The route tables, generated from the contract's policies (etax_platform.policy).
+
+Public listener: one route per public RPC (its own jwt requirement, flood guard, timeout
+and access-log name); nothing else is routed there, so an internal RPC answers 404 /
+UNIMPLEMENTED. Internal listener: every etax service, gRPC only (the hall may call
+anything). A server-streaming RPC goes to a cluster of its own, whose circuit breaker caps
+its open streams, so watchers cannot take the connections unary calls use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etax_platform.gateway.settings import GatewaySettings
+from etax_platform.policy import Access, FloodGuard, RpcPolicy
+
+# Header an APP backend names itself with; its requests also share one bucket per APP.
+APP_ID_HEADER = "x-etax-app-id"
+
+_JWT_REQUIREMENTS = {
+    Access.SESSION: "session",
+    Access.TRUSTED_APP_SESSION: "trusted_app_session",
+}
+
+
+def _type(name: str) -> str:
+    """The "@type" of an Envoy extension's typed_config."""
+    return f"type.googleapis.com/envoy.extensions.{name}"
+
+
+def seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def cluster_of(service: str) -> str:
+    """etax.auth.v1.InternalAuthService -> auth."""
+    return service.split(".")[1]
+
+
+def stream_cluster(policy: RpcPolicy) -> str:
+    """The cluster of one streaming route: face.WatchTicket."""
+    return f"{cluster_of(policy.service)}.{policy.method}"
+
+
+def _bucket(tokens: int, per_second: int) -> dict[str, Any]:
+    return {"max_tokens": tokens, "tokens_per_fill": per_second, "fill_interval": "1s"}
+
+
+def _flood_guard(settings: GatewaySettings, guard: FloodGuard) -> dict[str, Any]:
+    """A local rate limit with a bucket per client address and per APP id (wildcard
+    descriptors: Envoy keeps one bucket per value it sees, up to flood_guard_clients)."""
+    rate, burst = {
+        FloodGuard.LOGIN: (settings.login_rate_per_second, settings.login_burst),
+        FloodGuard.CODE: (settings.code_rate_per_second, settings.code_burst),
+    }[guard]
+    group = guard.name.lower()
+    percent = {"numerator": 100, "denominator": "HUNDRED"}
+    return {
+        "envoy.filters.http.local_ratelimit": {
+            "@type": _type("filters.http.local_ratelimit.v3.LocalRateLimit"),
+            "stat_prefix": f"flood_guard_{group}",
+            # Used only by a request no descriptor matched (every request has an address).
+            "token_bucket": _bucket(burst * 1000, rate * 1000),
+            "descriptors": [
+                {
+                    "entries": [{"key": "remote_address", "value": ""}],
+                    "token_bucket": _bucket(burst, rate),
+                },
+                {
+                    "entries": [{"key": "app", "value": ""}],
+                    "token_bucket": _bucket(settings.app_burst, settings.app_rate_per_second),
+                },
+            ],
+            "rate_limits": [
+                {"actions": [{"remote_address": {}}]},
+                {
+                    "actions": [
+                        {"request_headers": {"header_name": APP_ID_HEADER, "descriptor_key": "app"}}
+                    ]
+                },
+            ],
+            "max_dynamic_descriptors": settings.flood_guard_clients,
+            "always_consume_default_token_bucket": False,
+            "filter_enabled": {
+                "runtime_key": f"flood_guard_{group}_enabled",
+                "default_value": percent,
+            },
+            "filter_enforced": {
+                "runtime_key": f"flood_guard_{group}_enforced",
+                "default_value": percent,
+            },
+            "rate_limited_as_resource_exhausted": True,
+        }
+    }
+
+
+def _route_action(settings: GatewaySettings, cluster: str, streaming: bool) -> dict[str, Any]:
+    action: dict[str, Any] = {
+        "cluster": cluster,
+        # Retry only what never reached a service (safe for logins and code sends).
+        "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2},
+    }
+    if streaming:
+        # A watch lasts as long as its ticket: no route timeout, only an idle limit, and
+        # the client's own grpc-timeout if it sends one.
+        action["timeout"] = "0s"
+        action["idle_timeout"] = seconds(settings.stream_idle_timeout_seconds)
+        action["max_stream_duration"] = {"grpc_timeout_header_max": "0s"}
+    else:
+        timeout = seconds(settings.route_timeout_seconds)
+        action["timeout"] = timeout
+        action["max_stream_duration"] = {"grpc_timeout_header_max": timeout}
+    return action
+
+
+def public_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
+    routes: list[Any] = []
+    for policy in policies:
+        if not policy.public:
+            continue
+        per_filter: dict[str, Any] = {}
+        requirement = _JWT_REQUIREMENTS.get(policy.access)
+        if requirement is not None:
+            per_filter["envoy.filters.http.jwt_authn"] = {
+                "@type": _type("filters.http.jwt_authn.v3.PerRouteConfig"),
+                "requirement_name": requirement,
+            }
+        if policy.flood_guard is not FloodGuard.NONE:
+            per_filter.update(_flood_guard(settings, policy.flood_guard))
+        cluster = stream_cluster(policy) if policy.server_streaming else cluster_of(policy.service)
+        route: dict[str, Any] = {
+            "name": policy.full_name,
+            "match": {"path": policy.path},
+            "route": _route_action(settings, cluster, policy.server_streaming),
+        }
+        if per_filter:
+            route["typed_per_filter_config"] = per_filter
+        routes.append(route)
+    return routes
+
+
+def internal_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
+    """Every etax service (public and Internal*), gRPC only: the hall may call anything."""
+    routes: list[Any] = []
+    services: dict[str, list[RpcPolicy]] = {}
+    for policy in policies:
+        services.setdefault(policy.service, []).append(policy)
+    for service, methods in sorted(services.items()):
+        cluster = cluster_of(service)
+        for method in methods:
+            if method.server_streaming or method.client_streaming:
+                routes.append(
+                    {
+                        "name": method.full_name,
+                        "match": {"path": method.path, "grpc": {}},
+                        "route": _route_action(settings, cluster, True),
+                    }
+                )
+        routes.append(
+            {
+                "name": service,
+                "match": {"prefix": f"/{service}/", "grpc": {}},
+                "route": _route_action(settings, cluster, False),
+            }
+        )
+    return routes
+
+
+def public_services(policies: list[RpcPolicy]) -> list[str]:
+    """The services the transcoder serves: those with a public RPC."""
+    return list(dict.fromkeys(p.service for p in policies if p.public))
