@@ -18,7 +18,7 @@ from services.face.providers import ProviderBusy
 from services.face.providers.breaker import BreakerState, CircuitBreaker
 from services.face.providers.http_provider import IDENTITY_PATH, VERIFY_PATH, HttpProvider
 from tests.face.conftest import FaceFactory, domain_error
-from tests.face.provider_server import FakeProvider, fake_provider
+from tests.harness.provider_server import FakeProvider, fake_provider
 from tests.harness.servers import free_port
 
 KEY = b"provider-shared-key-0123456789abcdef"

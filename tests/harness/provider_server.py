@@ -1,4 +1,5 @@
-"""A real-name provider on loopback that can be told to be slow, busy, wrong or down."""
+"""A provider on loopback (the real-name authority, any signed JSON provider) that can be told
+to be slow, busy, wrong or down, and counts what it receives."""
 
 from __future__ import annotations
 
