@@ -28,7 +28,7 @@ class FakeProvider:
 
     "ok" answers `reply`; "slow" holds the request until released (or 10 s); "busy" is
     503, "throttled" 429 (both with `retry_after` if set); "malformed" is not JSON;
-    "unexpected" is JSON without the expected fields; "error" is 500.
+    "unexpected" is JSON without the expected fields; "error" is 500; "refused" is 400.
     """
 
     key: bytes
@@ -112,6 +112,8 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b'{"unexpected": true}')
             elif behaviour == "error":
                 self._send(500, b'{"error": "boom"}')
+            elif behaviour == "refused":
+                self._send(400, b'{"error": "no such recipient"}')
             else:
                 raise AssertionError(behaviour)
 
