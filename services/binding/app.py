@@ -40,7 +40,8 @@ def build(
     channel = auth_channel or open_channel(settings.auth_target)
     auth = Auth(channel, settings.auth_timeout_seconds)
     service = BindingService(database, personal_data, clock, auth)
-    public = BindingServicer(service, TokenVerifier(auth.public_keys, clock))
+    verifier = TokenVerifier(auth.public_keys, clock, settings.platform.jwks_cache_seconds)
+    public = BindingServicer(service, verifier)
     internal = InternalBindingServicer(service)
     on_stop = [database.dispose]
     if auth_channel is None:
