@@ -270,15 +270,16 @@ class Outbound:
     def post(self, path: str, body: Mapping[str, Any], parse: Callable[[httpx.Response], T]) -> T:
         """`parse(response)` of the first 2xx answer; OutboundFailure if there is none."""
         payload = json.dumps(body, ensure_ascii=False).encode()
+        shown = path.partition("?")[0]  # reports and logs never carry a query (credentials)
         if self.breaker is None:
-            return self._attempts(path, payload, parse)
+            return self._attempts(path, shown, payload, parse)
         try:
             self.breaker.before_call()
         except OutboundFailure:
-            self._report(Attempt(self.name, path, 0, "circuit_open", None, 0.0, False))
+            self._report(Attempt(self.name, shown, 0, "circuit_open", None, 0.0, False))
             raise
         try:
-            result = self._attempts(path, payload, parse)
+            result = self._attempts(path, shown, payload, parse)
         except BaseException:
             self.breaker.record_failure()
             raise
@@ -291,7 +292,9 @@ class Outbound:
         cap = min(policy.backoff_max, policy.backoff * 2 ** (number - 1))
         return max(self._jitter(cap * policy.jitter_floor, cap), retry_after)
 
-    def _attempts(self, path: str, payload: bytes, parse: Callable[[httpx.Response], T]) -> T:
+    def _attempts(
+        self, path: str, shown: str, payload: bytes, parse: Callable[[httpx.Response], T]
+    ) -> T:
         policy = self.policy
         deadline = time.monotonic() + policy.deadline
         for number in range(1, policy.attempts + 1):
@@ -306,11 +309,11 @@ class Outbound:
                 except ValueError:
                     seconds = time.monotonic() - started
                     self._report(
-                        Attempt(self.name, path, number, "malformed", status, seconds, False)
+                        Attempt(self.name, shown, number, "malformed", status, seconds, False)
                     )
                     raise OutboundFailure("malformed reply", status=status) from None
                 seconds = time.monotonic() - started
-                self._report(Attempt(self.name, path, number, "ok", status, seconds, False))
+                self._report(Attempt(self.name, shown, number, "ok", status, seconds, False))
                 return result
             retrying, delay = False, 0.0
             if answer.retryable and number < policy.attempts:
@@ -320,7 +323,7 @@ class Outbound:
             self._report(
                 Attempt(
                     self.name,
-                    path,
+                    shown,
                     number,
                     answer.outcome,
                     answer.failure.status,

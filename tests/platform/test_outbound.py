@@ -123,6 +123,15 @@ def test_g2_the_signature_covers_the_path_as_sent_and_every_attempt_is_signed_an
     )
 
 
+def test_a_query_is_sent_but_never_reported(
+    server: FakeProvider, outbound: Any, recorder: Recorder
+) -> None:
+    outbound(server.url).post("/send?account=bureau&token=s3cret", {}, _json)
+    (seen,) = server.seen
+    assert seen.path == "/send?account=bureau&token=s3cret" and seen.signature_ok
+    assert [a.path for a in recorder.attempts] == ["/send"]
+
+
 def test_g2_a_reply_the_parser_refuses_is_a_failure_and_not_retried(
     server: FakeProvider, outbound: Any, recorder: Recorder
 ) -> None:
