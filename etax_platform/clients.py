@@ -7,7 +7,6 @@ UNAVAILABLE / PROVIDER_UNAVAILABLE, never INTERNAL.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,31 +21,21 @@ log = logging.getLogger("etax.clients")
 
 Response = TypeVar("Response")
 
-# Transparent retries of calls that never reached the server application.
-_SERVICE_CONFIG = json.dumps(
-    {
-        "methodConfig": [
-            {
-                "name": [{}],
-                "retryPolicy": {
-                    "maxAttempts": 3,
-                    "initialBackoff": "0.05s",
-                    "maxBackoff": "0.5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-    }
-)
-
 
 def open_channel(target: str) -> grpc.Channel:
+    """A channel to another etax service, without a retry policy.
+
+    gRPC itself retries what never reached the server application (a call that never left
+    the client, or one the server's transport refused before any handler saw it: gRFC A6,
+    "transparent retries", on while `grpc.enable_retries` is, as by default). Any status a
+    server answered, UNAVAILABLE included (FACE_SERVICE_BUSY, PROVIDER_UNAVAILABLE), is
+    that service's decision after its own provider retries, so it is not asked again: a
+    channel retry policy would multiply the provider calls of one request.
+    """
     return grpc.insecure_channel(
         target,
         options=[
             ("grpc.enable_retries", 1),
-            ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
         ],
     )

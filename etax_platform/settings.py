@@ -39,6 +39,10 @@ class PlatformSettings(BaseSettings):
     pii_active_key_id: str = "k1"
     pii_index_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # How long a service verifying access tokens keeps its copy of auth's published keys
+    # before fetching them again (TokenVerifier): the gateway's JWKS cache time
+    # (ETAX_GATEWAY_JWKS_CACHE_SECONDS), so a key auth withdraws is dropped as fast here.
+    jwks_cache_seconds: float = Field(default=300, gt=0)
 
     @field_validator("kv_url")
     @classmethod

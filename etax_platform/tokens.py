@@ -154,63 +154,133 @@ def _public_key(jwk: Mapping[str, str]) -> Ed25519PublicKey:
 
 
 class TokenVerifier:
-    """Verifies access tokens against a published key set, refreshed on unknown key ids."""
+    """Verifies access tokens against the published key set, as a JWKS cache does.
 
-    _REFRESH_AT_MOST_EVERY = 5.0  # seconds
+    The copy of the key set is fetched again when it is older than `cache_seconds` by the
+    injected clock (the gateway's JWKS cache time, 300 s by default): key ids no longer
+    published are dropped, and so are remembered tokens signed with them. A key id the
+    copy lacks makes it fetch at once, at most once every `_REFRESH_AT_MOST_EVERY` seconds;
+    after a failed fetch the next one waits as long. While one thread fetches, the others
+    use the copy they have; if the key service cannot be reached, the copy is kept until
+    it can be.
+    """
 
-    def __init__(self, fetch_keys: Callable[[], Sequence[Mapping[str, str]]], clock: Clock):
+    _REFRESH_AT_MOST_EVERY = 5.0  # seconds (monotonic)
+
+    def __init__(
+        self,
+        fetch_keys: Callable[[], Sequence[Mapping[str, str]]],
+        clock: Clock,
+        cache_seconds: float = 300.0,
+    ) -> None:
+        if cache_seconds <= 0:
+            raise ValueError("cache_seconds must be positive")
         self._fetch_keys = fetch_keys
         self._clock = clock
+        self._cache_seconds = cache_seconds
         self._keys: dict[str, Ed25519PublicKey] = {}
-        self._fetched_at = float("-inf")
-        self._lock = threading.Lock()
-        # token -> (expiry, claims) of tokens whose signature was checked
-        self._verified: dict[str, tuple[int, AccessClaims]] = {}
+        self._published: dict[str, str] = {}  # kid -> its public "x", to see a kid reused
+        self._fetched_at: float | None = None  # clock seconds of the last successful fetch
+        self._tried_at = float("-inf")  # monotonic seconds of the last fetch
+        self._last_failed = False
+        self._fetching = threading.Lock()
+        # token -> (expiry, kid, claims) of tokens whose signature was checked; changed
+        # under _remembering, so no token is remembered for a key that was just dropped.
+        self._verified: dict[str, tuple[int, str, AccessClaims]] = {}
+        self._remembering = threading.Lock()
 
-    def _key(self, kid: str) -> Ed25519PublicKey | None:
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
-        with self._lock:
-            if (
-                kid not in self._keys
-                and time.monotonic() - self._fetched_at > self._REFRESH_AT_MOST_EVERY
-            ):
-                self._fetched_at = time.monotonic()
-                try:
-                    fetched = self._fetch_keys()
-                except grpc.RpcError as error:
+    def _stale(self, now: float) -> bool:
+        fetched = self._fetched_at
+        return fetched is None or not 0 <= now - fetched < self._cache_seconds
+
+    def _refresh(self, now: float, wanted: str | None = None) -> None:
+        """Fetches the key set again if still due: it is stale, or `wanted` is missing."""
+        # Without a copy, or for a kid it lacks, the caller waits for the fetch.
+        if not self._fetching.acquire(blocking=wanted is not None or self._fetched_at is None):
+            return
+        try:
+            due = wanted not in self._keys if wanted is not None else self._stale(now)
+            since = time.monotonic() - self._tried_at
+            throttled = (wanted is not None or self._last_failed) and (
+                since < self._REFRESH_AT_MOST_EVERY
+            )
+            if not due:
+                return
+            if throttled:
+                # The last fetch failed, or ran a moment ago: without the keys this token
+                # needs, the key service is what is missing, not a valid token.
+                if self._last_failed and (self._fetched_at is None or wanted is not None):
+                    raise DomainError(Reason.PROVIDER_UNAVAILABLE)
+                return
+            self._tried_at = time.monotonic()
+            try:
+                fetched = self._fetch_keys()
+            except (grpc.RpcError, DomainError) as error:
+                self._last_failed = True
+                if self._fetched_at is None or wanted is not None:
                     raise DomainError(Reason.PROVIDER_UNAVAILABLE) from error
-                self._keys = {
-                    k["kid"]: _public_key(k) for k in fetched if k.get("crv") == "Ed25519"
-                }
-            return self._keys.get(kid)
+                return  # keep the copy; tried again in _REFRESH_AT_MOST_EVERY
+            self._last_failed = False
+            self._install(fetched, now)
+        finally:
+            self._fetching.release()
+
+    def _install(self, fetched: Sequence[Mapping[str, str]], now: float) -> None:
+        published = {k["kid"]: k["x"] for k in fetched if k.get("crv") == "Ed25519"}
+        keys = {
+            kid: self._keys[kid] if self._published.get(kid) == x else _public_key({"x": x})
+            for kid, x in published.items()
+        }
+        with self._remembering:
+            old = self._keys
+            self._keys, self._published, self._fetched_at = keys, published, now
+            # Forget tokens whose key is no longer published (or was replaced under its kid).
+            dropped = [
+                token
+                for token, (_, kid, _) in self._verified.items()
+                if keys.get(kid) is not old.get(kid)
+            ]
+            for token in dropped:
+                del self._verified[token]
+
+    def _key(self, kid: str, now: float) -> Ed25519PublicKey | None:
+        key = self._keys.get(kid)
+        if key is None:
+            self._refresh(now, wanted=kid)
+            key = self._keys.get(kid)
+        return key
 
     def verify(self, token: str) -> AccessClaims:
         """The token's claims if its signature holds and it has not expired by the clock.
 
-        A verified token is remembered until it expires: an APP calls many RPCs with one
-        token, and the signature check is the dearest part of a cheap call. A key that
-        stops being published does not revoke tokens already verified (their lifetime is
-        short); revoking a session is auth's business, checked where it matters.
+        A verified token is remembered until it expires or its key stops being published:
+        an APP calls many RPCs with one token, and the signature check is the dearest part
+        of a cheap call. Revoking a session is auth's business, checked where it matters.
         """
         now = self._clock.now().timestamp()
+        if self._stale(now):
+            self._refresh(now)
         remembered = self._verified.get(token)
         if remembered is not None and remembered[0] + _LEEWAY.total_seconds() > now:
-            return remembered[1]
-        expires, claims = self._verify_signature(token, now)
-        if len(self._verified) >= _REMEMBER_AT_MOST:
-            self._verified.clear()  # simpler than LRU, and rare: tokens live 15 minutes
-        self._verified[token] = (expires, claims)
+            return remembered[2]
+        expires, kid, key, claims = self._verify_signature(token, now)
+        with self._remembering:
+            if self._keys.get(kid) is key:  # not dropped meanwhile
+                if len(self._verified) >= _REMEMBER_AT_MOST:
+                    self._verified.clear()  # simpler than LRU, and rare: tokens live 15 minutes
+                self._verified[token] = (expires, kid, claims)
         return claims
 
-    def _verify_signature(self, token: str, now: float) -> tuple[int, AccessClaims]:
+    def _verify_signature(
+        self, token: str, now: float
+    ) -> tuple[int, str, Ed25519PublicKey, AccessClaims]:
         unauthenticated = DomainError(Reason.UNAUTHENTICATED)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
             raise unauthenticated from error
-        key = self._key(str(header.get("kid", "")))
+        kid = str(header.get("kid", ""))
+        key = self._key(kid, now)
         if key is None or header.get("alg") != _ALGORITHM:
             raise unauthenticated
         try:
@@ -231,7 +301,7 @@ class TokenVerifier:
         expires = int(claims["exp"])
         if not expires + _LEEWAY.total_seconds() > now:
             raise unauthenticated
-        return expires, AccessClaims.from_jwt_claims(claims)
+        return expires, kid, key, AccessClaims.from_jwt_claims(claims)
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:

@@ -46,7 +46,7 @@ def build(
     # Binding verifies access tokens itself (internal callers bypass the gateway), and
     # refuses those of sessions auth revoked (global revocation).
     authenticator = SessionAuthenticator(
-        TokenVerifier(auth.public_keys, clock),
+        TokenVerifier(auth.public_keys, clock, settings.platform.jwks_cache_seconds),
         RevocationList(auth.revoked_since, poll_seconds=settings.revocation_poll_seconds),
     )
     internal = InternalBindingServicer(service)

@@ -8,11 +8,11 @@ from etax.face.v1 import face_pb2, face_pb2_grpc
 
 from etax_platform.clock import Clock, SystemClock
 from etax_platform.kv import KeyValueStore
+from etax_platform.outbound import CircuitBreaker
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration
 from services.face.domain import Signer
 from services.face.providers import FaceProvider
-from services.face.providers.breaker import CircuitBreaker
 from services.face.providers.http_provider import HttpProvider
 from services.face.providers.simulator import SimulatedProvider
 from services.face.service import FaceService

@@ -51,12 +51,14 @@ def build(
     if provider is None:
         if settings.provider == "http":
             assert settings.http_secret is not None  # checked by SmsSettings
-            provider = HttpProvider(
+            http = HttpProvider(
                 settings.http_url,
                 settings.http_secret.get_secret_value().encode(),
                 timeout=settings.http_timeout_seconds,
                 attempts=settings.http_attempts,
             )
+            on_stop.append(http.close)
+            provider = http
         else:
             provider = outbox
     codes = CodeService(

@@ -7,9 +7,6 @@ slot back and forgets the code, so a failed delivery records nothing as sent.
 from __future__ import annotations
 
 import json
-import logging
-import random
-import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -18,9 +15,7 @@ import httpx
 from etax.common.v1 import types_pb2
 
 from etax_platform.kv import KeyValueStore
-from etax_platform.signed_http import signed_headers
-
-log = logging.getLogger("etax.sms.providers")
+from etax_platform.outbound import Outbound, OutboundFailure, ProviderPolicy
 
 
 @dataclass(frozen=True)
@@ -77,64 +72,45 @@ class Outbox:
 
 
 class HttpProvider:
-    """JSON POST to a provider, signed as `etax_platform.signed_http` describes.
+    """JSON POST to an SMS gateway through `etax_platform.outbound` (signed, one deadline).
 
-    5xx answers and connection failures are retried with backoff inside one overall
-    deadline; 4xx answers are not retried.
+    Its policy: connection failures, timeouts and 5xx answers are retried with backoff
+    (waits between half the cap and the cap) inside the one deadline; other answers, 4xx
+    included, are not. No circuit breaker: a gateway's 4xx refuses one message (say, a
+    number it does not serve), which must not stop everyone's codes.
     """
 
     name = "http"
 
-    def __init__(
-        self,
-        url: str,
-        secret: bytes,
-        *,
-        timeout: float = 3.0,
-        attempts: int = 3,
-        client: httpx.Client | None = None,
-    ) -> None:
-        self._url = url
-        self._path = httpx.URL(url).path
-        self._secret = secret
-        self._timeout = timeout
-        self._attempts = attempts
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+    def __init__(self, url: str, secret: bytes, *, timeout: float = 3.0, attempts: int = 3) -> None:
+        target = httpx.URL(url)
+        self._path = target.raw_path.decode("ascii")
+        self._outbound = Outbound(
+            "sms",
+            f"{target.scheme}://{target.netloc.decode('ascii')}",
+            secret,
+            ProviderPolicy(
+                deadline=timeout,
+                attempts=attempts,
+                retry_statuses=range(500, 600),
+                retry_transport_errors=True,
+                backoff=0.05,
+                backoff_max=1.0,
+                jitter_floor=0.5,
+            ),
         )
 
     def deliver(self, message: Message) -> None:
-        body = json.dumps(
-            {
-                "message_id": message.message_id,
-                "channel": message.channel,
-                "to": message.recipient,
-                "text": message.text,
-            },
-            ensure_ascii=False,
-        ).encode()
-        deadline = time.monotonic() + self._timeout
-        for attempt in range(1, self._attempts + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                response = self._client.post(
-                    self._url,
-                    content=body,
-                    headers=signed_headers(self._secret, self._path, body, time.time()),
-                    timeout=remaining,
-                )
-            except httpx.HTTPError as error:
-                log.warning("provider attempt %d failed: %s", attempt, type(error).__name__)
-            else:
-                if response.status_code < 300:
-                    return
-                if response.status_code < 500:
-                    raise DeliveryFailed(f"provider refused the message: {response.status_code}")
-                log.warning("provider attempt %d answered %d", attempt, response.status_code)
-            if attempt < self._attempts:
-                backoff = min(0.05 * 2 ** (attempt - 1), 1.0) * random.uniform(0.5, 1.0)  # noqa: S311
-                time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
-        raise DeliveryFailed("provider unavailable")
+        body = {
+            "message_id": message.message_id,
+            "channel": message.channel,
+            "to": message.recipient,
+            "text": message.text,
+        }
+        try:
+            self._outbound.post(self._path, body, lambda _response: None)
+        except OutboundFailure as failure:
+            raise DeliveryFailed(f"provider: {failure.why}") from None
+
+    def close(self) -> None:
+        self._outbound.close()

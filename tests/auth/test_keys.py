@@ -1,5 +1,6 @@
 """Signing keys: what each key is for over time, concurrent rotation by replicas, the JWKS
-file for the gateway, and the migration of keys made before rotation existed."""
+file for the gateway, the migration of keys made before rotation existed, and a withdrawn
+key refused by a verifier outside auth."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from etax.auth.v1 import auth_pb2
+from etax.binding.v1 import binding_pb2
+from etax.common.v1 import types_pb2
 from sqlalchemy import select, text
 
-from etax_platform.clock import ManualClock
+from etax_platform.clock import ManualClock, from_timestamp
 from etax_platform.db import Database
 from etax_platform.pii import PersonalData
-from etax_platform.tokens import SigningKey
+from etax_platform.tokens import AccessClaims, SigningKey, TokenIssuer
 from services.auth.app import MIGRATIONS
 from services.auth.keys import KeyPolicy, KeySet, SigningKeys, StoredKey
 from services.auth.models import signing_keys
+from tests.auth.conftest import failure_of
+from tests.auth.platform import Platform
 
 POLICY = KeyPolicy()
 T0 = ManualClock().now()
@@ -118,3 +124,61 @@ def test_keys_made_before_rotation_existed_are_migrated(
         assert [k["kid"] for k in keys.public_jwks()] == [key.kid]
     finally:
         database.dispose()
+
+
+def test_a_key_auth_stops_publishing_is_refused_outside_auth_once_the_cache_time_passed(
+    platform: Platform,
+) -> None:
+    """Binding's verifier follows auth's GetPublicKeys as the gateway's JWKS cache does: a
+    key auth no longer publishes works for at most the cache time (ETAX_JWKS_CACHE_SECONDS,
+    300 s) after binding's last fetch, then never again, remembered tokens included."""
+    clock = platform.clock
+    database = Database(platform.settings.database_url_for("auth"))
+    try:
+        old = SigningKeys(database, PersonalData(platform.settings.platform.keyring()), clock)
+        old_key = old.current()
+    finally:
+        database.dispose()
+    person = platform.person()
+    claims = AccessClaims(
+        person_id=person.person_id,
+        session_id="s-1",
+        entry=types_pb2.ENTRY_NATURAL_PERSON,
+        province="37",
+        real_name_level=4,
+    )
+    # Whoever holds the old private key signs a long-lived token: binding checks it once
+    # and remembers it.
+    stolen, _ = TokenIssuer(old_key, clock, ttl=timedelta(hours=3)).issue(claims)
+
+    def pending(token: str) -> object:
+        return platform.binding.ListMyPendingConfirmations(
+            binding_pb2.ListMyPendingConfirmationsRequest(),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+
+    pending(stolen)
+    rotated = platform.internal.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=10)
+    policy = KeyPolicy(
+        access_token_ttl=timedelta(seconds=platform.settings.access_token_ttl_seconds)
+    )
+    withdrawn_at = from_timestamp(rotated.signs_from) + policy.token_lifetime
+    cache = timedelta(seconds=platform.settings.platform.jwks_cache_seconds)
+
+    # Binding's copy is refreshed a minute before auth withdraws the old key ...
+    clock.advance(withdrawn_at - timedelta(minutes=1) - clock.now())
+    pending(stolen)
+    # ... so for the rest of the cache time the old key still works, as at the gateway ...
+    clock.advance(timedelta(minutes=2))
+    assert old_key.kid not in [
+        k.kid for k in platform.auth.GetPublicKeys(auth_pb2.GetPublicKeysRequest(), timeout=10).keys
+    ]
+    pending(stolen)
+    # ... and not once the copy is older than that.
+    clock.advance(cache - timedelta(minutes=1))
+    assert failure_of(pending, stolen).reason == "UNAUTHENTICATED"
+    fresh, _ = TokenIssuer(old_key, clock).issue(claims)
+    assert failure_of(pending, fresh).reason == "UNAUTHENTICATED"
+    # Tokens of the key auth signs with now still pass.
+    assert pending(platform.login(person).access_token) is not None

@@ -1,10 +1,11 @@
 """The HTTP provider against a real HTTP server on loopback: signed requests, verdicts, and
-faults (slow, busy, wrong, down) with retries and the circuit breaker (G2, B7)."""
+faults (slow, busy, wrong, down) under face's policy: only busy answers are retried, every
+fault feeds the breaker (G2, B7). The adapter's own rules (backoff, jitter, Retry-After,
+deadline, breaker states) are tested in tests/platform/test_outbound.py."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,12 +14,12 @@ import pytest
 from pydantic import SecretStr
 
 from etax_platform.errors import Reason
+from etax_platform.outbound import BreakerState, CircuitBreaker
 from services.face.domain import CaptureVerdict, Identity, ImageHint, Verdict
 from services.face.providers import ProviderBusy
-from services.face.providers.breaker import BreakerState, CircuitBreaker
 from services.face.providers.http_provider import IDENTITY_PATH, VERIFY_PATH, HttpProvider
 from tests.face.conftest import FaceFactory, domain_error
-from tests.face.provider_server import FakeProvider, fake_provider
+from tests.harness.provider_server import FakeProvider, fake_provider
 from tests.harness.servers import free_port
 
 KEY = b"provider-shared-key-0123456789abcdef"
@@ -160,53 +161,6 @@ def test_g2_busy_is_retried_with_exponential_backoff_and_jitter(
     assert provider.breaker.state is BreakerState.CLOSED
 
 
-def test_g2_jitter_picks_a_delay_up_to_the_exponential_cap(
-    server: FakeProvider, sleeps: list[float], timer: Timer
-) -> None:
-    bounds: list[tuple[float, float]] = []
-
-    def jitter(low: float, high: float) -> float:
-        bounds.append((low, high))
-        return low
-
-    provider = HttpProvider(
-        server.url,
-        KEY,
-        attempts=5,
-        backoff=0.1,
-        backoff_max=0.3,
-        sleep=sleeps.append,
-        jitter=jitter,
-    )
-    server.expect("busy", "busy", "busy", "busy", "ok")
-    provider.verify_face(PERSON, b"x")
-    assert [low for low, _ in bounds] == [0, 0, 0, 0]
-    assert [high for _, high in bounds] == pytest.approx([0.1, 0.2, 0.3, 0.3])
-    assert sleeps == [0, 0, 0, 0]
-    provider.close()
-
-
-def test_g2_retry_after_is_honoured(
-    server: FakeProvider, provider: HttpProvider, sleeps: list[float]
-) -> None:
-    server.retry_after = "2"
-    server.expect("throttled", "ok")
-    provider.verify_face(PERSON, b"x")
-    assert sleeps == [2.0]
-
-
-def test_g2_busy_past_the_deadline_is_not_waited_for(
-    server: FakeProvider, provider: HttpProvider, sleeps: list[float]
-) -> None:
-    server.retry_after = "60"
-    server.expect("busy")
-    with pytest.raises(ProviderBusy) as caught:
-        provider.verify_face(PERSON, b"x")
-    assert server.requests == 1 and sleeps == []
-    assert caught.value.retry_after is not None
-    assert caught.value.retry_after.total_seconds() == 60
-
-
 def test_g2_busy_after_the_last_attempt_is_provider_busy(
     server: FakeProvider, provider: HttpProvider
 ) -> None:
@@ -214,6 +168,18 @@ def test_g2_busy_after_the_last_attempt_is_provider_busy(
     with pytest.raises(ProviderBusy):
         provider.verify_face(PERSON, b"x")
     assert server.requests == 3
+
+
+def test_g2_the_providers_retry_after_reaches_the_caller(
+    server: FakeProvider, provider: HttpProvider, sleeps: list[float]
+) -> None:
+    server.retry_after = "60"  # longer than the deadline: not waited for
+    server.expect("busy")
+    with pytest.raises(ProviderBusy) as caught:
+        provider.verify_face(PERSON, b"x")
+    assert server.requests == 1 and sleeps == []
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after.total_seconds() == 60
 
 
 def test_g2_slow_provider_times_out_at_the_deadline(
@@ -315,31 +281,6 @@ def test_g2_every_fault_counts_for_the_breaker(
             provider.verify_face(PERSON, b"x")
     assert provider.breaker.state is BreakerState.OPEN
     provider.close()
-
-
-def test_g2_a_success_resets_the_count_of_consecutive_failures(
-    server: FakeProvider, provider: HttpProvider
-) -> None:
-    for script in (["error"], ["error"], ["ok"], ["error"], ["error"]):
-        server.expect(*script, reply={"result": "pass"})
-        with contextlib.suppress(ProviderBusy):
-            provider.verify_face(PERSON, b"x")
-    assert provider.breaker.state is BreakerState.CLOSED
-
-
-def test_g2_half_open_breaker_lets_one_probe_through_at_a_time(timer: Timer) -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=10, timer=timer)
-    breaker.before_call()
-    breaker.record_failure()
-    with pytest.raises(ProviderBusy):
-        breaker.before_call()
-    timer.now += 10
-    breaker.before_call()  # the probe
-    with pytest.raises(ProviderBusy):
-        breaker.before_call()  # others still fail fast while it runs
-    breaker.record_success()
-    assert breaker.state is BreakerState.CLOSED
-    breaker.before_call()
 
 
 # --- through the service ------------------------------------------------------------------

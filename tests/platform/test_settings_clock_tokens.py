@@ -23,6 +23,7 @@ from etax_platform.clock import (
     to_timestamp,
 )
 from etax_platform.errors import DomainError, Reason
+from etax_platform.gateway import GatewaySettings
 from etax_platform.observability import MaskingFormatter
 from etax_platform.pii import Keyring
 from etax_platform.settings import PlatformSettings, development_secret
@@ -139,8 +140,107 @@ def test_verifier_fetches_keys_again_for_a_new_key_id() -> None:
     verifier = TokenVerifier(lambda: list(published), clock)
     verifier.verify(TokenIssuer(first, clock).issue(_claims())[0])
     published.append(second.public_jwk())
-    verifier._fetched_at = float("-inf")  # the rate limit between refreshes has passed
+    verifier._tried_at = float("-inf")  # the rate limit between fetches has passed
     assert verifier.verify(TokenIssuer(second, clock).issue(_claims())[0]).person_id == "p-1"
+
+
+class Published:
+    """A key set that can change, or fail to be fetched, and counts its fetches."""
+
+    def __init__(self, *keys: SigningKey) -> None:
+        self.keys = list(keys)
+        self.fetches = 0
+        self.down = False
+
+    def __call__(self) -> list[dict[str, str]]:
+        self.fetches += 1
+        if self.down:
+            raise DomainError(Reason.PROVIDER_UNAVAILABLE)
+        return [k.public_jwk() for k in self.keys]
+
+
+def _refused(verifier: TokenVerifier, token: str) -> Reason:
+    with pytest.raises(DomainError) as caught:
+        verifier.verify(token)
+    return caught.value.reason
+
+
+def test_a_key_no_longer_published_is_dropped_once_the_cache_time_has_passed() -> None:
+    """As Envoy's JWKS cache: a withdrawn key works until the copy is 300 s old, no longer."""
+    clock = ManualClock()
+    first, second = SigningKey.generate(), SigningKey.generate()
+    published = Published(first)
+    verifier = TokenVerifier(published, clock, cache_seconds=300)
+    withdrawn, _ = TokenIssuer(first, clock, ttl=timedelta(hours=2)).issue(_claims())
+    assert verifier.verify(withdrawn).person_id == "p-1"  # remembered from now on
+    published.keys = [second]
+    clock.advance(timedelta(seconds=299))
+    assert verifier.verify(withdrawn).person_id == "p-1"  # the copy is still fresh
+    assert published.fetches == 1
+    clock.advance(timedelta(seconds=2))
+    assert _refused(verifier, withdrawn) is Reason.UNAUTHENTICATED
+    assert published.fetches == 2
+    fresh, _ = TokenIssuer(second, clock).issue(_claims())
+    assert verifier.verify(fresh).person_id == "p-1"
+    assert published.fetches == 2
+
+
+def test_a_key_id_published_again_with_another_key_drops_the_tokens_of_the_old_one() -> None:
+    clock = ManualClock()
+    first, other = SigningKey.generate(), SigningKey.generate()
+    published = Published(first)
+    verifier = TokenVerifier(published, clock, cache_seconds=60)
+    token, _ = TokenIssuer(first, clock).issue(_claims())
+    verifier.verify(token)
+    published.keys = [SigningKey(first.kid, other.private_key)]
+    clock.advance(timedelta(seconds=61))
+    assert _refused(verifier, token) is Reason.UNAUTHENTICATED
+
+
+def test_the_key_set_is_fetched_once_per_cache_time() -> None:
+    clock = ManualClock()
+    key = SigningKey.generate()
+    published = Published(key)
+    verifier = TokenVerifier(published, clock, cache_seconds=300)
+    for _ in range(3):
+        for _ in range(5):
+            verifier.verify(TokenIssuer(key, clock).issue(_claims())[0])
+        clock.advance(timedelta(seconds=150))
+    assert published.fetches == 2  # at 0 s and at 300 s
+
+
+def test_a_failed_refresh_keeps_the_copy_until_the_keys_can_be_fetched() -> None:
+    clock = ManualClock()
+    first, second = SigningKey.generate(), SigningKey.generate()
+    published = Published(first)
+    verifier = TokenVerifier(published, clock, cache_seconds=300)
+    token, _ = TokenIssuer(first, clock, ttl=timedelta(hours=1)).issue(_claims())
+    verifier.verify(token)
+    published.down = True
+    clock.advance(timedelta(seconds=301))
+    assert verifier.verify(token).person_id == "p-1"
+    assert published.fetches == 2
+    assert verifier.verify(token).person_id == "p-1"
+    assert published.fetches == 2  # no second try within the rate limit
+    published.down, published.keys = False, [second]
+    verifier._tried_at = float("-inf")  # the rate limit between fetches has passed
+    assert _refused(verifier, token) is Reason.UNAUTHENTICATED
+
+
+def test_without_any_keys_a_failed_fetch_is_unavailable_not_unauthenticated() -> None:
+    clock = ManualClock()
+    key = SigningKey.generate()
+    published = Published(key)
+    published.down = True
+    verifier = TokenVerifier(published, clock)
+    token, _ = TokenIssuer(key, clock).issue(_claims())
+    assert _refused(verifier, token) is Reason.PROVIDER_UNAVAILABLE
+    assert _refused(verifier, token) is Reason.PROVIDER_UNAVAILABLE  # within the rate limit
+    assert published.fetches == 1
+
+
+def test_services_keep_the_key_set_as_long_as_the_gateway_does() -> None:
+    assert PlatformSettings().jwks_cache_seconds == GatewaySettings().jwks_cache_seconds == 300
 
 
 def test_log_lines_are_masked_including_tracebacks() -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from etax_platform.db import Database
 from etax_platform.errors import Reason, from_rpc_error
-from etax_platform.signed_http import request_signature
+from etax_platform.outbound import request_signature
 from services.sms.models import deliveries
 from services.sms.providers import HttpProvider
 from services.sms.settings import SmsSettings

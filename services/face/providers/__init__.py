@@ -1,8 +1,8 @@
 """Real-name verification providers behind one small interface (G2).
 
 `simulator` decides by the capture's content, for development and tests; `http` talks
-JSON over HTTP to the authority's real-name service, with a signature, a deadline, retries
-on "busy" and a circuit breaker.
+JSON over HTTP to the authority's real-name service through the platform's outbound adapter
+(`etax_platform.outbound`: signature, deadline, retries on "busy", circuit breaker).
 """
 
 from __future__ import annotations

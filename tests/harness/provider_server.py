@@ -1,4 +1,5 @@
-"""A real-name provider on loopback that can be told to be slow, busy, wrong or down."""
+"""A provider on loopback (the real-name authority, any signed JSON provider) that can be told
+to be slow, busy, wrong or down, and counts what it receives."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class FakeProvider:
 
     "ok" answers `reply`; "slow" holds the request until released (or 10 s); "busy" is
     503, "throttled" 429 (both with `retry_after` if set); "malformed" is not JSON;
-    "unexpected" is JSON without the expected fields; "error" is 500.
+    "unexpected" is JSON without the expected fields; "error" is 500; "refused" is 400.
     """
 
     key: bytes
@@ -81,7 +82,8 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-            ok = _signature_ok(fake.key, self.path, self.headers, raw)
+            # The signature covers the path without the query.
+            ok = _signature_ok(fake.key, self.path.partition("?")[0], self.headers, raw)
             with fake.lock:
                 fake.seen.append(
                     Seen(
@@ -111,6 +113,8 @@ def _handler(fake: FakeProvider) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b'{"unexpected": true}')
             elif behaviour == "error":
                 self._send(500, b'{"error": "boom"}')
+            elif behaviour == "refused":
+                self._send(400, b'{"error": "no such recipient"}')
             else:
                 raise AssertionError(behaviour)
 
