@@ -74,13 +74,28 @@ def status_body(reason: Reason, message: str | None = None, retry_after: str | N
 
 
 def _filter(reply: _Reply) -> dict[str, Any]:
-    not_grpc = {
-        "header_filter": {
-            "header": {
-                "name": "content-type",
-                "string_match": {"prefix": "application/grpc"},
-                "invert_match": True,
-            }
+    # A JSON request the transcoder already turned into gRPC carries the path it came
+    # with (x-envoy-original-path); one it never reached still has its own content-type.
+    # gRPC and gRPC-Web requests have neither, and keep Envoy's grpc-status.
+    json_client = {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True}
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                            "treat_missing_header_as_empty": True,
+                        }
+                    }
+                },
+            ]
         }
     }
     case: dict[str, Any]
@@ -98,7 +113,7 @@ def _filter(reply: _Reply) -> dict[str, Any]:
                 }
             }
         }
-    return {"and_filter": {"filters": [not_grpc, case]}}
+    return {"and_filter": {"filters": [json_client, case]}}
 
 
 def local_reply_config() -> dict[str, Any]:
