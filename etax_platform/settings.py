@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.kv import CLUSTER_SCHEMES, KeyValueStore, check_prefix, cluster_nodes, open_store
 from etax_platform.pii import Keyring
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,8 @@ class PlatformSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     # Where the embedded default keeps SQLite files and development secrets.
     data_dir: Path = REPO_ROOT / "var"
-    # "memory://" (in-process, one replica) or "redis://host:port/db".
+    # "memory://" (in-process, one replica), "redis://host:port/db" (standalone) or
+    # "redis+cluster://host:port,host:port" (Redis Cluster; any nodes, the rest is found).
     kv_url: str = "memory://"
     # Key prefix in the shared store, so environments can share one Redis.
     kv_prefix: str = "etax:"
@@ -43,9 +44,19 @@ class PlatformSettings(BaseSettings):
     @field_validator("kv_url")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://")):
-            raise ValueError("kv_url must be memory:// or redis://host:port/db")
+        if value.partition("://")[0] in CLUSTER_SCHEMES:
+            cluster_nodes(value)  # raises ValueError saying what is wrong
+        elif not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError(
+                "kv_url must be memory://, redis://host:port/db or "
+                "redis+cluster://host:port[,host:port...]"
+            )
         return value
+
+    @field_validator("kv_prefix")
+    @classmethod
+    def _untagged_prefix(cls, value: str) -> str:
+        return check_prefix(value)
 
     @model_validator(mode="after")
     def _production_needs_real_keys(self) -> PlatformSettings:
