@@ -31,6 +31,7 @@ from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
+from tests.conftest import STORE_URL_FIXTURES
 from tests.harness.numbers import resident_id
 
 if TYPE_CHECKING:
@@ -79,7 +80,8 @@ class Backend:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
     databases and both stores. Stores made through it are closed at the end of the test
-    (services close only the stores they open themselves)."""
+    (services close only the stores they open themselves). "postgresql+redis-cluster"
+    (Redis Cluster) is for the tests that ask for it with an indirect parametrize."""
     opened: list[KeyValueStore] = []
 
     def track(store: KeyValueStore) -> KeyValueStore:
@@ -95,7 +97,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         )
     else:
         server = request.getfixturevalue("postgres")
-        redis_url = request.getfixturevalue("redis_url")
+        redis_url = request.getfixturevalue(STORE_URL_FIXTURES[request.param.split("+")[1]])
         databases: list[str] = []
 
         def new_database(_name: str = "") -> str:

@@ -148,6 +148,22 @@ class RedisCluster:
     def wait_healthy(self, timeout: float = 30.0) -> None:
         _wait(self.healthy, "redis cluster", timeout)
 
+    def replicated(self) -> bool:
+        """Every live replica has every write its primary had when asked."""
+        for port in self.live():
+            with self.node(port) as client:
+                info = client.info("replication")
+            if info.get("role") != "master":
+                continue
+            offset = int(info["master_repl_offset"])
+            replicas = [info[f"slave{n}"] for n in range(int(info["connected_slaves"]))]
+            if any(int(replica["offset"]) < offset for replica in replicas):
+                return False
+        return True
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        _wait(self.replicated, "redis cluster replication", timeout)
+
 
 @contextlib.contextmanager
 def redis_cluster(
