@@ -20,7 +20,7 @@ and the `}` after it. So every key the store writes carries one:
   one owner (a person, a recipient, a ticket) hashes to one slot, so a script that
   checks and updates several of them at once (a throttle and the code it admits) works
   on a cluster. Multi-key scripts must use owned keys of one owner only.
-- a key without braces is tagged whole (`etax:{auth:qr:123}`): its own slot, as before.
+- a key without braces is tagged whole (`etax:{auth:qr:123}`): a slot of its own.
 The prefix never carries braces (it would become every key's tag). A key that a caller
 builds from outside input may contain braces; it then only picks another slot.
 """
