@@ -4,6 +4,12 @@ The embedded default is one SQLite file per service; production and tests use
 PostgreSQL by URL. Races are settled by the database: unique constraints, upserts, row
 locks. On SQLite every writing transaction starts with BEGIN IMMEDIATE, so two writers
 queue on the file lock instead of failing when a read lock cannot be upgraded.
+
+PostgreSQL pools are sized by setting (`PoolSettings`, from each service's settings).
+The services keep no session state on a connection (no SET, no LISTEN, no session
+advisory locks, no temporary tables), so they work through PgBouncer in transaction
+mode, given `prepared_statements=False` where the pooler cannot carry psycopg's named
+prepared statements (PgBouncer before 1.21, or without `max_prepared_statements`).
 """
 
 from __future__ import annotations
@@ -14,12 +20,23 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, pool, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    make_url,
+    pool,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger("etax.db")
@@ -56,12 +73,45 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class PoolSettings:
+    """A PostgreSQL connection pool (`ServiceSettings.database_pool()` fills it in)."""
+
+    size: int = 16
+    max_overflow: int = 56
+    timeout_seconds: float = 10.0
+    recycle_seconds: int = 1800
+    # 0: none sent (the server's or the pooler's own setting applies).
+    statement_timeout_ms: int = 10_000
+    # False: psycopg never prepares (prepare_threshold=None), for transaction poolers.
+    prepared_statements: bool = True
+
+
+def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
+    settings = settings or PoolSettings()
+    connect_args: dict[str, Any] = {}
+    if settings.statement_timeout_ms:
+        # A startup parameter, not a SET: it holds for the connection's whole life and
+        # costs no round trip. PgBouncer 1.18 refuses it (statement_timeout_ms=0 there).
+        given = make_url(url).query.get("options", "")
+        options = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = (
+            f"{options} -c statement_timeout={settings.statement_timeout_ms}".strip()
+        )
+    if not settings.prepared_statements:
+        connect_args["prepare_threshold"] = None
     # No pre-ping: it costs a round trip on every checkout; a connection the server
     # dropped fails its statement, which the call interceptor answers as UNAVAILABLE.
-    return create_engine(url, pool_size=16, max_overflow=32, pool_recycle=1800)
+    return create_engine(
+        url,
+        pool_size=settings.size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.timeout_seconds,
+        pool_recycle=settings.recycle_seconds,
+        connect_args=connect_args,
+    )
 
 
 class Database:
@@ -72,9 +122,9 @@ class Database:
     the statements on the hot paths (bench/).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_settings: PoolSettings | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_settings)
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
         readers = self.engine.execution_options(**{_READ_ONLY: True})
@@ -105,6 +155,8 @@ class Database:
         config.set_main_option("script_location", str(script_location))
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
+                # A migration may take longer than any request should.
+                connection.execute(text("SET LOCAL statement_timeout = 0"))
                 lock_id = int.from_bytes(
                     hashlib.sha256(str(script_location).encode()).digest()[:8], "big", signed=True
                 )

@@ -70,7 +70,7 @@ def build(
     if binding_channel is None:
         binding_channel = open_channel(settings.binding_target)
         owned.append(binding_channel.close)
-    database = Database(settings.database_url_for("auth"))
+    database = Database(settings.database_url_for("auth"), settings.database_pool())
     database.migrate(MIGRATIONS)
     personal_data = PersonalData(settings.platform.keyring())
     access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)

@@ -37,7 +37,7 @@ def build(
     if store is None:  # what the host opens itself it closes on stop
         store = settings.platform.open_store()
         on_stop.append(store.close)
-    database = Database(settings.database_url_for("sms"))
+    database = Database(settings.database_url_for("sms"), settings.database_pool())
     database.migrate(MIGRATIONS)
     deliveries = BatchWriter(
         database,

@@ -314,7 +314,14 @@ def test_c4_the_last_sms_check_holds_the_phone_and_the_other_loses_it(auth: Auth
     assert taken.phone_id not in {p.phone_id for p in auth.profile(second).phones}
 
 
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite+memory", "postgresql+redis", "postgresql+redis-cluster"],
+    indirect=True,
+)
 def test_c4_concurrent_claims_through_the_api_leave_one_holder(auth: Auth) -> None:
+    """C4 under concurrency, with the codes, flows and the service's state on each store
+    kind (the phone itself is settled by the database: tests/auth/test_phone_claims.py)."""
     shared = new_phone()
     people = [auth.register() for _ in range(8)]
 
