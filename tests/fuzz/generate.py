@@ -48,7 +48,7 @@ class Case:
     seed: int
     index: int
     category: str
-    target: str  # direct | public | internal (gRPC), http (JSON through the gateway)
+    target: str  # direct | public | grpc-web | internal (gRPC), http (JSON through the gateway)
     name: str  # the RPC or the route
     token: str  # none | session | enterprise | forged
     note: str  # what is hostile about it, for the report
@@ -462,7 +462,9 @@ def _token(rng: random.Random) -> str:
 
 
 def _grpc_target(rng: random.Random, rpc: Rpc) -> str:
-    return rng.choices(("direct", "public", "internal"), (50, 20, 30))[0]
+    """Directly to the service, or through the gateway: gRPC on the public listener,
+    gRPC-Web there (the web page's protocol), gRPC over mTLS on the internal one."""
+    return rng.choices(("direct", "public", "grpc-web", "internal"), (45, 15, 15, 25))[0]
 
 
 def _grpc_case(
@@ -578,7 +580,7 @@ def _grpc_repeated(seed: int, index: int, rng: random.Random, pool: Pool) -> Cas
 
 def _grpc_oversized(seed: int, index: int, rng: random.Random, pool: Pool) -> Case:
     rpc = rng.choice(schema.rpcs())
-    size = GRPC_LIMIT + rng.choice([1, 4096, 1024 * 1024])
+    size = rng.choice([GRPC_LIMIT + 1, GRPC_LIMIT + 1024 * 1024, GATEWAY_BUFFER + 1])
     number = rng.choice([f.number for f in rpc.input.fields] or [1])
     body = wire.field_len(number, b"A" * size)
     return Case(

@@ -36,6 +36,17 @@ FAILING_GRPC = frozenset(
         grpc.StatusCode.UNAVAILABLE,
     }
 )
+OK_STATUSES = frozenset(
+    {
+        "grpc OK",
+        "grpc OK (stream open)",
+        "http 200",
+        "http stream open",
+        "grpc-web OK",
+        "grpc-web stream open",
+    }
+)
+_CODES = {str(code.value[0]): code for code in grpc.StatusCode}
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 # A watch lasts as long as its ticket: the fuzzer reads for a moment only.
 STREAM_SECONDS = 1.0
@@ -68,7 +79,7 @@ class Summary:
         if outcome.case.rpc is not None:
             name = str(outcome.case.rpc)
             self.reached.add(name)
-            if outcome.status in ("grpc OK", "grpc OK (stream open)", "http 200"):
+            if outcome.status in OK_STATUSES:
                 self.answered_ok.add(name)
         self.by_category.setdefault(outcome.case.category, Counter())[outcome.status] += 1
         if outcome.failed:
@@ -107,6 +118,11 @@ class Summary:
             f"log errors: {len(self.log_errors)}, log warnings: {self.log_warnings}, "
             f"not serving: {self.not_serving or 'none'}"
         )
+        failed = Counter(outcome.case.category for outcome in self.failures)
+        if failed:
+            lines.append(
+                "failures by category: " + ", ".join(f"{c} {n}" for c, n in sorted(failed.items()))
+            )
         for outcome in self.failures[:failures_shown]:
             lines.append(
                 f"FAILED {outcome.status} {outcome.detail[:300]}\n  {outcome.case.describe()}"
@@ -168,6 +184,8 @@ class Sender:
     def send(self, case: Case) -> Outcome:
         if case.target == "http":
             return self._send_http(case)
+        if case.target == "grpc-web":
+            return self._send_grpc_web(case)
         return self._send_grpc(case)
 
     def _send_grpc(self, case: Case) -> Outcome:
@@ -220,48 +238,85 @@ class Sender:
             connection.close()
             self._local.http = None
 
-    def _send_http(self, case: Case) -> Outcome:
-        headers = dict(case.headers)
+    def _exchange(
+        self, case: Case, verb: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes] | Outcome:
+        """One HTTP request on this thread's connection: (status, headers, body), or the
+        outcome when the connection failed. A watch is read for STREAM_SECONDS only."""
         token = self._token(case)
         if token:
-            headers["authorization"] = f"Bearer {token}"
+            headers = {**headers, "authorization": f"Bearer {token}"}
         streaming = case.rpc is not None and case.rpc.server_streaming
         timeout = STREAM_SECONDS if streaming else self._timeout
         for attempt in (1, 2):
             connection = self._connection(timeout)
             try:
-                connection.request(case.verb, case.url, body=case.body or None, headers=headers)
+                connection.request(verb, url, body=body or None, headers=headers)
                 response = connection.getresponse()
-                status = response.status
-                text = ""
                 try:
-                    text = response.read(300).decode(errors="replace")
-                    response.read()
+                    content = response.read()
                 except TimeoutError:
                     if not streaming:
                         raise
                     self._drop_connection()  # a watch still open: the connection is busy
+                    return Outcome(case, f"{case.target} stream open", False)
                 if response.will_close:
                     self._drop_connection()
-                return Outcome(case, f"http {status}", status >= 500, text)
+                return response.status, response.headers, content
             except TimeoutError as error:
                 self._drop_connection()
-                return Outcome(case, "http timeout", False, repr(error))
+                if streaming:  # no first message yet: the watch is open
+                    return Outcome(case, f"{case.target} stream open", False)
+                return Outcome(case, f"{case.target} timeout", False, repr(error))
             except (http.client.HTTPException, OSError) as error:
                 self._drop_connection()
+                stale = http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError
                 # A kept-alive connection the gateway had closed: once more on a new one.
-                if (
-                    attempt == 1
-                    and isinstance(
-                        error,
-                        http.client.RemoteDisconnected | BrokenPipeError | ConnectionResetError,
-                    )
-                    and not case.body
-                ):
+                if attempt == 1 and isinstance(error, stale) and not body:
                     continue
                 # The gateway closed the connection (e.g. after an oversized body): no 5xx.
-                return Outcome(case, f"http {type(error).__name__}", False, repr(error))
+                return Outcome(case, f"{case.target} {type(error).__name__}", False, repr(error))
         raise AssertionError("unreachable")
+
+    def _send_http(self, case: Case) -> Outcome:
+        answer = self._exchange(case, case.verb, case.url, case.body, dict(case.headers))
+        if isinstance(answer, Outcome):
+            return answer
+        status, _, content = answer
+        return Outcome(
+            case, f"http {status}", status >= 500, content[:300].decode(errors="replace")
+        )
+
+    def _send_grpc_web(self, case: Case) -> Outcome:
+        """A binary gRPC-Web call, as the web page's client makes it."""
+        assert case.rpc is not None
+        frame = b"\x00" + len(case.body).to_bytes(4, "big") + case.body
+        headers = {
+            "content-type": "application/grpc-web+proto",
+            "x-grpc-web": "1",
+            "accept": "application/grpc-web+proto",
+        }
+        answer = self._exchange(case, "POST", case.rpc.path, frame, headers)
+        if isinstance(answer, Outcome):
+            return answer
+        status, response_headers, content = answer
+        if status != 200:
+            return Outcome(case, f"grpc-web http {status}", status >= 500)
+        grpc_status = response_headers.get("grpc-status")
+        while content and grpc_status is None:
+            flags, length = content[0], int.from_bytes(content[1:5], "big")
+            payload, content = content[5 : 5 + length], content[5 + length :]
+            if flags & 0x80:
+                for line in payload.decode(errors="replace").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "grpc-status":
+                        grpc_status = value.strip()
+        if grpc_status is None:
+            return Outcome(case, "grpc-web no status", True, "an answer without grpc-status")
+        code = _CODES.get(grpc_status)
+        if code is None:
+            return Outcome(case, f"grpc-web status {grpc_status}", True, "not a gRPC status")
+        return Outcome(case, f"grpc-web {code.name}", code in FAILING_GRPC)
 
 
 def run(
