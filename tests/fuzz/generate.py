@@ -50,7 +50,7 @@ class Case:
     category: str
     target: str  # direct | public | grpc-web | internal (gRPC), http (JSON through the gateway)
     name: str  # the RPC or the route
-    token: str  # none | session | enterprise | forged
+    token: str  # none | session | enterprise | forged:<index in FORGED_TOKENS>
     note: str  # what is hostile about it, for the report
     rpc: Rpc | None = None
     body: bytes = b""
@@ -450,15 +450,48 @@ def json_extreme_number(rng: random.Random) -> Any:
 
 TOKENS = ("none", "session", "enterprise", "forged")
 TOKEN_WEIGHTS = (35, 30, 25, 10)
-FORGED_TOKEN = (
-    "eyJhbGciOiJFZERTQSIsImtpZCI6ImZvcmdlZCJ9."
-    "eyJzdWIiOiJwLTEiLCJpc3MiOiJldGF4LWF1dGgiLCJhdWQiOiJldGF4In0."
-    "c2lnbmF0dXJl"
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _jwt(header: Any, claims: Any, signature: bytes = b"signature") -> str:
+    parts = (json.dumps(header).encode(), json.dumps(claims).encode(), signature)
+    return ".".join(_b64url(part) for part in parts)
+
+
+_CLAIMS = {"sub": "p-1", "iss": "etax-auth", "aud": "etax", "exp": 4102444800, "sid": "s-1"}
+# Access tokens no one issued: each must be UNAUTHENTICATED (HTTP 401), never INTERNAL,
+# wherever it is verified (Envoy's jwt_authn, or the service itself on a direct call).
+FORGED_TOKENS = (
+    _jwt({"alg": "EdDSA", "kid": "forged"}, _CLAIMS),
+    _jwt({"alg": "none"}, _CLAIMS, b""),
+    _jwt({"alg": "HS256", "kid": "forged"}, _CLAIMS),
+    _jwt({"alg": "RS256"}, _CLAIMS),
+    _jwt({"alg": "EdDSA"}, _CLAIMS, b"\0" * 64),
+    _jwt({"alg": "EdDSA", "kid": "x" * 4000}, _CLAIMS),
+    _jwt({"alg": "EdDSA", "kid": 7, "crit": ["exp"]}, _CLAIMS),
+    _jwt([], []),
+    _jwt("header", 42),
+    _jwt({"alg": "EdDSA"}, {**_CLAIMS, "exp": "never", "iat": -(2**70), "nbf": 1e308}),
+    _jwt({"alg": "EdDSA"}, {**_CLAIMS, "sub": None, "aud": [], "province": {"a": 1}}),
+    "a.b.c",
+    "a.b",
+    "....",
+    "eyJ",
+    "%%%.%%%.%%%",
+    "Bearer",
+    "x" * 16000,
+    ".".join(["eyJhbGciOiJFZERTQSJ9"] * 40),
 )
 
 
 def _token(rng: random.Random) -> str:
-    return rng.choices(TOKENS, TOKEN_WEIGHTS)[0]
+    kind = rng.choices(TOKENS, TOKEN_WEIGHTS)[0]
+    if kind == "forged":
+        return f"forged:{rng.randrange(len(FORGED_TOKENS))}"
+    return kind
 
 
 def _grpc_target(rng: random.Random, rpc: Rpc) -> str:

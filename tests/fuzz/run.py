@@ -25,7 +25,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fuzz import schema
-from tests.fuzz.generate import FORGED_TOKEN, Case, Pool, case, category_of
+from tests.fuzz.generate import FORGED_TOKENS, Case, Pool, case, category_of
 from tests.harness.gateway import RunningGateway
 
 FAILING_GRPC = frozenset(
@@ -177,8 +177,8 @@ class Sender:
             connection.close()
 
     def _token(self, case: Case) -> str | None:
-        if case.token == "forged":
-            return FORGED_TOKEN
+        if case.token.startswith("forged:"):
+            return FORGED_TOKENS[int(case.token.removeprefix("forged:"))]
         return self._pool.tokens.get(case.token)
 
     def send(self, case: Case) -> Outcome:
