@@ -153,12 +153,71 @@ def _random_text(rng: random.Random, size: int = 12) -> str:
     return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(size))
 
 
+# What a dotted value's number or signature segment may be instead (QR payloads, face
+# proofs: prefix.id.expiry.signature): digits int() refuses, too many digits, signs, spaces.
+ODD_SEGMENTS = [
+    "²³",  # superscripts: str.isdigit() says yes, int() refuses
+    "①②",
+    "١٢٣",  # Arabic-Indic digits: both say yes
+    "-1",
+    "+1",
+    " 1",
+    "1_000",
+    "0x10",
+    "",
+    "9" * 5000,  # past int()'s 4,300-digit limit
+    "9" * 19,
+    "1e9",
+]
+
+
+def mutated_segment(value: str, rng: random.Random) -> str:
+    """A harvested dotted value with one segment replaced, dropped or doubled."""
+    parts = value.split(".")
+    index = rng.randrange(len(parts))
+    choice = rng.random()
+    if choice < 0.7:
+        parts[index] = rng.choice(ODD_SEGMENTS)
+    elif choice < 0.85:
+        del parts[index]
+    else:
+        parts.insert(index, parts[index])
+    return ".".join(parts)
+
+
+def mutated(value: str, rng: random.Random) -> str:
+    """A well-formed value with one small change: a segment, a character, its case, its
+    digits in another script, whitespace around it."""
+    if "." in value and rng.random() < 0.6:
+        return mutated_segment(value, rng)
+    if not value:
+        return rng.choice(ODD_SEGMENTS)
+    at = rng.randrange(len(value))
+    choice = rng.randrange(7)
+    if choice == 0:
+        return value[:at] + chr(ord(value[at]) ^ 1) + value[at + 1 :]
+    if choice == 1:
+        return value[:at] + rng.choice(["²", "①", "\x00", "\u200b", "é", "张", " "]) + value[at:]
+    if choice == 2:
+        return value[:at]
+    if choice == 3:
+        return value.swapcase()
+    if choice == 4:
+        return value.translate(
+            str.maketrans("0123456789", rng.choice(["０１２３４５６７８９", "⁰¹²³⁴⁵⁶⁷⁸⁹"]))
+        )
+    if choice == 5:
+        return rng.choice([" ", "\t", "\n", "\u3000"]) + value + rng.choice(["", " ", "\n"])
+    return value * rng.choice([2, 50])
+
+
 def plausible_string(f: FieldDescriptor, rng: random.Random, pool: Pool) -> str:
     """What a field of that name usually holds: harvested values first, then guesses."""
     name = f.name
     harvested = pool.by_field.get(name)
     if harvested and rng.random() < 0.7:
-        return rng.choice(harvested)
+        value = rng.choice(harvested)
+        return mutated_segment(value, rng) if "." in value and rng.random() < 0.3 else value
     if name == "code" and f.containing_type.name == "TaxAuthority":
         return rng.choice(PLAUSIBLE["code_tax_authority"])
     if name in PLAUSIBLE:
@@ -599,6 +658,39 @@ def _grpc_numbers(seed: int, index: int, rng: random.Random, pool: Pool) -> Case
     )
 
 
+def _mutated_harvest(f: FieldDescriptor, rng: random.Random, pool: Pool) -> bytes:
+    harvested = pool.by_field.get(f.name)
+    value = rng.choice(harvested) if harvested else plausible_string(f, rng, pool)
+    return mutated(value, rng).encode()
+
+
+def _uses_harvest(descriptor: Descriptor, pool: Pool, depth: int = 0) -> bool:
+    return depth < 4 and any(
+        f.name in pool.by_field
+        or (f.message_type is not None and _uses_harvest(f.message_type, pool, depth + 1))
+        for f in descriptor.fields
+    )
+
+
+def _grpc_mutated(seed: int, index: int, rng: random.Random, pool: Pool) -> Case:
+    """Live values from the set-up (ids, QR payloads, proofs, numbers), one changed a little,
+    to the RPCs that take them: past the format checks, into the parsing behind them."""
+    rpc = rng.choice([r for r in schema.rpcs() if _uses_harvest(r.input, pool)])
+    body = message(rpc.input, rng, pool, Style(include=0.9, string=_mutated_harvest))
+    note = "live values with one small change"
+    return Case(
+        seed,
+        index,
+        "grpc-mutated",
+        _grpc_target(rng, rpc),
+        str(rpc),
+        _token(rng),
+        note,
+        rpc=rpc,
+        body=body,
+    )
+
+
 def _grpc_repeated(seed: int, index: int, rng: random.Random, pool: Pool) -> Case:
     return _grpc_case(
         seed,
@@ -984,6 +1076,7 @@ CATEGORIES = {
         Category("grpc-enum", 8, _grpc_enum),
         Category("grpc-unicode", 8, _grpc_unicode),
         Category("grpc-numbers", 8, _grpc_numbers),
+        Category("grpc-mutated", 10, _grpc_mutated),
         Category("grpc-repeated", 3, _grpc_repeated),
         Category("grpc-oversized", 1, _grpc_oversized),
         Category("grpc-undecodable", 5, _grpc_undecodable, lead=True),
