@@ -174,7 +174,9 @@ ODD_SEGMENTS = [
 def mutated_segment(value: str, rng: random.Random) -> str:
     """A harvested dotted value with one segment replaced, dropped or doubled."""
     parts = value.split(".")
-    index = rng.randrange(len(parts))
+    # Numbers inside such values are parsed (expiry times): they are changed most often.
+    numbers = [i for i, part in enumerate(parts) if part.isascii() and part.isdigit()]
+    index = rng.choice(numbers) if numbers and rng.random() < 0.6 else rng.randrange(len(parts))
     choice = rng.random()
     if choice < 0.7:
         parts[index] = rng.choice(ODD_SEGMENTS)
