@@ -1,11 +1,13 @@
 """Malformed and hostile requests, generated from the message descriptors.
 
-One case per (seed, index): `case(seed, index, pool)` makes the same request every time,
-whatever ran before it or beside it, so a failure is replayed from its seed and index
-alone. A category names one kind of hostility; each case picks its category by weight
-(or is told one), then an RPC or JSON route, a target (directly to the service, the
-gateway's public or internal listener) and a token (none, a valid session, an enterprise
-session, a forged one).
+`case(seed, index, pool, category)` makes the same request for the same arguments,
+whatever ran before it or beside it, so a failure is replayed from its seed, index and
+category alone (a mixed run draws each index's category by weight: `category_of`). A
+category names one kind of hostility; its case picks an RPC or JSON route, a target
+(directly to the service; through the gateway as gRPC or gRPC-Web on the public listener,
+gRPC on the internal one; JSON on the public one) and a token (none, a valid session, an
+enterprise session, a forged one). Protobuf bodies are written at the wire level (`wire`),
+so they can be wrong in ways the generated classes never are.
 """
 
 from __future__ import annotations
@@ -290,7 +292,6 @@ class Style:
     wrong_type: float = 0.0  # chance a present field is sent with another wire type
     unknown: float = 0.0  # chance of extra unknown fields
     repeat: Callable[[random.Random, FieldDescriptor], int] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _enum_value(enum: EnumDescriptor, rng: random.Random) -> int:
@@ -487,10 +488,6 @@ def json_wrong_type(rng: random.Random) -> Any:
     )
 
 
-def json_hostile_string(rng: random.Random) -> Any:
-    return hostile_string(rng)
-
-
 def json_extreme_number(rng: random.Random) -> Any:
     return rng.choice(
         [
@@ -555,7 +552,7 @@ def _token(rng: random.Random) -> str:
     return kind
 
 
-def _grpc_target(rng: random.Random, rpc: Rpc) -> str:
+def _grpc_target(rng: random.Random) -> str:
     """Directly to the service, or through the gateway: gRPC on the public listener,
     gRPC-Web there (the web page's protocol), gRPC over mTLS on the internal one."""
     return rng.choices(("direct", "public", "grpc-web", "internal"), (45, 15, 15, 25))[0]
@@ -570,7 +567,7 @@ def _grpc_case(
         seed,
         index,
         category,
-        _grpc_target(rng, rpc),
+        _grpc_target(rng),
         str(rpc),
         _token(rng),
         note,
@@ -684,7 +681,7 @@ def _grpc_mutated(seed: int, index: int, rng: random.Random, pool: Pool) -> Case
         seed,
         index,
         "grpc-mutated",
-        _grpc_target(rng, rpc),
+        _grpc_target(rng),
         str(rpc),
         _token(rng),
         note,
@@ -714,7 +711,7 @@ def _grpc_oversized(seed: int, index: int, rng: random.Random, pool: Pool) -> Ca
         seed,
         index,
         "grpc-oversized",
-        _grpc_target(rng, rpc),
+        _grpc_target(rng),
         str(rpc),
         _token(rng),
         f"{size} bytes in field {number}",
@@ -893,7 +890,7 @@ def _json_types(seed: int, index: int, rng: random.Random, pool: Pool) -> Case:
 
 
 def _json_unicode(seed: int, index: int, rng: random.Random, pool: Pool) -> Case:
-    style = JsonStyle(hostile=json_hostile_string, path=lambda n, r, p: hostile_string(r)[:2000])
+    style = JsonStyle(hostile=hostile_string, path=lambda n, r, p: hostile_string(r)[:2000])
     return _route_case(
         seed,
         index,

@@ -39,11 +39,6 @@ class Rpc:
         return self.service.split(".")[1]
 
     @property
-    def internal(self) -> bool:
-        """Never routed by the public listener (DESIGN.md, Contracts)."""
-        return not any(True for _ in self.routes)
-
-    @property
     def routes(self) -> tuple[Route, ...]:
         return _routes_of(self)
 
@@ -121,10 +116,6 @@ def rpcs() -> tuple[Rpc, ...]:
 
 def routes() -> tuple[Route, ...]:
     return tuple(route for rpc in rpcs() for route in rpc.routes)
-
-
-def clusters() -> tuple[str, ...]:
-    return tuple(sorted({rpc.cluster for rpc in rpcs()}))
 
 
 def services_of(cluster: str) -> tuple[str, ...]:
