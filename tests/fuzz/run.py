@@ -109,10 +109,15 @@ class Summary:
         lines.append(f"RPCs reached: {len(self.reached)}, never answered OK: {len(never_ok)}")
         if never_ok:
             lines.append("  " + ", ".join(name.rsplit(".", 1)[-1] for name in never_ok))
+        # gRPC directly or through the gateway, and gRPC-Web (whose HTTP 5xx count as 5xx).
         internal = sum(
-            n for s, n in self.statuses.items() if s in ("grpc INTERNAL", "grpc UNKNOWN")
+            n
+            for s, n in self.statuses.items()
+            if re.fullmatch(r"grpc(-web)? (INTERNAL|UNKNOWN)", s)
         )
-        http_5xx = sum(n for s, n in self.statuses.items() if re.fullmatch(r"http 5\d\d", s))
+        http_5xx = sum(
+            n for s, n in self.statuses.items() if re.fullmatch(r"(grpc-web )?http 5\d\d", s)
+        )
         lines.append(
             f"INTERNAL/UNKNOWN: {internal}, HTTP 5xx: {http_5xx}, failures: {len(self.failures)}, "
             f"log errors: {len(self.log_errors)}, log warnings: {self.log_warnings}, "
