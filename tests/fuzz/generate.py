@@ -138,7 +138,7 @@ def hostile_string(rng: random.Random) -> str:
     return base + rng.choice(CONTROL + ODD_UNICODE)
 
 
-# Bytes a proto3 string may not hold (the parser refuses them: the lead's fix, item 4).
+# Bytes a proto3 string may not hold (the server's own parsing refuses them, issue 11.4).
 INVALID_UTF8 = [
     b"\xc3\x28",  # bad continuation
     b"\xed\xa0\x80",  # a lone surrogate (U+D800) as CESU-8
@@ -1061,9 +1061,6 @@ class Category:
     name: str
     weight: int
     make: Generator
-    # The root cause is the lead's (parsing in the interceptor, issue 11 item 4): the
-    # bounded run marks exactly these xfail(strict) until that fix lands.
-    lead: bool = False
 
 
 CATEGORIES = {
@@ -1078,8 +1075,8 @@ CATEGORIES = {
         Category("grpc-mutated", 10, _grpc_mutated),
         Category("grpc-repeated", 3, _grpc_repeated),
         Category("grpc-oversized", 1, _grpc_oversized),
-        Category("grpc-undecodable", 5, _grpc_undecodable, lead=True),
-        Category("grpc-invalid-utf8", 5, _grpc_invalid_utf8, lead=True),
+        Category("grpc-undecodable", 5, _grpc_undecodable),
+        Category("grpc-invalid-utf8", 5, _grpc_invalid_utf8),
         Category("json-fields", 8, _json_fields),
         Category("json-types", 6, _json_types),
         Category("json-unicode", 6, _json_unicode),
@@ -1088,7 +1085,7 @@ CATEGORIES = {
         Category("http-methods", 3, _http_methods),
         Category("http-huge-query", 2, _http_huge_query),
         Category("http-oversized", 1, _http_oversized),
-        Category("http-invalid-utf8", 4, _http_invalid_utf8, lead=True),
+        Category("http-invalid-utf8", 4, _http_invalid_utf8),
     )
 }
 

@@ -27,16 +27,9 @@ SEED = int(os.environ.get("ETAX_FUZZ_SEED", "2026"))
 CASES = int(os.environ.get("ETAX_FUZZ_CASES", "300"))
 # Bodies of megabytes and huge query strings: a few make the point.
 FEWER = {"grpc-oversized": 6, "http-oversized": 6, "http-huge-query": 40}
-# The two root causes the lead fixes in the platform (issue 11, item 4): undecodable
-# protobuf bodies and invalid UTF-8 (which Envoy's transcoder passes into a string field)
-# answer INTERNAL from grpc's own deserializer until the server interceptor parses them.
-LEAD = pytest.mark.xfail(strict=True, reason="lead: parse in interceptor")
 
 
-@pytest.mark.parametrize(
-    "category",
-    [pytest.param(c.name, marks=[LEAD] if c.lead else []) for c in CATEGORIES.values()],
-)
+@pytest.mark.parametrize("category", list(CATEGORIES))
 def test_no_internal_no_5xx_no_logged_error(category: str, targets: Targets, pool: Pool) -> None:
     watch = LogWatch()
     with watch.watching():
@@ -64,7 +57,6 @@ def _gateway_answer(
         connection.close()
 
 
-@pytest.mark.xfail(strict=True, reason="lead: gateway errors as JSON google.rpc.Status")
 @pytest.mark.parametrize(
     ("verb", "path", "body", "status"),
     [
