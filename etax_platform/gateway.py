@@ -149,6 +149,10 @@ class GatewaySettings(BaseSettings):
     binding_address: str = "127.0.0.1:50052"
     sms_address: str = "127.0.0.1:50053"
     face_address: str = "127.0.0.1:50054"
+    # The web login pages (services.web, HTTP/1.1): every public path that is not an API
+    # route. Several, comma-separated, for replicas.
+    web_address: str = "127.0.0.1:50060"
+    web_health_path: str = "/healthz"
     descriptor: Path = REPO_ROOT / "gen" / "etax_descriptor.pb"
     certs_dir: Path = REPO_ROOT / "deploy" / "certs"
     # Systems allowed on the internal listener (client certificate URI SANs).
@@ -187,7 +191,9 @@ class GatewaySettings(BaseSettings):
             raise ValueError("ETAX_GATEWAY_IIT_ISSUER needs ETAX_GATEWAY_IIT_JWKS_FILE")
         return self
 
-    @field_validator("auth_address", "binding_address", "sms_address", "face_address")
+    @field_validator(
+        "auth_address", "binding_address", "sms_address", "face_address", "web_address"
+    )
     @classmethod
     def _addresses(cls, value: str) -> str:
         for address in value.split(","):
@@ -439,6 +445,22 @@ def public_routes(settings: GatewaySettings, services: dict[str, list[Method]]) 
     return routes
 
 
+# gRPC method paths (/package.Service/Method): never the web pages, so an unrouted
+# method (Internal*, the SMS outbox, reflection) stays 404 / UNIMPLEMENTED.
+_METHOD_PATH = r"^/[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+/[A-Za-z0-9_]+$"
+
+
+def web_routes() -> list[Any]:
+    """After the API routes: unknown API paths are 404; every other path is the web pages
+    (services.web), which the browser reaches on the same origin as the API."""
+    not_found = {"direct_response": {"status": 404}}
+    return [
+        {"name": "api-not-found", "match": {"prefix": "/v1/"}, **not_found},
+        {"name": "method-not-found", "match": {"safe_regex": {"regex": _METHOD_PATH}}, **not_found},
+        {"name": "web", "match": {"prefix": "/"}, "route": {"cluster": "web", "timeout": "30s"}},
+    ]
+
+
 def internal_routes(settings: GatewaySettings, services: dict[str, list[Method]]) -> list[Any]:
     """Every etax service (public and Internal*), gRPC only: the hall may call anything."""
     routes: list[Any] = []
@@ -525,6 +547,34 @@ def _upstream_cluster(settings: GatewaySettings, name: str) -> dict[str, Any]:
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": UPSTREAMS[name]},
+            }
+        ],
+    }
+
+
+def _web_cluster(settings: GatewaySettings) -> dict[str, Any]:
+    """The web pages over HTTP/1.1 (no http2_protocol_options), health-checked by GET."""
+    addresses = [_split_address(a) for a in settings.web_address.split(",")]
+    interval = settings.health_check_interval_seconds
+    return {
+        "name": "web",
+        **_discovery_type(h for h, _ in addresses),
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": "web",
+            "endpoints": [{"lb_endpoints": _endpoints(addresses)}],
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": _seconds(interval),
+                "no_traffic_interval": _seconds(interval),
+                "unhealthy_interval": _seconds(min(interval, 1.0)),
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": settings.web_health_path},
             }
         ],
     }
@@ -639,6 +689,7 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
     services = methods(_load_descriptor_set(settings.descriptor))
     certs = settings.certificates
     clusters = [_upstream_cluster(settings, name) for name in UPSTREAMS]
+    clusters.append(_web_cluster(settings))
     if settings.jwks_source == "remote":
         clusters.append(_jwks_cluster(settings.effective_jwks_url))
     matchers = [
@@ -661,7 +712,7 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "early_header_mutation": _early_header_mutation(),
         "public_access_log": _access_log(settings, "public"),
         "internal_access_log": _access_log(settings, "internal"),
-        "public_routes": public_routes(settings, services),
+        "public_routes": public_routes(settings, services) + web_routes(),
         "internal_routes": internal_routes(settings, services),
         "server_cert": str(certs.server_cert),
         "server_key": str(certs.server_key),
