@@ -119,7 +119,9 @@ class SessionStore:
     def rotate(self, session: WebSession) -> WebSession:
         """A new id (and CSRF token) for the same record: at every sign-in, so an id
         planted before it (session fixation) is worth nothing after it."""
-        data = session._merge_into(session._data)
+        found = self._store.get(_key(session.session_id))
+        stored = json.loads(found.value) if found else session._data
+        data = session._merge_into(stored)  # what other requests saved meanwhile, too
         data["csrf"] = secrets.token_urlsafe(32)
         self.end(session)
         fresh = WebSession(secrets.token_urlsafe(32), data, new=True)
