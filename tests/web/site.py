@@ -44,6 +44,8 @@ class Site:
     gateway: RunningGateway
     web_address: str
     settings: WebSettings
+    # The web service's session store (tests look at what it keeps for a browser).
+    store: MemoryStore
 
     def url(self, path: str) -> str:
         """Through the gateway's public listener, as a browser reaches the pages."""
@@ -51,8 +53,8 @@ class Site:
 
 
 @contextlib.contextmanager
-def web_server(settings: WebSettings) -> Iterator[str]:
-    server = uvicorn.Server(server_config(settings, build(settings, store=MemoryStore())))
+def web_server(settings: WebSettings, store: MemoryStore) -> Iterator[str]:
+    server = uvicorn.Server(server_config(settings, build(settings, store=store)))
     thread = threading.Thread(target=server.run, name="web", daemon=True)
     thread.start()
     try:
@@ -76,9 +78,10 @@ def running_site(platform: Platform, province: str = "37") -> Iterator[Site]:
             sms_outbox_target=platform.hosts["sms"].address,
             poll_interval_ms=300,
         )
-        with web_server(settings) as address:
+        store = MemoryStore()
+        with web_server(settings, store) as address:
             gateway.wait_healthy("web")
-            yield Site(gateway, address, settings)
+            yield Site(gateway, address, settings, store)
 
 
 def chromium_available() -> bool:

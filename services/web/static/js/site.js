@@ -17,6 +17,18 @@
     }).then(function (response) { return response.json(); });
   }
 
+  // Navigates, reloading when only the fragment would change (the server has news).
+  function go(target) {
+    var next = new URL(target, window.location.href);
+    var here = window.location;
+    if (next.pathname === here.pathname && next.search === here.search) {
+      here.hash = next.hash;
+      here.reload();
+    } else {
+      here.assign(next.href);
+    }
+  }
+
   // A QR code whose state the server follows (/bff/...): shows its text, goes where the
   // server says once it is done, offers a new code when it expired.
   function follow(box) {
@@ -39,7 +51,7 @@
         busy = false;
         box.setAttribute("data-state", answer.state || "");
         show(answer.text);
-        if (answer.redirect) { stop(); window.location.assign(answer.redirect); return; }
+        if (answer.redirect) { stop(); go(answer.redirect); return; }
         if (answer.state === "expired" || answer.state === "collected") {
           stop();
           if (renew) { renew.hidden = false; }
