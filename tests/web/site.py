@@ -20,7 +20,11 @@ from typing import Any
 
 import uvicorn
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -186,6 +190,10 @@ class Browser:
         old = self.driver.find_element(By.TAG_NAME, "html")
         self.click(element_id)
         self.wait(lambda _d: _stale(old), f"a new page after #{element_id}")
+        self.wait(
+            lambda d: d.execute_script("return document.readyState") == "complete",
+            "the new page loaded",
+        )
 
     def screenshot(self, name: str) -> Path:
         self._count += 1
@@ -210,9 +218,11 @@ class Browser:
 
 
 def _stale(element: WebElement) -> bool:
+    """True once the page this element belonged to is gone (Chromium says so either as a
+    stale reference or as a node that "does not belong to the document")."""
     try:
         element.is_enabled()
-    except StaleElementReferenceException:
+    except WebDriverException:
         return True
     return False
 

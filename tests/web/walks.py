@@ -65,7 +65,9 @@ def app_scans(browser: Browser, kind: str, outcome: str = "pass", **identity: st
                 browser.fill(name, value)
         browser.click(f"outcome-{outcome}")
         browser.submit("capture-submit")
-        return browser.text("app-result")
+        result = browser.text("app-result")
+        browser.screenshot(f"simulator-{kind}")
+        return result
 
 
 def scan_step(browser: Browser) -> None:
@@ -73,6 +75,7 @@ def scan_step(browser: Browser) -> None:
     browser.wait_path("/login/verify")
     browser.submit("step-scan")
     browser.element("login-qr")
+    browser.screenshot("scan-verification")
     assert "人脸识别通过" in app_scans(browser, "login")
 
 
