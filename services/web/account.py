@@ -169,7 +169,7 @@ def username_set(visit: Visit) -> Response:
             visit, section="username", values={"username": username}, errors=errors, status=400
         )
     visit.flash("用户名已保存")
-    return visit.redirect("/account#username")
+    return visit.redirect("/account#username-section")
 
 
 def password_change(visit: Visit) -> Response:
@@ -183,7 +183,7 @@ def password_change(visit: Visit) -> Response:
         errors = Errors().add(error, _PASSWORD_FIELDS)
         return profile_page(visit, section="password", errors=errors, status=400)
     visit.flash("个人用户密码已修改")
-    return visit.redirect("/account#password")
+    return visit.redirect("/account#password-section")
 
 
 def real_name_start(visit: Visit) -> Response:

@@ -141,6 +141,14 @@ class Browser:
     def has(self, element_id: str) -> bool:
         return bool(self.driver.find_elements(By.ID, element_id))
 
+    def duplicate_ids(self) -> list[str]:
+        """Ids used twice on the page (labels and error links would point at the wrong one)."""
+        found: list[str] = self.driver.execute_script(
+            "const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id);"
+            "return ids.filter((id, i) => ids.indexOf(id) !== i);"
+        )
+        return found
+
     def body(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
 

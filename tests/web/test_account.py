@@ -7,7 +7,14 @@ from __future__ import annotations
 from etax_platform.pii import mask_name
 from tests.e2e.story import Bureau, Person, new_phone, new_uscc
 from tests.web.site import Browser
-from tests.web.walks import ENTERPRISE, read_code, scan_step, signed_in_as, start_login
+from tests.web.walks import (
+    ENTERPRISE,
+    app_scans,
+    read_code,
+    scan_step,
+    signed_in_as,
+    start_login,
+)
 
 
 def _log_in(browser: Browser, person: Person, entry: str = "natural", **target: str) -> None:
@@ -35,6 +42,7 @@ def test_c3_adding_a_phone_in_the_account_center(browser: Browser, bureau: Burea
     assert masked in listed
     assert f"{person.phone[:3]}****{person.phone[-4:]}" in listed
     assert second not in browser.driver.page_source  # only masked on the page
+    assert browser.duplicate_ids() == []
     browser.screenshot("phones")
     browser.submit("logout")
     start_login(browser, person)
@@ -89,6 +97,7 @@ def test_f3_identity_switching_without_logging_out(browser: Browser, bureau: Bur
     _log_in(browser, officer, ENTERPRISE, enterprise_code=codes[0])
     assert "网页甲企业有限公司" in browser.text("current-identity")
     browser.click("nav-identities")
+    assert browser.duplicate_ids() == []
     listed = browser.text("identity-list")
     assert "网页乙企业有限公司" in listed
     assert "自然人业务" in listed
@@ -105,3 +114,42 @@ def test_f3_identity_switching_without_logging_out(browser: Browser, bureau: Bur
     # Still the same login: the account center works without logging in again.
     browser.open("/account")
     assert browser.text("profile-name") == mask_name(officer.name)
+
+
+def test_b3_level_3_person_reaches_level_4_by_a_face_check_in_the_account_center(
+    browser: Browser, bureau: Bureau
+) -> None:
+    """B3, Q3: a person migrated without a face check is level 3; 【个人实名等级】 with the
+    APP's face recognition lifts it to 4."""
+    person = Person("网页存量")
+    bureau.hall.import_legacy_person(person)
+    _log_in(browser, person)
+    browser.open("/account")
+    assert browser.text("real-name-level") == "3"
+    browser.submit("start-upgrade")
+    browser.element("upgrade-qr")
+    assert "人脸识别通过" in app_scans(browser, "upgrade")
+    browser.wait_text("real-name-level", "4")
+    assert "实名等级已提升为4级" in browser.body()
+
+
+def test_c2_a_username_is_set_once_a_year_and_logs_in(browser: Browser, bureau: Bureau) -> None:
+    """C2, Q15: an optional username, added in the account center, logs in; adding is not
+    a change, one change a year is."""
+    person = bureau.register(Person("网页用户名"))
+    username = f"web{person.number[-8:]}"
+    _log_in(browser, person)
+    browser.open("/account")
+    browser.fill("username", username)
+    browser.submit("username-save")
+    assert browser.text("current-username") == username
+    browser.fill("username", username + "a")
+    browser.submit("username-save")
+    assert browser.text("current-username") == username + "a"
+    browser.fill("username", username + "b")
+    browser.submit("username-save")
+    assert browser.text("username-error") == "用户名一年度只能修改一次"
+    browser.submit("logout")
+    start_login(browser, person, account=username + "a")
+    scan_step(browser)
+    assert "自然人业务" in signed_in_as(browser)

@@ -68,6 +68,19 @@ def test_d1_d2_each_entry_logs_in_with_the_sms_code_and_with_scan_verification(
     start_login(browser, person, entry, **target)
     scan_step(browser)
     assert shown in signed_in_as(browser)
+    if entry == AGENT:
+        # F4: the agent acts for the client the agreement names (身份切换).
+        browser.click("nav-identities")
+        client = next(
+            li for li in browser.css("#identity-list li") if "委托网页有限公司" in li.text
+        )
+        assert "委托企业" in client.text
+        client.find_element("css selector", "button").click()
+        assert "委托网页有限公司" in browser.wait_text("current-identity", "税务代理人员")
+    if entry == SUBJECT:
+        # D5: 切换主管税务机关 lists the related projects of this province.
+        browser.click("nav-authorities")
+        assert shown in browser.text("project-list")
 
 
 def test_d5_specific_subject_logs_in_by_app_face_alone(browser: Browser, bureau: Bureau) -> None:

@@ -27,6 +27,7 @@ def test_pages_fit_a_375_px_screen_and_every_field_has_a_label(
             width = driver.execute_script("return document.documentElement.scrollWidth")
             assert width <= viewport, f"{path} scrolls sideways at {viewport} px"
             assert driver.execute_script(_UNLABELLED) == [], path
+            assert browser.duplicate_ids() == [], path
         browser.open("/?entry=enterprise")
         browser.screenshot("phone-width")
     finally:
