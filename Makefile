@@ -16,8 +16,8 @@ GHZ := $(GHZ_BIN)/ghz
 .PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench fuzz
 
 help:
-	@echo "make run     - every service on the embedded default (SQLite, in-process store)"
-	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL)"
+	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
+	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL; browser tests in headless chromium)"
 	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config"
 	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"

@@ -201,6 +201,34 @@ def _upstream_cluster(
     }
 
 
+def _web_cluster(settings: GatewaySettings) -> dict[str, Any]:
+    """The web pages over HTTP/1.1 (no http2_protocol_options), health-checked by GET."""
+    addresses = [split_address(a) for a in settings.web_address.split(",")]
+    interval = settings.health_check_interval_seconds
+    return {
+        "name": "web",
+        **_discovery_type(h for h, _ in addresses),
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": "web",
+            "endpoints": [{"lb_endpoints": _endpoints(addresses)}],
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": seconds(interval),
+                "no_traffic_interval": seconds(interval),
+                "unhealthy_interval": seconds(min(interval, 1.0)),
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": settings.web_health_path},
+            }
+        ],
+    }
+
+
 def _jwks_cluster(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -303,6 +331,7 @@ def _early_header_mutation() -> list[Any]:
 
 def _clusters(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
     clusters = [_upstream_cluster(settings, name) for name in UPSTREAMS]
+    clusters.append(_web_cluster(settings))
     # Each public streaming route gets a cluster of its own: its circuit breaker caps
     # the open streams of that route, and they never queue the unary calls' requests.
     for policy in policies:
@@ -383,7 +412,7 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "local_reply_config": local_reply_config(),
         "public_access_log": _access_log(settings, "public"),
         "internal_access_log": _access_log(settings, "internal"),
-        "public_routes": routes.public_routes(settings, policies),
+        "public_routes": routes.public_routes(settings, policies) + routes.web_routes(),
         "internal_routes": routes.internal_routes(settings, policies),
         "server_cert": str(certs.server_cert),
         "server_key": str(certs.server_key),
