@@ -34,6 +34,10 @@ class PlatformSettings(BaseSettings):
     kv_url: str = "memory://"
     # Key prefix in the shared store, so environments can share one Redis.
     kv_prefix: str = "etax:"
+    # Production refuses a Redis without an append-only file (lockouts, throttles and
+    # revocations must survive its restart); true: allow it, e.g. for a managed Redis
+    # whose persistence is set up elsewhere.
+    kv_allow_without_aof: bool = False
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"
@@ -57,8 +61,13 @@ class PlatformSettings(BaseSettings):
         return self
 
     def open_store(self) -> KeyValueStore:
-        """The key-value store these settings name (the caller closes it)."""
-        return open_store(self.kv_url, prefix=self.kv_prefix)
+        """The key-value store these settings name (the caller closes it); in production
+        a Redis without an append-only file is refused (unless allowed)."""
+        return open_store(
+            self.kv_url,
+            prefix=self.kv_prefix,
+            require_persistence=self.environment == "production" and not self.kv_allow_without_aof,
+        )
 
     def keyring(self) -> Keyring:
         if self.pii_keys is not None and self.pii_index_key is not None:

@@ -1,5 +1,8 @@
 """Real Redis and PostgreSQL servers for tests, on free loopback ports.
 
+Redis persists as production does (append-only file, fsync every second) and can be
+killed and started again on the same port and data (fault tests).
+
 PostgreSQL refuses to run as root, so as root its server runs as the `postgres` user
 (runuser) in a data directory handed to that user; the tests themselves stay root.
 """
@@ -40,42 +43,88 @@ def _wait(check: object, what: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{what} did not start: {last}")
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is missing: run `make system-deps`")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="etax-redis-")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
+class RedisServer:
+    """A redis-server on a free loopback port, persisting as production does: an
+    append-only file fsynced every second, in a working directory of its own. It can be
+    killed (SIGKILL: no shutdown save) and started again on the same port and directory."""
+
+    def __init__(self, *, appendonly: bool = True, appendfsync: str = "everysec") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing: run `make system-deps`")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="etax-redis-"))
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.options = [
             "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--protected-mode",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            appendfsync,
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                # No RDB snapshots: what survives a restart is what the AOF kept.
+                "--save",
+                "",
+                *self.options,
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        try:
+            # PING answers LOADING (an error) until the append-only file is read back.
+            _wait(client.ping, "redis-server")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: nothing is saved on the way out."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def restartable_redis(
+    *, appendonly: bool = True, appendfsync: str = "everysec"
+) -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=appendonly, appendfsync=appendfsync)
     try:
-        client = redis.Redis.from_url(url)
-        _wait(client.ping, "redis-server")
-        client.close()
-        yield url
+        server.start()
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close()
+
+
+@contextlib.contextmanager
+def redis_server(*, appendonly: bool = True) -> Iterator[str]:
+    with restartable_redis(appendonly=appendonly) as server:
+        yield server.url
 
 
 def _pg_bin() -> Path:
