@@ -38,11 +38,19 @@ class PlatformSettings(BaseSettings):
     # revocations must survive its restart); true: allow it, e.g. for a managed Redis
     # whose persistence is set up elsewhere.
     kv_allow_without_aof: bool = False
+    # Rows on their way to the database (audit events, delivery records) wait here while
+    # it is away; empty: <data_dir>/journal. A local disk (the files are locked).
+    journal_dir: Path | None = None
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"
     pii_index_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("journal_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kv_url")
     @classmethod
@@ -68,6 +76,9 @@ class PlatformSettings(BaseSettings):
             prefix=self.kv_prefix,
             require_persistence=self.environment == "production" and not self.kv_allow_without_aof,
         )
+
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
 
     def keyring(self) -> Keyring:
         if self.pii_keys is not None and self.pii_index_key is not None:
