@@ -1,7 +1,7 @@
 """Real Redis and PostgreSQL servers for tests, on free loopback ports.
 
-Redis persists as production does (append-only file, fsync every second) and can be
-killed and started again on the same port and data (fault tests).
+Redis persists as production does (append-only file, fsync every second); both can be
+stopped and started again on the same port and data (fault tests).
 
 PostgreSQL refuses to run as root, so as root its server runs as the `postgres` user
 (runuser) in a data directory handed to that user; the tests themselves stay root.
@@ -135,9 +135,11 @@ def _pg_bin() -> Path:
 
 
 class PostgresServer:
-    def __init__(self, port: int, workdir: Path) -> None:
+    def __init__(self, port: int, workdir: Path, control: list[str] | None = None) -> None:
         self.port = port
         self.workdir = workdir
+        # pg_ctl with its data directory (as the postgres user when running as root).
+        self._control = control or []
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -153,6 +155,20 @@ class PostgresServer:
             suffix = f" TEMPLATE {template}" if template else ""
             conn.execute(f'CREATE DATABASE "{name}"{suffix}')
         return name
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stops the server (fast: clients are disconnected, nothing is lost)."""
+        subprocess.run(
+            [*self._control, "-m", mode, "-w", "stop"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        """Starts it again on the same data directory and port."""
+        subprocess.run([*self._control, "-w", "start"], check=True, stdout=subprocess.DEVNULL)
+        _wait(lambda: self.admin().close() is None, "postgres")
 
 
 @contextlib.contextmanager
@@ -190,25 +206,19 @@ def postgres_server() -> Iterator[PostgresServer]:
         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
-    subprocess.run(
-        [
-            *prefix,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(workdir / "log"),
-            "-w",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    server = PostgresServer(port, workdir)
+    control = [
+        *prefix,
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-l",
+        str(workdir / "log"),
+    ]
+    server = PostgresServer(port, workdir, control)
+    server.start()
     try:
-        _wait(lambda: server.admin().close() is None, "postgres")
         yield server
     finally:
         subprocess.run(
