@@ -393,9 +393,10 @@ class BatchWriter:
             return self._own.pending > 0 or any(o.pending for o in self._orphans)
 
     def _wait_seconds(self) -> float:
-        if self._retry_at:
-            return max(0.01, self._retry_at - time.monotonic())
-        return 1.0
+        """Until the next attempt while one is due later; otherwise until woken (a second
+        at most, to look again)."""
+        remaining = self._retry_at - time.monotonic()
+        return min(remaining, 1.0) if remaining > 0 else 1.0
 
     def _replay(self) -> None:
         """Writes journaled rows in order (the stopped processes' first, then this one's),

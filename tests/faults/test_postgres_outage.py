@@ -87,11 +87,16 @@ def test_no_delivery_record_or_audit_event_is_lost_while_postgresql_is_away(
     auth = auth_pb2_grpc.AuthServiceStub(channels[1])
     journals = (tmp_path / "sms" / "journal", tmp_path / "auth" / "journal")
 
+    broken: list[BaseException] = []
+
     def outage() -> None:
-        time.sleep(DOWN_AT)
-        own_postgres.stop()
-        time.sleep(UP_AT - DOWN_AT)
-        own_postgres.start()
+        try:
+            time.sleep(DOWN_AT)
+            own_postgres.stop()
+            time.sleep(UP_AT - DOWN_AT)
+            own_postgres.start()
+        except BaseException as error:  # reported by the test, not lost in the thread
+            broken.append(error)
 
     faults = threading.Thread(target=outage)
     answers: list[grpc.StatusCode] = []
@@ -126,6 +131,8 @@ def test_no_delivery_record_or_audit_event_is_lost_while_postgresql_is_away(
             n += 1
             time.sleep(max(0.0, started + n / RATE - time.monotonic()))
         faults.join()
+        if broken:
+            raise broken[0]
         # The outage was real and the journal carried it.
         assert grpc.StatusCode.UNAVAILABLE in answers and grpc.StatusCode.NOT_FOUND in answers
         assert most_journaled >= 2 * RATE

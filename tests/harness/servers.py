@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def restart_safe_port() -> int:
+    """A free port below the kernel's ephemeral range, for a server that is stopped and
+    started again on the same port: while it is down no outgoing connection on this
+    busy machine can take its port as a local one (free_port's range is that one)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    for _ in range(200):
+        port = random.randrange(20000, max(20001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def _wait(check: object, what: str, timeout: float = 20.0) -> None:
@@ -53,7 +73,7 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is missing: run `make system-deps`")
         self.binary = binary
-        self.port = free_port()
+        self.port = restart_safe_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="etax-redis-"))
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.options = [
@@ -166,8 +186,13 @@ class PostgresServer:
         )
 
     def start(self) -> None:
-        """Starts it again on the same data directory and port."""
-        subprocess.run([*self._control, "-w", "start"], check=True, stdout=subprocess.DEVNULL)
+        """Starts it (again) on the same data directory and port."""
+        started = subprocess.run(
+            [*self._control, "-w", "start"], stdout=subprocess.DEVNULL, check=False
+        )
+        if started.returncode != 0:
+            log = (self.workdir / "log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"postgres did not start on port {self.port}:\n{log}")
         _wait(lambda: self.admin().close() is None, "postgres")
 
 
@@ -201,7 +226,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    port = free_port()
+    port = restart_safe_port()
     options = (
         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
