@@ -23,11 +23,16 @@ and the `}` after it. So every key the store writes carries one:
 - a key without braces is tagged whole (`etax:{auth:qr:123}`): a slot of its own.
 The prefix never carries braces (it would become every key's tag). A key that a caller
 builds from outside input may contain braces; it then only picks another slot.
+
+Lockout counters, throttles and revocation markers must survive a Redis restart, so
+`open_store` asks the server how it persists (append-only file) and says what it found;
+production refuses a Redis without it (`check_persistence`).
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 import random
 import threading
 import time
@@ -43,6 +48,8 @@ from redis.cluster import ClusterNode
 from redis.retry import Retry
 
 T = TypeVar("T")
+
+log = logging.getLogger("etax.kv")
 
 _MAX_ATTEMPTS = 500
 
@@ -346,13 +353,129 @@ class RedisStore(_CompareAndSet):
     def ping(self) -> bool:
         return bool(self._redis.ping())
 
+    def check_persistence(self, *, required: bool) -> Persistence:
+        if isinstance(self._redis, redis.RedisCluster):
+            found = [
+                check_persistence(
+                    node.redis_connection, f"{node.host}:{node.port}", required=required
+                )
+                for node in self._redis.get_primaries()  # type: ignore[no-untyped-call]
+            ]
+            return min(found, key=lambda p: p.durable is True)
+        kwargs = self._redis.connection_pool.connection_kwargs
+        where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        if "path" in kwargs:
+            where = str(kwargs["path"])
+        return check_persistence(self._redis, where, required=required)
+
     def close(self) -> None:
         self._redis.close()
 
 
-def open_store(url: str, *, prefix: str = "etax:") -> KeyValueStore:
+class PersistenceError(RuntimeError):
+    """The store would lose security state on a restart, and that is not allowed here."""
+
+
+@dataclass(frozen=True)
+class Persistence:
+    """What the server said about its append-only file; None: it would not say."""
+
+    appendonly: str | None
+    appendfsync: str | None
+
+    @property
+    def durable(self) -> bool | None:
+        return None if self.appendonly is None else self.appendonly == "yes"
+
+    def describe(self) -> str:
+        if self.appendonly is None:
+            return "unknown (CONFIG GET refused)"
+        if self.appendonly != "yes":
+            return "no append-only file (appendonly no)"
+        return f"append-only file, appendfsync {self.appendfsync or 'unknown'}"
+
+
+def _config_value(client: Any, name: str) -> str | None:
+    found = client.config_get(name)
+    for raw, value in found.items():
+        if (raw.decode() if isinstance(raw, bytes) else raw) == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
+
+
+def read_persistence(client: Any) -> Persistence:
+    """CONFIG GET appendonly / appendfsync. A managed Redis may refuse CONFIG: unknown.
+    A store that cannot be reached raises redis' ConnectionError."""
+    try:
+        return Persistence(
+            _config_value(client, "appendonly"), _config_value(client, "appendfsync")
+        )
+    except redis.exceptions.ResponseError:  # NOPERM, unknown or renamed command
+        return Persistence(None, None)
+
+
+def check_persistence(client: Any, where: str, *, required: bool) -> Persistence:
+    """Says at start how the store persists. Without an append-only file a restart of Redis
+    forgets every lock, throttle and revocation: refused when `required` (production),
+    a WARNING otherwise. Unknown (CONFIG refused) is a WARNING either way: the operator
+    of a managed Redis must make sure it persists."""
+    try:
+        found = read_persistence(client)
+    except redis.exceptions.RedisError as error:
+        if required:
+            raise PersistenceError(
+                f"the store at {where} is unreachable ({type(error).__name__}), so its "
+                "persistence cannot be checked; start Redis first"
+            ) from None
+        log.warning("store at %s unreachable at start: persistence not checked", where)
+        return Persistence(None, None)
+    if found.durable is None:
+        log.warning(
+            "store at %s: persistence %s; make sure it keeps an append-only file "
+            "(appendonly yes, appendfsync everysec) or lockouts and throttles are lost "
+            "when it restarts",
+            where,
+            found.describe(),
+        )
+    elif not found.durable:
+        if required:
+            raise PersistenceError(
+                f"the store at {where} runs without an append-only file (appendonly no): a "
+                "restart would forget every lockout, SMS throttle and revocation. Start Redis "
+                "with --appendonly yes --appendfsync everysec, or set "
+                "ETAX_KV_ALLOW_WITHOUT_AOF=true if its persistence is managed elsewhere"
+            )
+        log.warning(
+            "store at %s: %s; a restart of Redis forgets lockouts, throttles and "
+            "revocations (allowed outside production or by ETAX_KV_ALLOW_WITHOUT_AOF)",
+            where,
+            found.describe(),
+        )
+    else:
+        if found.appendfsync not in ("everysec", "always"):
+            log.warning(
+                "store at %s: appendfsync %s; use everysec (at most one second of writes "
+                "lost when the machine fails)",
+                where,
+                found.appendfsync,
+            )
+        log.info("store at %s: persistence %s", where, found.describe())
+    return found
+
+
+def open_store(
+    url: str, *, prefix: str = "etax:", require_persistence: bool = False
+) -> KeyValueStore:
     """memory://, redis://host:port/db or redis+cluster://host:port,... (the URL scheme
-    picks the implementation)."""
+    picks the implementation). A Redis store is checked for persistence when opened
+    (`check_persistence`; on a cluster, every primary)."""
     if url.startswith("memory://"):
+        log.info("store: in-process (state ends with the process; one replica only)")
         return MemoryStore()
-    return RedisStore(url, prefix=prefix)
+    store = RedisStore(url, prefix=prefix)
+    try:
+        store.check_persistence(required=require_persistence)
+    except BaseException:
+        store.close()
+        raise
+    return store

@@ -36,6 +36,13 @@ class PlatformSettings(BaseSettings):
     kv_url: str = "memory://"
     # Key prefix in the shared store, so environments can share one Redis.
     kv_prefix: str = "etax:"
+    # Production refuses a Redis without an append-only file (lockouts, throttles and
+    # revocations must survive its restart); true: allow it, e.g. for a managed Redis
+    # whose persistence is set up elsewhere.
+    kv_allow_without_aof: bool = False
+    # Rows on their way to the database (audit events, delivery records) wait here while
+    # it is away; empty: <data_dir>/journal. A local disk (the files are locked).
+    journal_dir: Path | None = None
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"
@@ -45,6 +52,11 @@ class PlatformSettings(BaseSettings):
     # before fetching them again (TokenVerifier): the gateway's JWKS cache time
     # (ETAX_GATEWAY_JWKS_CACHE_SECONDS), so a key auth withdraws is dropped as fast here.
     jwks_cache_seconds: float = Field(default=300, gt=0)
+
+    @field_validator("journal_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("kv_url")
     @classmethod
@@ -73,8 +85,16 @@ class PlatformSettings(BaseSettings):
         return self
 
     def open_store(self) -> KeyValueStore:
-        """The key-value store these settings name (the caller closes it)."""
-        return open_store(self.kv_url, prefix=self.kv_prefix)
+        """The key-value store these settings name (the caller closes it); in production
+        a Redis without an append-only file is refused (unless allowed)."""
+        return open_store(
+            self.kv_url,
+            prefix=self.kv_prefix,
+            require_persistence=self.environment == "production" and not self.kv_allow_without_aof,
+        )
+
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
 
     def keyring(self) -> Keyring:
         if self.pii_keys is not None and self.pii_index_key is not None:

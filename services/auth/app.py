@@ -93,7 +93,12 @@ def build(
     sms = SmsCodes(sms_channel, timeout)
     face = FaceChecks(face_channel, timeout)
     bindings = Bindings(binding_channel, timeout)
-    audit = AuditLog(database, clock, batch_seconds=settings.audit_batch_seconds)
+    audit = AuditLog(
+        database,
+        clock,
+        journal_dir=settings.platform.journal_path(),
+        batch_seconds=settings.audit_batch_seconds,
+    )
     lockout = Lockout(store, clock)
     checks = Checks(lockout=lockout, sms=sms, face=face, audit=audit)
     steps = PersonSteps(accounts=accounts, checks=checks, sms=sms, face=face)
