@@ -45,6 +45,12 @@ _REPLIES = (
 )
 
 
+def gateway_statuses() -> list[tuple[int, Reason]]:
+    """The HTTP status and reason of each error the gateway makes itself (the API
+    reference lists them beside the services' own)."""
+    return [(reply.answer_status or reply.http_status, reply.reason) for reply in _REPLIES]
+
+
 def status_body(reason: Reason, message: str | None = None, retry_after: str | None = None) -> str:
     """A google.rpc.Status as JSON, as the transcoder prints a service's error."""
     meaning = MEANINGS[reason]
@@ -74,13 +80,27 @@ def status_body(reason: Reason, message: str | None = None, retry_after: str | N
 
 
 def _filter(reply: _Reply) -> dict[str, Any]:
-    not_grpc = {
-        "header_filter": {
-            "header": {
-                "name": "content-type",
-                "string_match": {"prefix": "application/grpc"},
-                "invert_match": True,
-            }
+    # A JSON client: its request is not gRPC (a GET has no content-type at all), or the
+    # transcoder made it gRPC (it rewrote the path, keeping the original).
+    json_client = {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                            "treat_missing_header_as_empty": True,
+                        }
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True}
+                    }
+                },
+            ]
         }
     }
     case: dict[str, Any]
@@ -98,7 +118,7 @@ def _filter(reply: _Reply) -> dict[str, Any]:
                 }
             }
         }
-    return {"and_filter": {"filters": [not_grpc, case]}}
+    return {"and_filter": {"filters": [json_client, case]}}
 
 
 def local_reply_config() -> dict[str, Any]:
