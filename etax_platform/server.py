@@ -22,6 +22,7 @@ One interceptor does, for every call, what no servicer should repeat:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -126,17 +127,54 @@ class _Admission:
 
 
 class _StreamSlots:
-    """At most `size` server streams at once; the next one is RESOURCE_EXHAUSTED."""
+    """At most `size` server streams at once; the next one is RESOURCE_EXHAUSTED.
 
-    def __init__(self, size: int) -> None:
-        self._free = threading.BoundedSemaphore(size)
+    A slot is taken when gRPC looks up the call's handler, on the server's own thread,
+    before the call is queued for a worker: a stream that gets no slot never waits in the
+    queue for a thread (and never keeps a unary call waiting behind it). gRPC does not run
+    the handler of a call cancelled before its request arrived, so a slot not claimed by
+    its handler within `claim_seconds` is given back by itself.
+    """
 
-    def take(self) -> None:
-        if not self._free.acquire(blocking=False):
-            raise DomainError(Reason.TOO_MANY_REQUESTS, metadata={"limit": "streams"})
+    def __init__(self, size: int, claim_seconds: float = 10.0) -> None:
+        self._size = size
+        self._claim_seconds = claim_seconds
+        self._unclaimed: dict[int, float] = {}
+        self._running = 0
+        self._next = 0
+        self._lock = threading.Lock()
 
-    def give_back(self) -> None:
-        self._free.release()
+    def take(self) -> int | None:
+        """A slot for a new stream, or None when every slot is in use."""
+        now = time.monotonic()
+        with self._lock:
+            for slot, deadline in list(self._unclaimed.items()):
+                if deadline < now:
+                    del self._unclaimed[slot]
+            if self._running + len(self._unclaimed) >= self._size:
+                return None
+            self._next += 1
+            self._unclaimed[self._next] = now + self._claim_seconds
+            return self._next
+
+    @contextlib.contextmanager
+    def held(self, slot: int) -> Iterator[None]:
+        """The stream's handler runs in its slot."""
+        with self._lock:
+            self._unclaimed.pop(slot, None)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+def _refuse_stream(_raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+    """The handler of a stream that got no slot: refused at once."""
+    error = DomainError(Reason.TOO_MANY_REQUESTS, metadata={"limit": "streams"})
+    _fail(context, "(no stream slot)", _Metadata(context).request_id, error)
+    yield from ()
 
 
 class _MalformedLog:
@@ -203,6 +241,11 @@ class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             wrapped = self._wrap(method, continuation(handler_call_details))
             if wrapped is not None:
                 self._wrapped[method] = wrapped
+        if wrapped is not None and wrapped.unary_stream:
+            slot = self._streams.take()
+            if slot is None:
+                return wrapped._replace(unary_stream=_refuse_stream)
+            return wrapped._replace(unary_stream=functools.partial(wrapped.unary_stream, slot))
         return wrapped
 
     def _wrap(self, method: str, handler: Any) -> Any:
@@ -286,24 +329,21 @@ def _streaming(
     parse: Callable[[bytes], Any],
     admission: _Admission,
     slots: _StreamSlots,
-) -> Callable[[Any, Any], Iterator[Any]]:
-    def call(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+) -> Callable[[int, Any, Any], Iterator[Any]]:
+    def call(slot: int, raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
+        """Runs in the slot intercept_service took for this call."""
         headers = _Metadata(context)
         rid = headers.request_id
         token = request_id.set(rid)
-        holding = False
         try:
-            request = parse(raw)
-            with calling(admission.admit(headers)):
-                slots.take()
-                holding = True
-                yield from behaviour(request, context)
+            with slots.held(slot):
+                request = parse(raw)
+                with calling(admission.admit(headers)):
+                    yield from behaviour(request, context)
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         except Exception as error:
             _fail(context, method, rid, error)
         finally:
-            if holding:
-                slots.give_back()
             request_id.reset(token)
 
     return call

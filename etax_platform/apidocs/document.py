@@ -109,7 +109,7 @@ _ERROR_RESPONSES: dict[int, tuple[str, str]] = {
         "Conflict",
         "Already exists (ALREADY_REGISTERED: log in instead; USERNAME_TAKEN: choose another).",
     ),
-    413: ("PayloadTooLarge", "The request body is over the gateway's limit (8 MiB)."),
+    413: ("PayloadTooLarge", "The JSON request body is over the gateway's limit (4 MiB)."),
     429: (
         "TooManyRequests",
         "Throttled: by the service (SMS_RATE_LIMITED, E2) or by the gateway's flood guard "

@@ -80,11 +80,17 @@ def status_body(reason: Reason, message: str | None = None, retry_after: str | N
 
 
 def _filter(reply: _Reply) -> dict[str, Any]:
-    # A JSON client: its request is not gRPC (a GET has no content-type at all), or the
-    # transcoder made it gRPC (it rewrote the path, keeping the original).
+    # A JSON request the transcoder already turned into gRPC carries the path it came
+    # with (x-envoy-original-path); one it never reached still has its own content-type.
+    # gRPC and gRPC-Web requests have neither, and keep Envoy's grpc-status.
     json_client = {
         "or_filter": {
             "filters": [
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-path", "present_match": True}
+                    }
+                },
                 {
                     "header_filter": {
                         "header": {
@@ -93,11 +99,6 @@ def _filter(reply: _Reply) -> dict[str, Any]:
                             "invert_match": True,
                             "treat_missing_header_as_empty": True,
                         }
-                    }
-                },
-                {
-                    "header_filter": {
-                        "header": {"name": "x-envoy-original-path", "present_match": True}
                     }
                 },
             ]

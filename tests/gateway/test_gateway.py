@@ -245,7 +245,6 @@ def test_valid_token_reaches_the_service_with_verified_claims(
 @pytest.mark.parametrize(
     ("service", "method", "request_type"),
     [
-        ("etax.auth.v1.AuthService", "Logout", auth_pb2.LogoutRequest),
         ("etax.auth.v1.AuthService", "SwitchIdentity", auth_pb2.SwitchIdentityRequest),
         ("etax.auth.v1.AuthService", "ConfirmQrLogin", auth_pb2.ConfirmQrLoginRequest),
         ("etax.auth.v1.AccountService", "AddPhone", auth_pb2.AddPhoneRequest),
@@ -439,6 +438,152 @@ def test_code_sending_route_is_rate_limited_with_resource_exhausted(
         )
         for _ in range(5):
             assert login.GetPublicKeys(auth_pb2.GetPublicKeysRequest(), timeout=5).keys
+
+
+def _client_at(address: str) -> httpx.Client:
+    """An HTTP client whose connections come from `address` (all of 127/8 is loopback)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=5)
+
+
+def _logins(client: httpx.Client, gateway: RunningGateway, count: int, **headers: str) -> list[int]:
+    return [
+        client.post(
+            gateway.url("/v1/auth/logins"), json={"account": "x"}, headers=headers
+        ).status_code
+        for _ in range(count)
+    ]
+
+
+def test_flood_guards_are_per_client(
+    upstreams: Upstreams, gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """Issue 11.6: one client far over its login limit is refused while another client's
+    logins succeed (the buckets are per client address, not per route)."""
+    with running_gateway(
+        upstreams.addresses,
+        workdir=tmp_path,
+        certificates=gateway_certs,
+        login_rate_per_second=1,
+        login_burst=3,
+    ) as gateway:
+        with _client_at("127.0.0.2") as flooding, _client_at("127.0.0.3") as other:
+            refused = _logins(flooding, gateway, 30)
+            assert refused.count(429) >= 25
+            assert _logins(other, gateway, 3) == [200, 200, 200]
+
+
+def test_a_trusted_proxy_names_its_client_and_others_cannot(
+    upstreams: Upstreams, gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """The web service and APP backends call for many people: X-Forwarded-For names the
+    client, but only from ETAX_GATEWAY_TRUSTED_PROXIES; a request naming an APP also counts
+    against that APP's bucket."""
+    with running_gateway(
+        upstreams.addresses,
+        workdir=tmp_path,
+        certificates=gateway_certs,
+        login_rate_per_second=1,
+        login_burst=2,
+        app_rate_per_second=1,
+        app_burst=5,
+        trusted_proxies="127.0.0.4/32",
+    ) as gateway:
+        with _client_at("127.0.0.4") as proxy, _client_at("127.0.0.5") as stranger:
+            # Behind the proxy, two people have buckets of their own.
+            assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.1"}) == [200] * 2
+            assert _logins(proxy, gateway, 1, **{"x-forwarded-for": "203.0.113.1"}) == [429]
+            assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.2"}) == [200] * 2
+            # Anyone else's X-Forwarded-For is not believed: their own address counts.
+            spoofed = [
+                _logins(stranger, gateway, 1, **{"x-forwarded-for": f"198.51.100.{n}"})[0]
+                for n in range(5)
+            ]
+            assert spoofed.count(429) >= 2
+            # An APP's own bucket: five in all, whoever its users are.
+            app = [
+                _logins(
+                    proxy,
+                    gateway,
+                    1,
+                    **{"x-forwarded-for": f"203.0.113.{n}", "x-etax-app-id": "etax-app"},
+                )[0]
+                for n in range(10, 18)
+            ]
+            assert app.count(429) >= 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "reason"),
+    [
+        ("GET", "/v1/me/profile", None, 401, "UNAUTHENTICATED"),
+        ("POST", "/v1/auth/logins", b"{", 400, "MALFORMED_REQUEST"),
+        ("POST", "/v1/auth/logins", b'{"entry": "ENTRY_NO_SUCH"}', 400, "MALFORMED_REQUEST"),
+        ("POST", "/v1/auth/logins", b'{"account": 12, "entry": [1]}', 400, "MALFORMED_REQUEST"),
+        ("GET", "/v1/no/such/route", None, 404, "NOT_FOUND"),
+        (
+            "POST",
+            "/v1/sms/codes",
+            b'{"phone": "' + b"1" * (9 * 1024 * 1024) + b'"}',
+            413,
+            "MALFORMED_REQUEST",
+        ),
+    ],
+)
+def test_errors_the_gateway_makes_itself_have_the_services_json_shape(
+    gateway: RunningGateway,
+    method: str,
+    path: str,
+    body: bytes | None,
+    status: int,
+    reason: str,
+) -> None:
+    """Issue 11.5: google.rpc.Status with ErrorInfo (domain etax) and a zh-CN
+    LocalizedMessage, as the transcoder prints the services' own errors."""
+    response = httpx.request(
+        method,
+        gateway.url(path),
+        content=body,
+        headers={"content-type": "application/json"} if body is not None else {},
+        timeout=10,
+    )
+    assert response.status_code == status, response.text[:200]
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()
+    info, localized = error["details"][:2]
+    assert info["@type"].endswith("google.rpc.ErrorInfo")
+    assert (info["domain"], info["reason"]) == ("etax", reason)
+    assert localized == {
+        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+        "locale": "zh-CN",
+        "message": error["message"],
+    }
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in error["message"])
+
+
+def test_the_flood_guard_answers_json_clients_with_retry_info(
+    upstreams: Upstreams, gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    with running_gateway(
+        upstreams.addresses,
+        workdir=tmp_path,
+        certificates=gateway_certs,
+        login_rate_per_second=1,
+        login_burst=1,
+    ) as gateway:
+        responses = [
+            httpx.post(gateway.url("/v1/auth/logins"), json={"account": "x"}, timeout=5)
+            for _ in range(3)
+        ]
+        refused = next(r for r in responses if r.status_code == 429).json()
+        assert refused["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        kinds = {d["@type"].rsplit(".", 1)[1]: d for d in refused["details"]}
+        assert kinds["ErrorInfo"]["reason"] == "TOO_MANY_REQUESTS"
+        assert kinds["RetryInfo"]["retry_delay"] == "1s"
+        # gRPC clients keep the gRPC status Envoy gives them.
+        stub = auth_pb2_grpc.AuthServiceStub(gateway.public_channel())
+        assert _code_of(lambda: stub.StartLogin(auth_pb2.StartLoginRequest(), timeout=5)) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
 
 
 # --- access logs -----------------------------------------------------------------------------

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import grpc
 import pytest
 import redis
+from etax.auth.v1 import auth_pb2
+from etax.binding.v1 import binding_pb2, binding_pb2_grpc
+from etax.face.v1 import face_pb2
+from etax.sms.v1 import sms_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from etax_platform.errors import DomainError, Reason, from_rpc_error
-from etax_platform.server import GrpcHost, Registration
+from etax_platform.policy import service_policies, undeclared
+from etax_platform.server import GrpcHost, Registration, _StreamSlots
 
 SERVICE = "etax.test.v1.ProbeService"
 
@@ -146,3 +153,73 @@ def test_a_store_that_is_down_is_unavailable_not_internal(channel: grpc.Channel)
     error = from_rpc_error(caught.value)
     assert error is not None and error.reason is Reason.PROVIDER_UNAVAILABLE
     assert error.metadata == {"dependency": "store"}
+
+
+# --- requests the interceptor refuses before any servicer runs (issue 11) -----------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"\xff\xff\xff", b"\x0a\x02\xc3\x28", b"\x0a\x10ab"],
+    ids=["not-protobuf", "invalid-utf8", "truncated"],
+)
+def test_bytes_that_do_not_decode_are_malformed_request_without_a_traceback(
+    channel: grpc.Channel, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server parses the request itself: INVALID_ARGUMENT / MALFORMED_REQUEST, never
+    gRPC's INTERNAL "Exception deserializing request!" with an ERROR traceback."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    with caplog.at_level(logging.INFO), pytest.raises(grpc.RpcError) as caught:
+        check(body, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = from_rpc_error(caught.value)
+    assert error is not None and error.reason is Reason.MALFORMED_REQUEST
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_malformed_requests_are_warned_about_at_most_once_per_window(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    check = channel.unary_unary("/grpc.health.v1.Health/Check")
+    with caplog.at_level(logging.WARNING, logger="etax.rpc"):
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError):
+                check(b"\xff\xff", timeout=5)
+    warnings = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(warnings) <= 1
+
+
+def test_an_unclaimed_stream_slot_comes_back_by_itself() -> None:
+    """A stream cancelled before gRPC ran its handler must not keep its slot for good."""
+    slots = _StreamSlots(1, claim_seconds=0.05)
+    first = slots.take()
+    assert first is not None and slots.take() is None
+    time.sleep(0.1)
+    second = slots.take()
+    assert second is not None
+    with slots.held(second):
+        assert slots.take() is None
+    assert slots.take() is not None
+
+
+def test_a_session_bearing_service_needs_an_authenticator() -> None:
+    def add(server: grpc.Server) -> None:
+        binding_pb2_grpc.add_BindingServiceServicer_to_server(
+            binding_pb2_grpc.BindingServiceServicer(), server
+        )
+
+    with pytest.raises(ValueError, match="authenticator"):
+        GrpcHost([Registration("etax.binding.v1.BindingService", add)], port=0)
+
+
+def test_every_rpc_of_every_service_declares_a_policy() -> None:
+    """DESIGN.md, Policy in the contract: a new RPC without an option fails here (and its
+    service refuses to start)."""
+    names = [
+        service.full_name
+        for module in (auth_pb2, binding_pb2, face_pb2, sms_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+    ]
+    policies = [p for name in names for p in service_policies(name)]
+    assert len(policies) > 60
+    assert undeclared(policies) == []
