@@ -280,3 +280,47 @@ def test_page_escapes_what_the_protos_say() -> None:
     rendered = page.render(doc)
     assert "<script>" not in rendered and "&lt;script&gt;" in rendered
     assert "<code>c&lt;d&gt;</code>" in rendered and "a &lt;b&gt; &amp;" in rendered
+
+
+# --- docs/api.md stays true to the document ----------------------------------------------
+
+_MENTION = re.compile(r"\b(GET|POST|PUT|DELETE|get|post|put|delete)\s+(/[^\s'`?]+)")
+# What the gateway answers itself (not operations of the API).
+_GATEWAY_PATHS = {"/openapi.json", "/api/"}
+
+
+def test_docs_api_md_mentions_only_real_operations_and_every_one(served: dict[str, Any]) -> None:
+    """Every `METHOD /path` docs/api.md shows (shell variables for path parameters) is an
+    operation of the document, and every operation appears in it."""
+    patterns = {
+        (verb, path): re.compile(re.sub(r"\\\{\w+\\\}", r"[^/:?\\s]+", re.escape(path)) + "$")
+        for (verb, path) in _operations(served)
+    }
+    text = (document.REPO_ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    seen: set[tuple[str, str]] = set()
+    unknown = []
+    for verb, path in _MENTION.findall(text):
+        if path in _GATEWAY_PATHS:
+            continue
+        hits = {k for k, rx in patterns.items() if k[0] == verb.lower() and rx.match(path)}
+        if not hits:
+            unknown.append(f"{verb} {path}")
+        seen |= hits
+    assert unknown == []
+    assert sorted(set(patterns) - seen) == []
+    # The reasons and enum values it names are real ones (and settings are settings).
+    values: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            values.update(v for v in node.get("enum", []) if isinstance(v, str))
+            for item in node.values():
+                collect(item)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    collect(served)
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]{4,})`", text))
+    assert {r.value for r in MEANINGS} & named
+    assert {n for n in named if n not in values and not n.startswith("ETAX_")} == set()
