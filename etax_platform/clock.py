@@ -6,14 +6,26 @@ Days and midnights (E1 lockout, C2 username year) are those of Asia/Shanghai.
 from __future__ import annotations
 
 import threading
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
+from etax_platform.errors import invalid
+
 CST = ZoneInfo("Asia/Shanghai")
+
+# The instants a request may carry. Protobuf allows 0001-01-01..9999-12-31 UTC, but the last
+# day of that overflows a CST datetime, and a far bound leaves no room for the day and
+# period arithmetic done on it later; before 1970 Asia/Shanghai has odd offsets (LMT) and
+# stored millis would go negative. Nothing the tax bureau records lies outside these.
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)  # exclusive
+_EARLIEST_SECONDS = int(EARLIEST_INSTANT.timestamp())
+_LATEST_SECONDS = int(LATEST_INSTANT.timestamp())
+_MAX_NANOS = 999_999_999
 
 
 class Clock(Protocol):
@@ -73,13 +85,19 @@ def to_timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def from_timestamp(stamp: timestamp_pb2.Timestamp) -> datetime:
+def from_timestamp(stamp: timestamp_pb2.Timestamp, field_name: str = "timestamp") -> datetime:
+    """A Timestamp as a CST instant; INVALID_ARGUMENT naming the field when its nanos are
+    outside 0..999,999,999 or its instant outside EARLIEST_INSTANT..LATEST_INSTANT."""
+    in_range = _EARLIEST_SECONDS <= stamp.seconds < _LATEST_SECONDS
+    if not (in_range and 0 <= stamp.nanos <= _MAX_NANOS):
+        raise invalid(field_name)
     return stamp.ToDatetime(tzinfo=CST)
 
 
 def optional_instant(message: Message, field_name: str) -> datetime | None:
-    """A message's optional Timestamp field as a CST instant, None when unset."""
+    """A message's optional Timestamp field as a CST instant, None when unset;
+    INVALID_ARGUMENT naming the field when it is out of range (see from_timestamp)."""
     if not message.HasField(field_name):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, field_name)
-    return from_timestamp(stamp)
+    return from_timestamp(stamp, field_name)

@@ -93,12 +93,14 @@ MAINLAND_PROVINCES = frozenset(
 )  # fmt: skip
 _EARLIEST_BIRTH = date(1900, 1, 1)
 
-_EIGHTEEN = re.compile(r"\d{17}[\dX]")
-_FIFTEEN = re.compile(r"\d{15}")
-_HK_MACAO_TRAVEL = re.compile(r"[HM](\d{8}|\d{10})")
-_TAIWAN_TRAVEL = re.compile(r"\d{8}|\d{10}")
-_CHINESE_PASSPORT = re.compile(r"E\d{8}|E[A-Z]\d{7}|G\d{8}")
-_PERMANENT_RESIDENT_OLD = re.compile(r"[A-Z]{3}\d{12}")
+# re.ASCII: a bare \d also matches Arabic-Indic and other decimal digits, which NFKC leaves
+# alone, so one number would have several spellings (and blind indexes).
+_EIGHTEEN = re.compile(r"\d{17}[\dX]", re.ASCII)
+_FIFTEEN = re.compile(r"\d{15}", re.ASCII)
+_HK_MACAO_TRAVEL = re.compile(r"[HM](\d{8}|\d{10})", re.ASCII)
+_TAIWAN_TRAVEL = re.compile(r"\d{8}|\d{10}", re.ASCII)
+_CHINESE_PASSPORT = re.compile(r"E\d{8}|E[A-Z]\d{7}|G\d{8}", re.ASCII)
+_PERMANENT_RESIDENT_OLD = re.compile(r"[A-Z]{3}\d{12}", re.ASCII)
 _FREE_FORM = re.compile(r"[A-Z0-9]{5,20}")
 _OTHER = re.compile(r"[A-Z0-9](?:[A-Z0-9-]{0,28}[A-Z0-9])?")
 

@@ -18,11 +18,13 @@ from etax_platform.errors import DomainError, Reason
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_WEIGHTS = tuple(pow(3, position, 31) for position in range(17))
 _USCC_CHAR = "[0-9A-HJ-NP-RTUW-Y]"
-_USCC_SHAPE = re.compile(rf"{_USCC_CHAR}{{2}}\d{{6}}{_USCC_CHAR}{{10}}")
+# re.ASCII: a bare \d also matches Arabic-Indic and other decimal digits, which NFKC leaves
+# alone, so one number would have several spellings (and blind indexes).
+_USCC_SHAPE = re.compile(rf"{_USCC_CHAR}{{2}}\d{{6}}{_USCC_CHAR}{{10}}", re.ASCII)
 _TIN_SHAPES = {
-    15: re.compile(r"\d{6}[0-9A-Z]{9}"),
-    17: re.compile(r"\d{17}"),
-    20: re.compile(r"\d{17}[0-9X]\d{2}"),
+    15: re.compile(r"\d{6}[0-9A-Z]{9}", re.ASCII),
+    17: re.compile(r"\d{17}", re.ASCII),
+    20: re.compile(r"\d{17}[0-9X]\d{2}", re.ASCII),
 }
 
 

@@ -8,13 +8,15 @@ import re
 from etax_platform.documents import MAINLAND_PROVINCES
 from etax_platform.errors import DomainError, Reason, invalid
 
-_MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}")
+# re.ASCII: a bare \d also matches Arabic-Indic and other decimal digits, which NFKC leaves
+# alone, so one number would have several spellings (and blind indexes).
+_MAINLAND_MOBILE = re.compile(r"1[3-9]\d{9}", re.ASCII)
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}")
 _MAX_EMAIL = 254
 # A cross-region project number, or (as a subject number) a USCC/TIN: what
 # etax.binding.v1.Target.subject_number accepts.
 _SUBJECT_NUMBER = re.compile(r"[0-9A-Z][0-9A-Z-]{3,63}")
-_TAX_AUTHORITY_CODE = re.compile(r"\d{11}")
+_TAX_AUTHORITY_CODE = re.compile(r"\d{11}", re.ASCII)
 
 
 def normalize_phone(raw: str, field_name: str = "phone") -> str:

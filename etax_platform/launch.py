@@ -1,5 +1,5 @@
 """`make run`: every service on the embedded default and the Envoy gateway in front of
-them, until Ctrl-C or SIGTERM.
+them (the web pages at http://localhost:8080/), until Ctrl-C or SIGTERM.
 
 Each service runs in its own process (`python -m services.<name>`), the gateway in one
 more (`python -m etax_platform.gateway run`); a process that dies brings the others down,
@@ -17,13 +17,21 @@ import time
 from pathlib import Path
 from types import FrameType
 
-SERVICES = ("sms", "face", "binding", "auth")
+SERVICES = ("sms", "face", "binding", "auth", "web")
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
-    # The development outbox lets a local user read the codes "sent" to their phone.
-    env = {"ETAX_SMS_OUTBOX_ENABLED": "true", **os.environ}
+    # The development outbox lets a local user read the codes "sent" to their phone, and
+    # the web pages' APP simulator (/dev/app/) stands in for the tax APP. The web service
+    # calls the gateway from loopback for every browser: the gateway believes the client
+    # address it forwards (flood guards count per browser, not per web service).
+    env = {
+        "ETAX_SMS_OUTBOX_ENABLED": "true",
+        "ETAX_WEB_APP_SIMULATOR_ENABLED": "true",
+        "ETAX_GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+        **os.environ,
+    }
     commands = {
         name: [sys.executable, "-m", f"services.{name}"]
         for name in SERVICES

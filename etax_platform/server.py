@@ -35,13 +35,13 @@ from types import FrameType
 from typing import Any
 
 import grpc
-import redis
 import sqlalchemy.exc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
+from etax_platform.kv import STORE_UNAVAILABLE
 from etax_platform.observability import request_id
 from etax_platform.policy import (
     GATEWAY_HEADER,
@@ -285,7 +285,7 @@ def _fail(context: grpc.ServicerContext, method: str, rid: str, error: Exception
 
 def _dependency_failure(error: Exception) -> DomainError | None:
     """A store or database that is down or too slow: UNAVAILABLE, retryable, not a bug."""
-    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(error, STORE_UNAVAILABLE):
         dependency = "store"
     elif isinstance(error, sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError):
         dependency = "database"

@@ -18,7 +18,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from etax_platform.kv import KeyValueStore, open_store
+from etax_platform.db import PoolSettings
+from etax_platform.kv import CLUSTER_SCHEMES, KeyValueStore, check_prefix, cluster_nodes, open_store
 from etax_platform.pii import Keyring
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +31,18 @@ class PlatformSettings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     # Where the embedded default keeps SQLite files and development secrets.
     data_dir: Path = REPO_ROOT / "var"
-    # "memory://" (in-process, one replica) or "redis://host:port/db".
+    # "memory://" (in-process, one replica), "redis://host:port/db" (standalone) or
+    # "redis+cluster://host:port,host:port" (Redis Cluster; any nodes, the rest is found).
     kv_url: str = "memory://"
     # Key prefix in the shared store, so environments can share one Redis.
     kv_prefix: str = "etax:"
+    # Production refuses a Redis without an append-only file (lockouts, throttles and
+    # revocations must survive its restart); true: allow it, e.g. for a managed Redis
+    # whose persistence is set up elsewhere.
+    kv_allow_without_aof: bool = False
+    # Rows on their way to the database (audit events, delivery records) wait here while
+    # it is away; empty: <data_dir>/journal. A local disk (the files are locked).
+    journal_dir: Path | None = None
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"
@@ -44,12 +53,27 @@ class PlatformSettings(BaseSettings):
     # (ETAX_GATEWAY_JWKS_CACHE_SECONDS), so a key auth withdraws is dropped as fast here.
     jwks_cache_seconds: float = Field(default=300, gt=0)
 
+    @field_validator("journal_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("kv_url")
     @classmethod
     def _known_store(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://")):
-            raise ValueError("kv_url must be memory:// or redis://host:port/db")
+        if value.partition("://")[0] in CLUSTER_SCHEMES:
+            cluster_nodes(value)  # raises ValueError saying what is wrong
+        elif not value.startswith(("memory://", "redis://", "rediss://")):
+            raise ValueError(
+                "kv_url must be memory://, redis://host:port/db or "
+                "redis+cluster://host:port[,host:port...]"
+            )
         return value
+
+    @field_validator("kv_prefix")
+    @classmethod
+    def _untagged_prefix(cls, value: str) -> str:
+        return check_prefix(value)
 
     @model_validator(mode="after")
     def _production_needs_real_keys(self) -> PlatformSettings:
@@ -61,8 +85,16 @@ class PlatformSettings(BaseSettings):
         return self
 
     def open_store(self) -> KeyValueStore:
-        """The key-value store these settings name (the caller closes it)."""
-        return open_store(self.kv_url, prefix=self.kv_prefix)
+        """The key-value store these settings name (the caller closes it); in production
+        a Redis without an append-only file is refused (unless allowed)."""
+        return open_store(
+            self.kv_url,
+            prefix=self.kv_prefix,
+            require_persistence=self.environment == "production" and not self.kv_allow_without_aof,
+        )
+
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
 
     def keyring(self) -> Keyring:
         if self.pii_keys is not None and self.pii_index_key is not None:
@@ -91,7 +123,36 @@ class ServiceSettings(BaseSettings):
     grace_seconds: float = Field(default=5.0, ge=0)
     # Global revocation: how often a process rereads the sessions revoked elsewhere.
     revocation_poll_seconds: float = Field(default=0.25, gt=0, le=1)
+    # PostgreSQL connection pool (SQLite keeps its own). Connections kept open:
+    db_pool_size: int = Field(default=16, ge=1, le=1024)
+    # More opened under load and closed when returned; empty: enough for every RPC
+    # worker and a few background threads (max_workers + 8 - db_pool_size).
+    db_max_overflow: int | None = Field(default=None, ge=0, le=4096)
+    # A call that waits this long for a free connection fails UNAVAILABLE.
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections older than this are replaced (behind load balancers and poolers).
+    db_pool_recycle_seconds: int = Field(default=1800, ge=-1)
+    # Sent as the libpq startup option `-c statement_timeout=...`; 0 sends nothing (the
+    # server's or the pooler's setting applies: PgBouncer 1.18 refuses startup options).
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0)
+    # psycopg prepares a statement after 5 runs on a connection. False behind a pooler
+    # in transaction mode without prepared-statement support (PgBouncer < 1.21).
+    db_prepared_statements: bool = True
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    def database_pool(self) -> PoolSettings:
+        """The PostgreSQL pool these settings describe."""
+        overflow = self.db_max_overflow
+        if overflow is None:
+            overflow = max(0, self.max_workers + 8 - self.db_pool_size)
+        return PoolSettings(
+            size=self.db_pool_size,
+            max_overflow=overflow,
+            timeout_seconds=self.db_pool_timeout_seconds,
+            recycle_seconds=self.db_pool_recycle_seconds,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+            prepared_statements=self.db_prepared_statements,
+        )
 
     def database_url_for(self, service: str) -> str:
         if self.database_url:

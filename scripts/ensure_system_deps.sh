@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs the servers the tests start themselves: redis-server (apt) and checks PostgreSQL.
+# Installs what the tests start themselves (apt): redis-server (with redis-cli, for Redis
+# Cluster), pgbouncer, PostgreSQL, and for the browser tests (tests/web) Debian's chromium,
+# its chromedriver and a CJK font.
 set -euo pipefail
 
 as_root() {
@@ -7,16 +9,22 @@ as_root() {
     echo "need root (or sudo) to run: $*" >&2; return 1; fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (apt)..."
-  if ! as_root apt-get install -y -qq redis-server >/dev/null 2>&1; then
+apt_install() {
+  local package=$1
+  echo "installing $package (apt)..."
+  if ! as_root apt-get install -y -qq "$package" >/dev/null 2>&1; then
     as_root apt-get update -qq >/dev/null 2>&1 || true
-    as_root apt-get install -y -qq redis-server >/dev/null 2>&1 || {
-      echo "could not install redis-server: install it with 'apt-get install redis-server'" >&2
+    as_root apt-get install -y -qq "$package" >/dev/null 2>&1 || {
+      echo "could not install $package: install it with 'apt-get install $package'" >&2
       exit 1
     }
   fi
-fi
+}
+
+command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 \
+  || apt_install redis-server
+# Debian's package has no binary in PATH for users: it lives in /usr/sbin.
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
 
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   echo "installing postgresql (apt)..."
@@ -24,4 +32,21 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
     echo "PostgreSQL is missing: install it with 'apt-get install postgresql'" >&2
     exit 1
   }
+fi
+
+# tests/web: headless chromium driven by Selenium; without a CJK font the Chinese pages
+# render as boxes in the screenshots.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+fc-list 2>/dev/null | grep -qi "wqy\|noto sans cjk" || missing+=(fonts-wqy-microhei)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]} (apt)..."
+  if ! as_root apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+    as_root apt-get update -qq >/dev/null 2>&1 || true
+    as_root apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
+      echo "could not install ${missing[*]}: install them with apt-get" >&2
+      exit 1
+    }
+  fi
 fi

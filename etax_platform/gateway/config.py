@@ -202,6 +202,34 @@ def _upstream_cluster(
     }
 
 
+def _web_cluster(settings: GatewaySettings) -> dict[str, Any]:
+    """The web pages over HTTP/1.1 (no http2_protocol_options), health-checked by GET."""
+    addresses = [split_address(a) for a in settings.web_address.split(",")]
+    interval = settings.health_check_interval_seconds
+    return {
+        "name": "web",
+        **_discovery_type(h for h, _ in addresses),
+        "connect_timeout": "1s",
+        "lb_policy": "LEAST_REQUEST",
+        "load_assignment": {
+            "cluster_name": "web",
+            "endpoints": [{"lb_endpoints": _endpoints(addresses)}],
+        },
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": seconds(interval),
+                "no_traffic_interval": seconds(interval),
+                "unhealthy_interval": seconds(min(interval, 1.0)),
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "http_health_check": {"path": settings.web_health_path},
+            }
+        ],
+    }
+
+
 def _jwks_cluster(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -342,6 +370,7 @@ def _cors(settings: GatewaySettings) -> dict[str, Any]:
 
 def _clusters(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
     clusters = [_upstream_cluster(settings, name) for name in UPSTREAMS]
+    clusters.append(_web_cluster(settings))
     # Each public streaming route gets a cluster of its own: its circuit breaker caps
     # the open streams of that route, and they never queue the unary calls' requests.
     for policy in policies:
@@ -424,9 +453,10 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "internal_access_log": _access_log(settings, "internal"),
         "public_cors": _cors(settings),
         "max_direct_response_body_size": routes.direct_response_limit(settings),
-        # The gateway's own routes first: the API routes and any catch-all come after.
+        # The gateway's own routes first, then the API's, then the web pages' catch-all.
         "public_routes": routes.gateway_answered_routes(settings)
-        + routes.public_routes(settings, policies),
+        + routes.public_routes(settings, policies)
+        + routes.web_routes(),
         "internal_routes": routes.internal_routes(settings, policies),
         "server_cert": str(certs.server_cert),
         "server_key": str(certs.server_key),

@@ -225,6 +225,22 @@ def direct_response_limit(settings: GatewaySettings) -> int:
     return (largest // 65536 + 1) * 65536
 
 
+# gRPC method paths (/package.Service/Method): never the web pages, so an unrouted
+# method (Internal*, the SMS outbox, reflection) stays 404 / UNIMPLEMENTED.
+_METHOD_PATH = r"^/[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+/[A-Za-z0-9_]+$"
+
+
+def web_routes() -> list[Any]:
+    """After the API routes: unknown API paths are 404; every other path is the web pages
+    (services.web), which the browser reaches on the same origin as the API."""
+    not_found = {"direct_response": {"status": 404}}
+    return [
+        {"name": "api-not-found", "match": {"prefix": "/v1/"}, **not_found},
+        {"name": "method-not-found", "match": {"safe_regex": {"regex": _METHOD_PATH}}, **not_found},
+        {"name": "web", "match": {"prefix": "/"}, "route": {"cluster": "web", "timeout": "30s"}},
+    ]
+
+
 def internal_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
     """Every etax service (public and Internal*), gRPC only: the hall may call anything."""
     routes: list[Any] = []

@@ -32,6 +32,10 @@ class GatewaySettings(BaseSettings):
     binding_address: str = "127.0.0.1:50052"
     sms_address: str = "127.0.0.1:50053"
     face_address: str = "127.0.0.1:50054"
+    # The web login pages (services.web, HTTP/1.1): every public path that is not an API
+    # route. Several, comma-separated, for replicas.
+    web_address: str = "127.0.0.1:50060"
+    web_health_path: str = "/healthz"
     descriptor: Path = REPO_ROOT / "gen" / "etax_descriptor.pb"
     certs_dir: Path = REPO_ROOT / "deploy" / "certs"
     # Systems allowed on the internal listener (client certificate URI SANs).
@@ -93,7 +97,9 @@ class GatewaySettings(BaseSettings):
             raise ValueError("ETAX_GATEWAY_IIT_ISSUER needs ETAX_GATEWAY_IIT_JWKS_FILE")
         return self
 
-    @field_validator("auth_address", "binding_address", "sms_address", "face_address")
+    @field_validator(
+        "auth_address", "binding_address", "sms_address", "face_address", "web_address"
+    )
     @classmethod
     def _addresses(cls, value: str) -> str:
         for address in value.split(","):

@@ -113,8 +113,10 @@ class AccountCenter:
     # --- C3, C4 ----------------------------------------------------------------------------
 
     def add_phone(
-        self, person_id: str, raw_phone: str, verification_id: str, code: str, make_default: bool
+        self, person_id: str, raw_phone: str, verification_id: str, code: str
     ) -> PhoneRecord:
+        """C3, C4: the phone is verified by SMS, so it becomes the default and is taken from
+        whoever held it."""
         phone = normalize_phone(raw_phone)
         if not verification_id:
             raise invalid("verification_id", message="请先获取验证码")
@@ -127,7 +129,7 @@ class AccountCenter:
         previous = self._accounts.holder_of_phone(phone) if self._audit is not None else None
         held = self._accounts.claim_phone(
             person_id,
-            PhoneClaim(phone, verified.verified_at or self._clock.now(), make_default),
+            PhoneClaim(phone, verified.verified_at or self._clock.now(), make_default=True),
             self._clock.now(),
         )
         if held is None:

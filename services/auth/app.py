@@ -70,7 +70,7 @@ def build(
     if binding_channel is None:
         binding_channel = open_channel(settings.binding_target)
         owned.append(binding_channel.close)
-    database = Database(settings.database_url_for("auth"))
+    database = Database(settings.database_url_for("auth"), settings.database_pool())
     database.migrate(MIGRATIONS)
     personal_data = PersonalData(settings.platform.keyring())
     access_ttl = timedelta(seconds=settings.access_token_ttl_seconds)
@@ -93,7 +93,12 @@ def build(
     sms = SmsCodes(sms_channel, timeout)
     face = FaceChecks(face_channel, timeout)
     bindings = Bindings(binding_channel, timeout)
-    audit = AuditLog(database, clock, batch_seconds=settings.audit_batch_seconds)
+    audit = AuditLog(
+        database,
+        clock,
+        journal_dir=settings.platform.journal_path(),
+        batch_seconds=settings.audit_batch_seconds,
+    )
     lockout = Lockout(store, clock)
     checks = Checks(lockout=lockout, sms=sms, face=face, audit=audit)
     steps = PersonSteps(accounts=accounts, checks=checks, sms=sms, face=face)

@@ -5,8 +5,9 @@ Events are written in the transaction that already runs when there is one (a ses
 opened, a password reset, a phone claimed), so they commit or roll back with what they
 describe. Everything else (password and code checks, locks, refusals) goes to a
 background writer that inserts in batches: the hot path pays for a queue append, not a
-database round trip. That part is best effort: a failed batch is logged (counts only) and
-dropped, and a full queue drops new events with a warning instead of slowing logins.
+database round trip. None of those is lost: while the database is away they wait in a
+local durable journal and are written, in order and once each, when it is back
+(etax_platform.db.BatchWriter); every event carries a unique `event_id` for that.
 Accounts are masked before they get here; `detail` carries codes and counts only.
 """
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
@@ -82,15 +85,24 @@ class AuditEvent:
 
 
 class AuditLog:
-    def __init__(self, database: Database, clock: Clock, *, batch_seconds: float = 0.2) -> None:
+    def __init__(
+        self, database: Database, clock: Clock, *, journal_dir: Path, batch_seconds: float = 0.2
+    ) -> None:
         self._clock = clock
         self._writer = BatchWriter(
-            database, audit_events, name="audit", batch_seconds=batch_seconds
+            database,
+            audit_events,
+            name="audit",
+            service="auth",
+            journal_dir=journal_dir,
+            key="event_id",
+            batch_seconds=batch_seconds,
         )
 
     def _row(self, event: AuditEvent, at: datetime | None = None) -> dict[str, Any]:
         rid = request_id.get()
         return {
+            "event_id": os.urandom(16).hex(),
             "occurred_at": at or self._clock.now(),
             "action": event.action,
             "outcome": event.outcome,
@@ -113,7 +125,7 @@ class AuditLog:
         event.written = True
 
     def record(self, event: AuditEvent) -> None:
-        """Best effort, off the request path (or at once when batching is off)."""
+        """Off the request path (or at once when batching is off); never lost."""
         self._writer.add(self._row(event))
 
     @contextmanager
@@ -133,9 +145,13 @@ class AuditLog:
         if not event.written:
             self.record(event)
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Waits until every queued event was written (or given up on)."""
-        self._writer.flush(timeout)
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Waits until every recorded event is in the database; False if some still wait."""
+        return self._writer.flush(timeout)
+
+    def backlog(self) -> int:
+        """Events waiting for the database (queued or journaled)."""
+        return self._writer.backlog()
 
     def close(self) -> None:
         self._writer.close()

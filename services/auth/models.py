@@ -191,6 +191,9 @@ audit_events = Table(
     "audit_events",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # Unique per event, made before it is written: a replay of the journal (BatchWriter)
+    # after a partial write inserts nothing twice. NULL only in rows older than it.
+    Column("event_id", String(ID), nullable=True, index=True, unique=True),
     Column("occurred_at", Instant, nullable=False, index=True),
     Column("action", String(40), nullable=False),
     # ok, failed (a wrong credential), refused (any other domain error), error (a bug or a

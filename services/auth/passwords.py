@@ -69,22 +69,71 @@ class Argon2Parameters:
 OWASP = Argon2Parameters()
 
 _ARGON2_PHC = re.compile(
-    r"\$argon2id\$v=19\$m=(?P<m>\d+),t=(?P<t>\d+),p=(?P<p>\d+)\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+    r"\$argon2id\$v=19\$m=(?P<m>\d{1,9}),t=(?P<t>\d{1,9}),p=(?P<p>\d{1,9})"
+    r"\$(?P<salt>[A-Za-z0-9+/]+)\$(?P<hash>[A-Za-z0-9+/]+)"
 )
 _PBKDF2_PASSLIB = re.compile(
     r"\$pbkdf2-sha256\$(?P<rounds>\d{1,9})\$(?P<salt>[A-Za-z0-9./]*)\$(?P<checksum>[A-Za-z0-9./]+)"
 )
 
 
+# An imported hash is verified at every login, so one that is malformed or asks for
+# unbounded work (a billion PBKDF2 rounds, gigabytes of Argon2 memory) is refused when it is
+# imported. passlib's pbkdf2-sha256 default is 29,000 rounds, OWASP's 600,000.
+_MAX_PBKDF2_ROUNDS = 2_000_000
+_MAX_ARGON2_MEMORY_KIB = 256 * 1024
+_MAX_ARGON2_ITERATIONS = 16
+_MAX_ARGON2_LANES = 16
+# What `cryptography` accepts: salts of at least 8 bytes, outputs of at least 4.
+_MIN_ARGON2_SALT = 8
+_MIN_DIGEST, _MAX_DIGEST = 4, 64
+
+
+def _b64_decode(text: str, alphabet: bytes = b"+/") -> bytes | None:
+    """Unpadded base64 (passlib's adapted alphabet: b"./"), None if it does not decode."""
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=alphabet, validate=True)
+    except ValueError:  # binascii.Error: a length no base64 text has
+        return None
+
+
 def _ab64_decode(text: str) -> bytes:
-    """passlib's adapted base64: '.' for '+', no padding."""
-    text = text.replace(".", "+")
-    return base64.b64decode(text + "=" * (-len(text) % 4))
+    """passlib's adapted base64: '.' for '+', no padding (checked by is_supported_hash)."""
+    return _b64_decode(text, b"./") or b""
+
+
+def _argon2_is_verifiable(match: re.Match[str]) -> bool:
+    memory, iterations, lanes = int(match["m"]), int(match["t"]), int(match["p"])
+    salt, digest = _b64_decode(match["salt"]), _b64_decode(match["hash"])
+    return (
+        1 <= lanes <= _MAX_ARGON2_LANES
+        and 1 <= iterations <= _MAX_ARGON2_ITERATIONS
+        and 8 * lanes <= memory <= _MAX_ARGON2_MEMORY_KIB
+        and salt is not None
+        and len(salt) >= _MIN_ARGON2_SALT
+        and digest is not None
+        and _MIN_DIGEST <= len(digest) <= _MAX_DIGEST
+    )
+
+
+def _pbkdf2_is_verifiable(match: re.Match[str]) -> bool:
+    salt, digest = _b64_decode(match["salt"], b"./"), _b64_decode(match["checksum"], b"./")
+    return (
+        1 <= int(match["rounds"]) <= _MAX_PBKDF2_ROUNDS
+        and salt is not None
+        and digest is not None
+        and _MIN_DIGEST <= len(digest) <= _MAX_DIGEST
+    )
 
 
 def is_supported_hash(encoded: str) -> bool:
-    """True for the formats `verify` understands (checked when a hash is imported)."""
-    return bool(_ARGON2_PHC.fullmatch(encoded) or _PBKDF2_PASSLIB.fullmatch(encoded))
+    """True for the hashes `verify` can check in bounded time (checked when a hash is
+    imported): the two formats, with parameters `cryptography` accepts and within limits."""
+    argon2 = _ARGON2_PHC.fullmatch(encoded)
+    if argon2 is not None:
+        return _argon2_is_verifiable(argon2)
+    pbkdf2 = _PBKDF2_PASSLIB.fullmatch(encoded)
+    return pbkdf2 is not None and _pbkdf2_is_verifiable(pbkdf2)
 
 
 @dataclass(frozen=True)
@@ -135,6 +184,9 @@ class PasswordHasher:
         return kdf.derive_phc_encoded(password.encode())
 
     def _verify(self, password: str, encoded: str) -> Verification:
+        # A stored hash imported before its limits were checked: it matches nothing.
+        if not is_supported_hash(encoded):
+            return Verification(matches=False)
         if _ARGON2_PHC.fullmatch(encoded):
             try:
                 Argon2id.verify_phc_encoded(password.encode(), encoded)

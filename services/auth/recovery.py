@@ -223,11 +223,8 @@ class Recovery:
             event.detail["takeover"] = taken
             now = self._clock.now()
             with self._db.transaction() as session:
-                held = self._accounts.claim_phone_in(
-                    session,
-                    flow.person_id,
-                    PhoneClaim(phone, verified.verified_at or now, make_default=True),
-                    now,
+                held = self._accounts.recover_phone_in(
+                    session, flow.person_id, phone, verified.verified_at or now, now
                 )
                 if held is None:
                     raise DomainError(

@@ -163,7 +163,7 @@ class Registrations:
         phone = (
             None
             if channel == Channel.EMAIL
-            else PhoneClaim(recipient, registration.contact.verified_at)
+            else PhoneClaim(recipient, registration.contact.verified_at, make_default=True)
         )
         # C4: a phone another person holds goes to the newcomer; the audit names both.
         previous = (

@@ -426,7 +426,6 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):  # type: ignore[mis
             request.phone,
             request.verification_id,
             request.code,
-            request.make_default,
         )
         return auth_pb2.AddPhoneResponse(phone=_phone(phone))
 

@@ -97,6 +97,8 @@ class PhoneClaim:
     number: str
     # When the SMS check passed; None for an imported phone, which only takes a free number.
     verified_at: datetime | None
+    # C3: a phone verified by SMS for itself (registration, adding it, recovering it)
+    # becomes the default; a login or reset code re-affirms the default it went to.
     make_default: bool = False
 
 
@@ -391,6 +393,20 @@ class AccountStore:
         """claim_phone inside the caller's transaction (a login re-affirms its phone)."""
         return self._claim(session, person_id, claim, now)
 
+    def recover_phone_in(
+        self, session: Connection, person_id: str, number: str, verified_at: datetime, now: datetime
+    ) -> PhoneRecord | None:
+        """C6: the recovered number replaces the lost default phone: it becomes the default,
+        and the lost one is removed (it no longer logs in and gets no codes). None when a
+        more recent check by someone else holds the number (C4)."""
+        lost = session.scalar(select(_default_phone(phones.c.id)).where(persons.c.id == person_id))
+        held = self._claim(session, person_id, PhoneClaim(number, verified_at, True), now)
+        if held is not None and lost is not None and lost != held.phone_id:
+            session.execute(
+                delete(phones).where(phones.c.id == lost, phones.c.person_id == person_id)
+            )
+        return held
+
     def reset_password_in(
         self, session: Connection, person_id: str, new_hash: str, now: datetime
     ) -> bool:
@@ -503,22 +519,27 @@ class AccountStore:
         )
 
 
-def _default_phone_number() -> Any:
-    """The sealed number of a person's default phone (domain.with_default in SQL): the
-    chosen one while held, else the one verified most recently."""
+def _default_phone(column: Any) -> Any:
+    """A column of a person's default phone (domain.with_default in SQL): the chosen one
+    while held, else the one verified most recently."""
     chosen = (
-        select(phones.c.number)
+        select(column)
         .where(phones.c.id == persons.c.default_phone_id, phones.c.person_id == persons.c.id)
         .scalar_subquery()
     )
     latest = (
-        select(phones.c.number)
+        select(column)
         .where(phones.c.person_id == persons.c.id)
         .order_by(phones.c.verified_at.desc().nulls_last(), phones.c.id.desc())
         .limit(1)
         .scalar_subquery()
     )
     return func.coalesce(chosen, latest)
+
+
+def _default_phone_number() -> Any:
+    """The sealed number of a person's default phone."""
+    return _default_phone(phones.c.number)
 
 
 def _raised_level(level: int) -> Any:

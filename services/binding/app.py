@@ -37,7 +37,7 @@ def build(
     """
     clock = clock or SystemClock()
     personal_data = personal_data or PersonalData(settings.platform.keyring())
-    database = Database(settings.database_url_for("binding"))
+    database = Database(settings.database_url_for("binding"), settings.database_pool())
     database.migrate(MIGRATIONS)
     channel = auth_channel or open_channel(settings.auth_target)
     auth = Auth(channel, settings.auth_timeout_seconds)

@@ -37,12 +37,16 @@ def build(
     if store is None:  # what the host opens itself it closes on stop
         store = settings.platform.open_store()
         on_stop.append(store.close)
-    database = Database(settings.database_url_for("sms"))
+    database = Database(settings.database_url_for("sms"), settings.database_pool())
     database.migrate(MIGRATIONS)
+    # Never dropped: journaled locally while the database is away (etax_platform.db).
     deliveries = BatchWriter(
         database,
         delivery_log,
         name="sms-deliveries",
+        service="sms",
+        journal_dir=settings.platform.journal_path(),
+        key="delivery_id",
         batch_seconds=settings.delivery_log_batch_seconds,
     )
     # Stopped in this order: the log's last rows are written before the engine goes.

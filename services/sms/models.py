@@ -19,6 +19,11 @@ class Delivery(Base):
     __tablename__ = "deliveries"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Unique per record, made before it is written: a replay of the durable journal
+    # (BatchWriter) after a partial write inserts nothing twice. NULL in older rows.
+    delivery_id: Mapped[str | None] = mapped_column(
+        String(32), nullable=True, index=True, unique=True
+    )
     channel: Mapped[str] = mapped_column(String(8))
     recipient_index: Mapped[str] = mapped_column(String(64))
     masked_recipient: Mapped[str] = mapped_column(String(64))

@@ -137,7 +137,7 @@ class CodeService:
     def _log_delivery(
         self, recipient: Recipient, index: str, purpose: Purpose, outcome: str, now: datetime
     ) -> None:
-        """Off the request path and best effort: the log is for operators."""
+        """Off the request path, never lost (journaled while the database is away)."""
         self._deliveries.add(
             {
                 "channel": recipient.index_kind,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -31,6 +31,7 @@ from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
+from tests.conftest import STORE_URL_FIXTURES
 from tests.harness.numbers import resident_id
 
 if TYPE_CHECKING:
@@ -73,13 +74,17 @@ class Backend:
     new_database_url: Callable[[str], str]
     # A second client of the same store (a second replica's), or the same in-process one.
     same_store: Callable[[KeyValueStore], KeyValueStore]
+    # Database settings every service's settings get (behind PgBouncer: no prepares).
+    db_settings: dict[str, Any] = field(default_factory=dict)
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """SQLite with the in-process store, PostgreSQL with Redis: every test runs on both
     databases and both stores. Stores made through it are closed at the end of the test
-    (services close only the stores they open themselves)."""
+    (services close only the stores they open themselves). "postgresql+redis-cluster"
+    (Redis Cluster) and "pgbouncer+redis" (PostgreSQL through PgBouncer in transaction
+    mode) are for the tests that ask for them with an indirect parametrize."""
     opened: list[KeyValueStore] = []
 
     def track(store: KeyValueStore) -> KeyValueStore:
@@ -94,13 +99,19 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             lambda store: store,
         )
     else:
+        database_kind, store_kind = request.param.split("+")
         server = request.getfixturevalue("postgres")
-        redis_url = request.getfixturevalue("redis_url")
+        redis_url = request.getfixturevalue(STORE_URL_FIXTURES[store_kind])
+        through = server
+        db_settings: dict[str, Any] = {}
+        if database_kind == "pgbouncer":
+            through = request.getfixturevalue("pgbouncer_server")
+            db_settings = {"db_prepared_statements": False, "db_statement_timeout_ms": 0}
         databases: list[str] = []
 
         def new_database(_name: str = "") -> str:
             databases.append(server.create_database())
-            return server.url(databases[-1])
+            return through.url(databases[-1])
 
         def same_store(store: KeyValueStore) -> KeyValueStore:
             assert isinstance(store, RedisStore)
@@ -111,6 +122,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             lambda: track(RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")),
             new_database,
             same_store,
+            db_settings,
         )
     yield backend
     for store in opened:
@@ -305,7 +317,7 @@ def start_sms_and_face(
 def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
     clock = ManualClock()
     sms_host, face_host = start_sms_and_face(backend, tmp_path, clock)
-    settings = auth_settings(tmp_path / "auth", backend.database_url)
+    settings = auth_settings(tmp_path / "auth", backend.database_url, **backend.db_settings)
     store = backend.new_store()
     dependencies = [grpc.insecure_channel(h.address) for h in (sms_host, face_host)]
     host = build(
@@ -315,7 +327,7 @@ def auth(backend: Backend, tmp_path: Path) -> Iterator[Auth]:
         sms_channel=dependencies[0],
         face_channel=dependencies[1],
     ).start()
-    database = Database(backend.database_url)
+    database = Database(backend.database_url, settings.database_pool())
     key = SigningKeys(database, PersonalData(settings.platform.keyring()), clock).current()
     database.dispose()
     channels = [grpc.insecure_channel(h.address) for h in (host, sms_host, face_host)]

@@ -346,7 +346,7 @@ class Platform:
 
     def audit(self, **where: Any) -> list[dict[str, Any]]:
         """Audit events in order, optionally only those matching columns."""
-        database = Database(self.settings.database_url_for("auth"))
+        database = Database(self.settings.database_url_for("auth"), self.settings.database_pool())
         try:
             query = select(audit_events).order_by(audit_events.c.id)
             for column, value in where.items():
@@ -411,7 +411,7 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
         settings = auth_settings(
             tmp_path / "auth",
             backend.database_url,
-            **{"audit_batch_seconds": 0, **auth_overrides},
+            **{"audit_batch_seconds": 0, **backend.db_settings, **auth_overrides},
         )
         # Binding and auth must agree on document blind indexes: one keyring.
         personal_data = PersonalData(settings.platform.keyring())
@@ -420,6 +420,7 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
                 port=0,
                 database_url=backend.new_database_url("binding"),
                 platform=PlatformSettings(data_dir=tmp_path / "binding"),
+                **backend.db_settings,
             ),
             clock=clock,
             auth_channel=late,  # type: ignore[arg-type]
@@ -432,7 +433,7 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
         )
         servers.append(server)
         late.connect(server.host.address)
-        database = Database(settings.database_url_for("auth"))
+        database = Database(settings.database_url_for("auth"), settings.database_pool())
         key = SigningKeys(database, personal_data, clock).current()
         database.dispose()
         for address in (binding_host.address, sms_host.address, face_host.address):

@@ -240,13 +240,15 @@ def test_c2_concurrent_claims_of_one_username_leave_one_owner(auth: Auth) -> Non
 
 
 def test_c3_several_phones_exactly_one_default(auth: Auth) -> None:
+    """C3: the default is the phone verified by SMS most recently (registration, adding,
+    recovery) or the one chosen in the account center, whichever came last."""
     first = new_phone()
     person_id = auth.register(phone=first)
     auth.clock.advance(timedelta(minutes=1))
     second = auth.add_phone(person_id, new_phone())
-    assert not second.is_default
+    assert second.is_default
     auth.clock.advance(timedelta(minutes=1))
-    third = auth.add_phone(person_id, new_phone(), make_default=True)
+    third = auth.add_phone(person_id, new_phone())
     assert third.is_default
     phones = auth.profile(person_id).phones
     assert len(phones) == 3
@@ -314,7 +316,14 @@ def test_c4_the_last_sms_check_holds_the_phone_and_the_other_loses_it(auth: Auth
     assert taken.phone_id not in {p.phone_id for p in auth.profile(second).phones}
 
 
+@pytest.mark.parametrize(
+    "backend",
+    ["sqlite+memory", "postgresql+redis", "postgresql+redis-cluster"],
+    indirect=True,
+)
 def test_c4_concurrent_claims_through_the_api_leave_one_holder(auth: Auth) -> None:
+    """C4 under concurrency, with the codes, flows and the service's state on each store
+    kind (the phone itself is settled by the database: tests/auth/test_phone_claims.py)."""
     shared = new_phone()
     people = [auth.register() for _ in range(8)]
 

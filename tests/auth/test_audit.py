@@ -128,7 +128,7 @@ def test_accounts_are_masked_whatever_their_shape() -> None:
 def test_batched_events_are_written_off_the_request_path(tmp_path: Path) -> None:
     database = Database(f"sqlite:///{tmp_path / 'audit.sqlite3'}")
     database.migrate(MIGRATIONS)
-    audit = AuditLog(database, ManualClock(), batch_seconds=0.05)
+    audit = AuditLog(database, ManualClock(), journal_dir=tmp_path / "journal", batch_seconds=0.05)
     writer_threads: set[str] = set()
     original = audit._writer._write
 

@@ -118,10 +118,24 @@ def test_d7_import_refuses_unknown_persons_and_unsupported_hashes(legacy: Platfo
     stranger = Person("", new_resident_id(), "")
     unknown = failure_of(_import, legacy, code, stranger, pbkdf2(OLD_PASSWORD))
     assert (unknown.reason, unknown.metadata["field"]) == ("USER_NOT_REGISTERED", "person")
-    for hashed in ("", "5f4dcc3b5aa765d61d8327deb882cf99"):
+    for hashed in ("", "5f4dcc3b5aa765d61d8327deb882cf99", *UNVERIFIABLE_HASHES):
         bad = failure_of(_import, legacy, code, boss, hashed)
         assert (bad.reason, bad.metadata["field"]) == ("INVALID_ARGUMENT", "legacy_password_hash")
     assert failure_of(_login, legacy, code).reason == "USER_NOT_REGISTERED"
+
+
+# Found by the fuzzer: ImportLegacyCredential took these, and every LegacyLogin of the
+# enterprise then answered INTERNAL (cryptography refuses a 4-byte salt) or would hash for
+# minutes (a billion rounds).
+UNVERIFIABLE_HASHES = (
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",  # 4-byte salt
+    "$argon2id$v=19$m=19456,t=2,p=0$c2FsdHNhbHQ$aGFzaGhhc2g",  # no lanes
+    "$argon2id$v=19$m=999999999,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g",  # ~1 TB of memory
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$a",  # not base64
+    "$pbkdf2-sha256$999999999$c2FsdA$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo",
+    "$pbkdf2-sha256$0$c2FsdA$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo",
+    "$pbkdf2-sha256$1000$c2FsdA$Y",  # not base64
+)
 
 
 def test_d7_without_a_relation_binding_refuses_as_for_the_new_login(legacy: Platform) -> None:

@@ -21,6 +21,7 @@ from services.auth.credentials import PasswordCheck
 from services.auth.passwords import (
     Argon2Parameters,
     PasswordHasher,
+    Verification,
     check_policy,
     is_supported_hash,
 )
@@ -124,6 +125,16 @@ def test_legacy_pbkdf2_hashes_verify_and_ask_for_a_rehash(hasher: PasswordHasher
     assert not hasher.verify("Old.pass2", legacy).matches
     assert not is_supported_hash("5f4dcc3b5aa765d61d8327deb882cf99")  # bare MD5
     assert not hasher.verify("password", "5f4dcc3b5aa765d61d8327deb882cf99").matches
+
+
+def test_a_stored_hash_that_cannot_be_verified_matches_nothing(hasher: PasswordHasher) -> None:
+    """Imported before the import checked it (found by the fuzzer): no INTERNAL at login."""
+    for stored in (
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",  # 4-byte salt: cryptography refuses
+        "$pbkdf2-sha256$999999999$c2FsdA$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo",
+    ):
+        assert not is_supported_hash(stored)
+        assert hasher.verify("Passw0rd.1", stored) == Verification(matches=False)
 
 
 def test_hashing_runs_in_its_own_bounded_pool(hasher: PasswordHasher) -> None:

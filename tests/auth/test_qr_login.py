@@ -122,6 +122,11 @@ def test_d3_a_forged_payload_or_a_missing_session_is_refused(platform: Platform)
         "0000" if not created.qr_payload.endswith("0000") else "1111"
     )
     assert failure_of(_confirm, platform, forged, app.access_token).reason == "TICKET_INVALID"
+    # Found by the fuzzer: an expiry int() refuses answered INTERNAL.
+    qr_login_id = created.qr_payload.split(".")[1]
+    for expiry in ("²³", "①", "9" * 5000, "-1", " 1"):
+        odd = f"etaxqr1.{qr_login_id}.{expiry}.{created.qr_payload.rsplit('.', 1)[1]}"
+        assert failure_of(_confirm, platform, odd, app.access_token).reason == "TICKET_INVALID"
     nobody = failure_of(
         platform.auth.ConfirmQrLogin,
         auth_pb2.ConfirmQrLoginRequest(qr_payload=created.qr_payload),

@@ -121,8 +121,9 @@ def test_e1_wrong_reset_codes_count_for_the_code_level(platform: Platform) -> No
     assert failure_of(platform.start, person.document).reason == "AUTH_METHOD_LOCKED"
 
 
-def test_q5_c4_recover_phone_takes_the_new_number_over(platform: Platform) -> None:
+def test_q5_c4_c6_recover_phone_takes_the_new_number_over(platform: Platform) -> None:
     person, holder = platform.person(), platform.person()
+    lost = person.phone
     new = holder.phone  # the new phone is held by someone else (C4: the newer check wins)
     recovery = platform.auth.StartPhoneRecovery(
         auth_pb2.StartPhoneRecoveryRequest(account=person.document, password=person.password),
@@ -150,9 +151,9 @@ def test_q5_c4_recover_phone_takes_the_new_number_over(platform: Platform) -> No
     )
     assert done.masked_phone == mask_phone(new)
     phones = platform.accounts.profile(person.person_id).phones
-    assert [(p.masked_number, p.is_default) for p in phones if p.is_default] == [
-        (mask_phone(new), True)
-    ]
+    # C6: the new number replaced the lost default phone, which is gone.
+    assert [(p.masked_number, p.is_default) for p in phones] == [(mask_phone(new), True)]
+    assert failure_of(platform.start, lost).reason == "PHONE_NOT_FOUND"
     assert platform.accounts.profile(holder.person_id).phones == []
     assert platform.start(person.document).masked_phone == mask_phone(new)
     person.phone = new

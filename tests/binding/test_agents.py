@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from etax.binding.v1 import binding_pb2 as pb
 from etax.common.v1.types_pb2 import Entry, Role
+from google.protobuf import timestamp_pb2
 
 from etax_platform.errors import Reason
 from tests.binding.support import AUTHORITIES, SHANDONG, Binding, Person, expect
@@ -187,3 +188,31 @@ def test_f4_agency_forms_check_their_input(binding: Binding, agency: Agency) -> 
     assert _agent(binding, agency.in_both, agency.code, agency.client).client_code
     # The same agent twice counts once.
     assert binding.agency_information(agency.code, agency.in_both, agency.in_both) == 1
+
+
+@pytest.mark.parametrize(
+    ("field_name", "stamp"),
+    [
+        ("valid_until", timestamp_pb2.Timestamp(seconds=253402300799)),  # 9999-12-31T23:59:59Z
+        ("valid_until", timestamp_pb2.Timestamp(seconds=2_000_000_000, nanos=1_000_000_000)),
+        ("valid_from", timestamp_pb2.Timestamp(seconds=-62135596800)),  # 0001-01-01T00:00:00Z
+        ("valid_from", timestamp_pb2.Timestamp(seconds=1_800_000_000, nanos=-1)),
+    ],
+)
+def test_f4_agreement_refuses_an_out_of_range_period(
+    binding: Binding, agency: Agency, field_name: str, stamp: timestamp_pb2.Timestamp
+) -> None:
+    """Found by the fuzzer (issue 11, item 4): these answered INTERNAL."""
+    newcomer = binding.person("代理丁")
+    request = pb.SubmitAgencyAgreementRequest(
+        agency_code=agency.code,
+        client_code=agency.client,
+        agents=[newcomer.document],
+        valid_until=timestamp_pb2.Timestamp(seconds=2_000_000_000),
+    )
+    getattr(request, field_name).CopyFrom(stamp)
+    expect(
+        lambda: binding.internal.SubmitAgencyAgreement(request, timeout=10),
+        Reason.INVALID_ARGUMENT,
+        field_name,
+    )

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from etax.binding.v1 import binding_pb2 as pb
 from etax.common.v1.types_pb2 import Entry, Role
+from google.protobuf import timestamp_pb2
 from sqlalchemy import NullPool, create_engine, text
 
 from etax_platform.errors import DomainError, Reason, from_rpc_error
@@ -260,6 +261,33 @@ def test_f1b_add_person_checks_its_input(
         Reason.INVALID_ARGUMENT,
         "valid_until",
     )
+
+
+@pytest.mark.parametrize(
+    "valid_until",
+    [
+        timestamp_pb2.Timestamp(seconds=253402300799),  # 9999-12-31T23:59:59Z
+        timestamp_pb2.Timestamp(seconds=2_000_000_000, nanos=1_000_000_000),
+        timestamp_pb2.Timestamp(seconds=2_000_000_000, nanos=-5),
+    ],
+)
+def test_f1b_add_person_refuses_an_out_of_range_end_date(
+    binding: Binding, company: tuple[str, Person, Person], valid_until: timestamp_pb2.Timestamp
+) -> None:
+    """Found by the fuzzer (issue 11, item 4): these answered INTERNAL."""
+    code, lr, _ = company
+    request = pb.AddPersonRequest(
+        enterprise_code=code,
+        person=binding.person("小远").named,
+        role=Role.ROLE_TAX_OFFICER,
+        valid_until=valid_until,
+    )
+    expect(
+        lambda: binding.public.AddPerson(request, metadata=binding.token(lr), timeout=10),
+        Reason.INVALID_ARGUMENT,
+        "valid_until",
+    )
+    assert binding.pending(binding.person("小远")) == []
 
 
 # --- ending, end dates ---------------------------------------------------------------

@@ -89,6 +89,9 @@ def test_q05_existing_tax_officer_with_a_new_phone_recovers_it_with_the_personal
         if m.purpose == types_pb2.VERIFICATION_PURPOSE_LOGIN
     ]
     assert login_codes == [], "no login code reaches the old phone"
+    # C6: the lost number is gone from the officer's phones and no longer logs in.
+    assert [p["masked_number"] for p in bureau.profile(session)["phones"]] == [masked(new)]
+    bureau.start_login(officer, account=old_phone).expect("PHONE_NOT_FOUND")
 
 
 def test_q22_the_phone_shown_at_step_two_is_not_mine_any_more_recover_phone(
@@ -98,11 +101,48 @@ def test_q22_the_phone_shown_at_step_two_is_not_mine_any_more_recover_phone(
     手机号码 replaces it and the login continues with the new one."""
     person = bureau.register(Person("褚旧号"))
     assert bureau.start_login(person)["masked_phone"] == masked(person.phone)
+    lost = person.phone
     new = new_phone()
     _recover_phone(bureau, person, new)
     started = bureau.start_login(person)
     assert started["masked_phone"] == masked(new)
-    assert bureau.login(person).person_id == person.person_id
+    session = bureau.login(person)
+    assert session.person_id == person.person_id
+    # C6: the new number replaced the lost one: it is off the list and no longer logs in.
+    assert [p["masked_number"] for p in bureau.profile(session)["phones"]] == [masked(new)]
+    bureau.start_login(person, account=lost).expect(
+        "PHONE_NOT_FOUND", "手机号码不存在，您可以尝试使用证件号码登录"
+    )
+
+
+def test_q22_c3_the_sms_step_uses_the_phone_verified_last_or_chosen_last(
+    bureau: Bureau,
+) -> None:
+    """C3: with two phones, the one verified by SMS most recently is the default the SMS
+    step uses; choosing a default in the account center changes it; recovery replaces the
+    lost default and keeps the other phone."""
+    person = bureau.register(Person("卫双号"))
+    first = person.phone
+    session = bureau.login(person)
+    second = new_phone()
+    assert bureau.add_phone(session, second).ok
+    assert bureau.start_login(person)["masked_phone"] == masked(second)
+    phones = {p["masked_number"]: p for p in bureau.profile(session)["phones"]}
+    chosen = bureau.web.call(
+        "AccountService.SetDefaultPhone",
+        {"phone_id": phones[masked(first)]["phone_id"]},
+        token=session.token,
+    )
+    assert chosen.ok, chosen
+    assert bureau.start_login(person)["masked_phone"] == masked(first)
+    # The default (first) is lost: recovery replaces it, the other phone stays.
+    new = new_phone()
+    _recover_phone(bureau, person, new)
+    assert bureau.start_login(person)["masked_phone"] == masked(new)
+    after = bureau.login(person, phone=new)
+    listed = sorted(p["masked_number"] for p in bureau.profile(after)["phones"])
+    assert listed == sorted([masked(second), masked(new)])
+    bureau.start_login(person, account=first).expect("PHONE_NOT_FOUND")
 
 
 # --- Q11, Q18, Q19: one phone, one person --------------------------------------------------

@@ -45,7 +45,9 @@ def _bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 @pytest.fixture(scope="module")
 def direct(platform: Platform) -> Iterator[dict[str, grpc.Channel]]:
-    channels = {name: grpc.insecure_channel(address) for name, address in platform.upstreams.items()}
+    channels = {
+        name: grpc.insecure_channel(address) for name, address in platform.upstreams.items()
+    }
     yield channels
     for channel in channels.values():
         channel.close()

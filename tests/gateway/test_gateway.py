@@ -459,17 +459,20 @@ def test_flood_guards_are_per_client(
 ) -> None:
     """Issue 11.6: one client far over its login limit is refused while another client's
     logins succeed (the buckets are per client address, not per route)."""
-    with running_gateway(
-        upstreams.addresses,
-        workdir=tmp_path,
-        certificates=gateway_certs,
-        login_rate_per_second=1,
-        login_burst=3,
-    ) as gateway:
-        with _client_at("127.0.0.2") as flooding, _client_at("127.0.0.3") as other:
-            refused = _logins(flooding, gateway, 30)
-            assert refused.count(429) >= 25
-            assert _logins(other, gateway, 3) == [200, 200, 200]
+    with (
+        running_gateway(
+            upstreams.addresses,
+            workdir=tmp_path,
+            certificates=gateway_certs,
+            login_rate_per_second=1,
+            login_burst=3,
+        ) as gateway,
+        _client_at("127.0.0.2") as flooding,
+        _client_at("127.0.0.3") as other,
+    ):
+        refused = _logins(flooding, gateway, 30)
+        assert refused.count(429) >= 25
+        assert _logins(other, gateway, 3) == [200, 200, 200]
 
 
 def test_a_trusted_proxy_names_its_client_and_others_cannot(
@@ -478,38 +481,41 @@ def test_a_trusted_proxy_names_its_client_and_others_cannot(
     """The web service and APP backends call for many people: X-Forwarded-For names the
     client, but only from ETAX_GATEWAY_TRUSTED_PROXIES; a request naming an APP also counts
     against that APP's bucket."""
-    with running_gateway(
-        upstreams.addresses,
-        workdir=tmp_path,
-        certificates=gateway_certs,
-        login_rate_per_second=1,
-        login_burst=2,
-        app_rate_per_second=1,
-        app_burst=5,
-        trusted_proxies="127.0.0.4/32",
-    ) as gateway:
-        with _client_at("127.0.0.4") as proxy, _client_at("127.0.0.5") as stranger:
-            # Behind the proxy, two people have buckets of their own.
-            assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.1"}) == [200] * 2
-            assert _logins(proxy, gateway, 1, **{"x-forwarded-for": "203.0.113.1"}) == [429]
-            assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.2"}) == [200] * 2
-            # Anyone else's X-Forwarded-For is not believed: their own address counts.
-            spoofed = [
-                _logins(stranger, gateway, 1, **{"x-forwarded-for": f"198.51.100.{n}"})[0]
-                for n in range(5)
-            ]
-            assert spoofed.count(429) >= 2
-            # An APP's own bucket: five in all, whoever its users are.
-            app = [
-                _logins(
-                    proxy,
-                    gateway,
-                    1,
-                    **{"x-forwarded-for": f"203.0.113.{n}", "x-etax-app-id": "etax-app"},
-                )[0]
-                for n in range(10, 18)
-            ]
-            assert app.count(429) >= 2
+    with (
+        running_gateway(
+            upstreams.addresses,
+            workdir=tmp_path,
+            certificates=gateway_certs,
+            login_rate_per_second=1,
+            login_burst=2,
+            app_rate_per_second=1,
+            app_burst=5,
+            trusted_proxies="127.0.0.4/32",
+        ) as gateway,
+        _client_at("127.0.0.4") as proxy,
+        _client_at("127.0.0.5") as stranger,
+    ):
+        # Behind the proxy, two people have buckets of their own.
+        assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.1"}) == [200] * 2
+        assert _logins(proxy, gateway, 1, **{"x-forwarded-for": "203.0.113.1"}) == [429]
+        assert _logins(proxy, gateway, 2, **{"x-forwarded-for": "203.0.113.2"}) == [200] * 2
+        # Anyone else's X-Forwarded-For is not believed: their own address counts.
+        spoofed = [
+            _logins(stranger, gateway, 1, **{"x-forwarded-for": f"198.51.100.{n}"})[0]
+            for n in range(5)
+        ]
+        assert spoofed.count(429) >= 2
+        # An APP's own bucket: five in all, whoever its users are.
+        app = [
+            _logins(
+                proxy,
+                gateway,
+                1,
+                **{"x-forwarded-for": f"203.0.113.{n}", "x-etax-app-id": "etax-app"},
+            )[0]
+            for n in range(10, 18)
+        ]
+        assert app.count(429) >= 2
 
 
 @pytest.mark.parametrize(

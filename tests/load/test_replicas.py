@@ -1,5 +1,6 @@
 """Two replicas behind one Envoy, sharing Redis and PostgreSQL, keep the per-person rules
-exact under concurrent load (E1 lockout, E2 SMS throttling, E3 replicas).
+exact under concurrent load (E1 lockout, E2 SMS throttling, E3 replicas), on standalone
+Redis and on a three-primary Redis Cluster.
 
 Real processes (`python -m services.<name>`), the real Envoy with comma-separated upstreams
 (least-request balancing over both replicas), calls through the public listener.
@@ -22,6 +23,7 @@ from bench.dataset import PASSWORD, Channels, Person, import_persons
 from etax_platform.certs import CertificatePaths
 from etax_platform.errors import from_rpc_error
 from etax_platform.pii import Keyring
+from tests.conftest import STORE_URL_FIXTURES
 from tests.harness.gateway import RunningGateway, gateway_certificates, running_gateway, wait_until
 from tests.harness.processes import ServiceProcess
 from tests.harness.servers import PostgresServer, free_port
@@ -35,15 +37,20 @@ UNLIMITED = {
 }
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_store_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(STORE_URL_FIXTURES[request.param]))
+
+
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificatePaths:
     return gateway_certificates(tmp_path_factory.mktemp("certs"))
 
 
-def _shared_env(tmp_path: Path, keyring: Keyring, redis_url: str) -> dict[str, str]:
+def _shared_env(tmp_path: Path, keyring: Keyring, store_url: str) -> dict[str, str]:
     keys = keyring.dump()
     return {
-        "ETAX_KV_URL": redis_url,
+        "ETAX_KV_URL": store_url,
         "ETAX_KV_PREFIX": f"{tmp_path.name}:",
         "ETAX_DATA_DIR": str(tmp_path / "data"),
         "ETAX_PII_KEYS": keys["keys"],
@@ -96,11 +103,11 @@ def _outcome(call: object) -> str:
 def sms_replicas(
     tmp_path: Path,
     keyring: Keyring,
-    redis_url: str,
+    shared_store_url: str,
     postgres: PostgresServer,
     certificates: CertificatePaths,
 ) -> Iterator[tuple[RunningGateway, list[ServiceProcess]]]:
-    env = _shared_env(tmp_path, keyring, redis_url)
+    env = _shared_env(tmp_path, keyring, shared_store_url)
     env["ETAX_SMS_DATABASE_URL"] = postgres.url(postgres.create_database())
     replicas: list[ServiceProcess] = []
     try:
@@ -158,11 +165,11 @@ def test_e2_two_sms_replicas_behind_envoy_accept_exactly_five_sends_per_phone_un
 def auth_replicas(
     tmp_path: Path,
     keyring: Keyring,
-    redis_url: str,
+    shared_store_url: str,
     postgres: PostgresServer,
     certificates: CertificatePaths,
 ) -> Iterator[tuple[RunningGateway, list[ServiceProcess]]]:
-    env = _shared_env(tmp_path, keyring, redis_url)
+    env = _shared_env(tmp_path, keyring, shared_store_url)
     for service in ("auth", "binding", "sms"):
         env[f"ETAX_{service.upper()}_DATABASE_URL"] = postgres.url(postgres.create_database())
     ports = {name: free_port() for name in ("sms", "face", "binding", "auth1", "auth2")}

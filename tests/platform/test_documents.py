@@ -154,3 +154,22 @@ def test_c2_readings_tell_fixed_formats_from_free_form() -> None:
         T.OTHER_PERSONAL_DOCUMENT,
     }
     assert not looks_like_document("X1234567")
+
+
+@pytest.mark.parametrize(
+    ("code", "number"),
+    [
+        (210, "H١٢٣٤٥٦٧٨"),  # Arabic-Indic digits
+        (213, "१२३४५६७८"),  # Devanagari digits
+        (227, "E١٢٣٤٥٦٧٨"),
+        (201, "١١٠١٠٥٤٩١٢٣١٠٠٢"),
+    ],
+)
+def test_b4_digits_of_other_scripts_are_refused_not_stored_as_another_spelling(
+    code: int, number: str
+) -> None:
+    """One document, one spelling: a bare \\d matched every script's decimal digits, so
+    H١٢٣٤٥٦٧٨ was a valid permit number beside H12345678 (found reviewing the fuzz)."""
+    with pytest.raises(DomainError) as caught:
+        parse_document(code, number)
+    assert caught.value.reason is Reason.INVALID_DOCUMENT

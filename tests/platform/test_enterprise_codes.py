@@ -75,6 +75,8 @@ def test_a2_tins_of_15_17_20_characters_are_accepted_by_format(code: str) -> Non
         "37010219900101123X0A",
         "9111000060003734L",  # 17 characters with a letter
         "91110000-00037341L",
+        "٣٧٠١٠٢123456789",  # Arabic-Indic digits in the division
+        "911١0000600037341L",
     ],
 )
 def test_a2_malformed_codes_are_refused(code: str) -> None:

@@ -32,6 +32,7 @@ def test_mainland_mobiles_with_prefixes_normalise_to_eleven_digits(raw: str) -> 
         "１３８１２３４５６７８",
         "13812345678x",
         "010-12345678",
+        "13٨١٢٣٤٥٦٧٨",  # Arabic-Indic digits: \d alone matched them
     ],
 )
 def test_anything_else_is_invalid_phone(raw: str) -> None:
@@ -66,7 +67,9 @@ def test_malformed_subject_number_names_its_field(raw: str) -> None:
     assert caught.value.user_text == "请输入项目编号"
 
 
-@pytest.mark.parametrize("code", ["1370102000", "137010200000", "1370102000A", " 13701020000"])
+@pytest.mark.parametrize(
+    "code", ["1370102000", "137010200000", "1370102000A", " 13701020000", "١٣٧٠١٠٢٠٠٠٠"]
+)
 def test_tax_authority_code_is_eleven_digits(code: str) -> None:
     assert require_tax_authority_code("13701020000", "code") == "13701020000"
     with pytest.raises(DomainError) as caught:

@@ -1,4 +1,5 @@
-"""The key-value store contract, run on the in-process store and on real Redis (E3)."""
+"""The key-value store contract, run on the in-process store, on real Redis and on a
+real three-primary Redis Cluster (E3); the key layout that lets scripts span keys."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from etax_platform.kv import KeyValueStore
+import pytest
+import redis
+from pydantic import ValidationError
+from redis.crc import key_slot
+
+from etax_platform.kv import KeyValueStore, RedisStore, cluster_nodes, owned_key
+from etax_platform.settings import PlatformSettings
 
 TTL = timedelta(minutes=5)
 
@@ -98,3 +105,87 @@ def test_concurrent_capped_claims_admit_exactly_the_cap(kv_store: KeyValueStore)
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(lambda _: kv_store.update("cap", claim, TTL), range(50)))
     assert results.count(True) == 5
+
+
+# --- key layout (hash tags) ----------------------------------------------------------------
+
+_TWO_KEYS = "return redis.call('EXISTS', KEYS[1], KEYS[2])"
+
+
+def test_owned_keys_of_one_owner_share_a_slot_and_a_script(kv_store: KeyValueStore) -> None:
+    """A script may touch several records of one owner, on a cluster too (issue 14's
+    throttle and code record of one recipient); every other key is tagged whole."""
+    if not isinstance(kv_store, RedisStore):
+        pytest.skip("slots are Redis's")
+    throttle = owned_key("sms:throttle", "phone:abc")
+    code = owned_key("sms:code", "phone:abc", "v1")
+    assert (throttle, code) == ("sms:throttle:{phone:abc}", "sms:code:{phone:abc}:v1")
+    kv_store.create(throttle, b"1", TTL)
+    kv_store.create(code, b"2", TTL)
+    redis_keys = [kv_store._key(throttle), kv_store._key(code)]
+    assert key_slot(redis_keys[0].encode()) == key_slot(redis_keys[1].encode())
+    assert kv_store._redis.eval(_TWO_KEYS, 2, *redis_keys) == 2
+    assert kv_store._key("auth:qr:1") == f"{kv_store._prefix}{{auth:qr:1}}"
+
+
+def test_keys_of_two_owners_in_one_script_fail_on_a_cluster(kv_store: KeyValueStore) -> None:
+    if not isinstance(kv_store, RedisStore) or not isinstance(kv_store._redis, redis.RedisCluster):
+        pytest.skip("only a cluster has slots that differ")
+    owners = [f"person-{n}" for n in range(20)]
+    first = kv_store._key(owned_key("auth:lockout", owners[0]))
+    other = next(
+        kv_store._key(owned_key("auth:lockout", owner))
+        for owner in owners[1:]
+        if key_slot(kv_store._key(owned_key("auth:lockout", owner)).encode())
+        != key_slot(first.encode())
+    )
+    with pytest.raises(redis.exceptions.RedisClusterException):
+        kv_store._redis.eval(_TWO_KEYS, 2, first, other)
+
+
+def test_owned_key_parts_carry_no_braces() -> None:
+    for parts in (("a{b", "o"), ("a", "o}"), ("a", ""), ("", "o"), ("a", "o", "x{y}")):
+        with pytest.raises(ValueError):
+            owned_key(*parts)
+
+
+def test_a_key_prefix_with_braces_is_refused() -> None:
+    with pytest.raises(ValidationError, match="braces"):
+        PlatformSettings(kv_prefix="{etax}:")
+
+
+# --- cluster URLs ------------------------------------------------------------------------
+
+
+def test_cluster_url_names_startup_nodes_and_keeps_credentials_and_options() -> None:
+    assert cluster_nodes("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,[::1]:7002") == (
+        "redis://10.0.0.1:7000",
+        [("10.0.0.2", 7001), ("::1", 7002)],
+    )
+    assert cluster_nodes("rediss+cluster://u:p%40ss@a:7000,b/0?ssl_cert_reqs=none") == (
+        "rediss://u:p%40ss@a:7000?ssl_cert_reqs=none",
+        [("b", 6379)],
+    )
+    assert cluster_nodes("redis+cluster://[::1]?socket_keepalive=true")[0] == (
+        "redis://[::1]:6379?socket_keepalive=true"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis+cluster://a:7000/3", "database 0"),
+        ("redis+cluster://a:port", "bad node"),
+        ("redis+cluster://a:7000,,b:7001", "host:port"),
+        ("redis+cluster://", "host:port"),
+        ("cluster://a:7000", "kv_url must be"),
+    ],
+)
+def test_settings_refuse_a_bad_store_url_and_say_why(url: str, complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        PlatformSettings(kv_url=url)
+
+
+def test_settings_accept_a_cluster_url() -> None:
+    settings = PlatformSettings(kv_url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert settings.kv_url.startswith("redis+cluster://")

@@ -25,6 +25,19 @@ from etax_platform.server import GrpcHost, Registration, _StreamSlots
 
 SERVICE = "etax.test.v1.ProbeService"
 
+# What redis-py raises while a Redis Cluster fails over or moves slots (one of each).
+CLUSTER_FAILURES: dict[bytes, Exception] = {
+    b"cluster-down": redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+    b"master-down": redis.exceptions.MasterDownError("MASTERDOWN Link with MASTER is down"),
+    b"try-again": redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request"),
+    b"slot-not-covered": redis.exceptions.SlotNotCoveredError("Slot 42 is not covered"),
+    b"max-connections": redis.exceptions.MaxConnectionsError("Too many connections"),
+    b"ttl-exhausted": redis.exceptions.ClusterError("TTL exhausted."),
+    b"moved": redis.exceptions.MovedError("3999 127.0.0.1:6381"),
+    b"read-only": redis.exceptions.ReadOnlyError("READONLY You can't write against a replica"),
+    b"timeout": redis.exceptions.TimeoutError("Timeout reading from socket"),
+}
+
 
 def _probe(request: bytes, context: grpc.ServicerContext) -> bytes:
     if request == b"domain":
@@ -33,6 +46,10 @@ def _probe(request: bytes, context: grpc.ServicerContext) -> bytes:
         raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1")
     if request == b"bug":
         raise RuntimeError("secret detail 11010519491231002X")
+    if request in CLUSTER_FAILURES:
+        raise CLUSTER_FAILURES[request]
+    if request == b"cross-slot":
+        raise redis.exceptions.RedisClusterException("Keys don't hash to the same slot")
     return request
 
 
@@ -223,3 +240,23 @@ def test_every_rpc_of_every_service_declares_a_policy() -> None:
     policies = [p for name in names for p in service_policies(name)]
     assert len(policies) > 60
     assert undeclared(policies) == []
+
+
+@pytest.mark.parametrize("failure", sorted(CLUSTER_FAILURES))
+def test_a_cluster_failing_over_is_unavailable_not_internal(
+    channel: grpc.Channel, failure: bytes
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(failure, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    error = from_rpc_error(caught.value)
+    assert error is not None and error.reason is Reason.PROVIDER_UNAVAILABLE
+    assert error.metadata == {"dependency": "store"}
+
+
+def test_a_cross_slot_script_is_a_bug_not_an_outage(channel: grpc.Channel) -> None:
+    """Keys of two owners in one script never work on a cluster: INTERNAL, so it is fixed
+    rather than retried."""
+    with pytest.raises(grpc.RpcError) as caught:
+        _echo(channel)(b"cross-slot", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL

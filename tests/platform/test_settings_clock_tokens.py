@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 from etax.sms.v1 import sms_pb2
+from google.protobuf import timestamp_pb2
 from pydantic import ValidationError
 
 from etax_platform.clock import (
     CST,
+    EARLIEST_INSTANT,
+    LATEST_INSTANT,
     ManualClock,
     cst_day,
+    from_timestamp,
     next_cst_midnight,
     optional_instant,
     to_timestamp,
@@ -280,3 +284,40 @@ def test_an_unset_timestamp_field_is_no_instant_and_a_set_one_reads_in_cst() -> 
     set_ = sms_pb2.VerifyCodeResponse(verified_at=to_timestamp(instant))
     read = optional_instant(set_, "verified_at")
     assert read == instant and read is not None and read.tzinfo == CST
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (253402300799, 0),  # 9999-12-31T23:59:59Z: valid protobuf, overflows a CST datetime
+        (int(LATEST_INSTANT.timestamp()), 0),  # no room left for arithmetic on it
+        (253402300800, 0),  # past protobuf's range
+        (-62135596800, 0),  # 0001-01-01T00:00:00Z
+        (-1, 0),  # before EARLIEST_INSTANT
+        (2**62, 0),
+        (0, 1_000_000_000),
+        (0, -1),
+    ],
+)
+def test_an_out_of_range_timestamp_is_invalid_input_naming_the_field(
+    seconds: int, nanos: int
+) -> None:
+    """Bad bytes are INVALID_ARGUMENT, never INTERNAL (DESIGN.md, Errors; issue 11 item 4)."""
+    request = sms_pb2.VerifyCodeResponse(
+        verified_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    )
+    with pytest.raises(DomainError) as caught:
+        optional_instant(request, "verified_at")
+    assert caught.value.reason is Reason.INVALID_ARGUMENT
+    assert caught.value.metadata == {"field": "verified_at"}
+
+
+def test_the_ends_of_the_accepted_range_read_and_leave_room_for_arithmetic() -> None:
+    earliest = from_timestamp(to_timestamp(EARLIEST_INSTANT))
+    latest = from_timestamp(
+        timestamp_pb2.Timestamp(seconds=int(LATEST_INSTANT.timestamp()) - 1, nanos=999_999_999)
+    )
+    assert earliest == EARLIEST_INSTANT and earliest.tzinfo == CST
+    assert latest < LATEST_INSTANT
+    # A year later, its CST midnight: what domain code may do with an accepted instant.
+    assert next_cst_midnight(latest + timedelta(days=365)) > latest

@@ -1,0 +1,1 @@
+"""The bureau's web login page and account center (backend-for-frontend, docs/web.md)."""

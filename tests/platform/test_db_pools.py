@@ -1,0 +1,236 @@
+"""PostgreSQL pools by setting, the statement timeout, and PgBouncer in transaction mode
+(the Debian package, 1.18 here) in front of the tests' PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
+from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
+
+from etax_platform.db import Database, PoolSettings
+from services.sms.settings import SmsSettings
+from tests.harness.servers import PgBouncer, PostgresServer
+
+# What a service behind PgBouncer 1.18 in transaction mode sets (README, "Shared stores").
+BEHIND_PGBOUNCER = PoolSettings(statement_timeout_ms=0, prepared_statements=False)
+
+metadata = MetaData()
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(20), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+
+@pytest.fixture
+def database_name(postgres: PostgresServer) -> Iterator[str]:
+    name = postgres.create_database()
+    setup = Database(postgres.url(name))
+    metadata.create_all(setup.engine)
+    setup.dispose()
+    yield name
+    with postgres.admin() as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _workload(database: Database, callers: int, rounds: int) -> list[str]:
+    """Concurrent callers, each running the same few statements many times (psycopg
+    prepares a statement on its fifth run on a connection); the errors they met."""
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        name = f"c{n}"
+        try:
+            with database.transaction() as session:
+                session.execute(counters.insert().values(name=name, value=0))
+            for _ in range(rounds):
+                with database.transaction() as session:
+                    session.execute(
+                        update(counters)
+                        .where(counters.c.name == name)
+                        .values(value=counters.c.value + 1)
+                    )
+                with database.reading() as session:
+                    session.scalar(select(counters.c.value).where(counters.c.name == name))
+        except DBAPIError as error:
+            with lock:
+                errors.append(type(error.orig).__name__)
+
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(caller, range(callers)))
+    return errors
+
+
+# --- pools by setting ------------------------------------------------------------------
+
+
+def test_default_pool_holds_every_rpc_worker() -> None:
+    for workers in (2, 16, 64, 256):
+        pool = SmsSettings(port=0, max_workers=workers).database_pool()
+        assert pool.size + pool.max_overflow >= workers + 8
+
+
+def test_pool_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "POOL_SIZE": "4",
+        "MAX_OVERFLOW": "2",
+        "POOL_TIMEOUT_SECONDS": "1.5",
+        "POOL_RECYCLE_SECONDS": "60",
+        "STATEMENT_TIMEOUT_MS": "0",
+        "PREPARED_STATEMENTS": "false",
+    }.items():
+        monkeypatch.setenv(f"ETAX_SMS_DB_{name}", value)
+    assert SmsSettings(port=0).database_pool() == PoolSettings(
+        size=4,
+        max_overflow=2,
+        timeout_seconds=1.5,
+        recycle_seconds=60,
+        statement_timeout_ms=0,
+        prepared_statements=False,
+    )
+
+
+def test_a_full_pool_makes_a_caller_wait_then_fail_unavailable(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """size + overflow connections at most; the next caller waits timeout_seconds and
+    gets sqlalchemy's TimeoutError, which the call interceptor answers UNAVAILABLE."""
+    database = Database(
+        postgres.url(database_name), PoolSettings(size=2, max_overflow=1, timeout_seconds=0.3)
+    )
+    try:
+        with ExitStack() as held:
+            for _ in range(3):
+                held.enter_context(database.reading())
+            started = time.monotonic()
+            with pytest.raises(TimeoutError), database.reading():
+                pass
+            assert time.monotonic() - started >= 0.3
+        with database.reading() as session:  # returned connections serve again
+            assert session.scalar(text("SELECT 1")) == 1
+    finally:
+        database.dispose()
+
+
+def test_statement_timeout_is_a_startup_option_on_postgresql(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    database = Database(postgres.url(database_name), PoolSettings(statement_timeout_ms=300))
+    try:
+        with database.reading() as session:
+            assert session.scalar(text("SHOW statement_timeout")) == "300ms"
+        # OperationalError: the call interceptor answers UNAVAILABLE, as for a dead server.
+        with (
+            pytest.raises(OperationalError, match="statement timeout"),
+            database.transaction() as session,
+        ):
+            session.execute(text("SELECT pg_sleep(2)"))
+        with database.transaction() as session:  # the pooled connection is still good
+            assert session.scalar(text("SELECT 1")) == 1
+    finally:
+        database.dispose()
+
+
+_SLOW_MIGRATION = """
+from alembic import op
+
+revision = "0001"
+down_revision = None
+
+
+def upgrade() -> None:
+    op.execute("SELECT pg_sleep(0.6)")
+"""
+
+
+def test_migrations_are_not_cut_by_the_statement_timeout(
+    postgres: PostgresServer, database_name: str, tmp_path: Path
+) -> None:
+    """A migration may run longer than any request should (an index on a big table)."""
+    (tmp_path / "versions").mkdir()
+    (tmp_path / "env.py").write_text(
+        "from sqlalchemy import MetaData\n"
+        "from etax_platform.db import run_migrations\n"
+        "run_migrations(MetaData())\n"
+    )
+    (tmp_path / "versions" / "0001_slow.py").write_text(_SLOW_MIGRATION)
+    database = Database(postgres.url(database_name), PoolSettings(statement_timeout_ms=300))
+    try:
+        database.migrate(tmp_path)
+        with database.reading() as session:
+            assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0001"
+    finally:
+        database.dispose()
+
+
+# --- PgBouncer in transaction mode -------------------------------------------------------
+
+
+def test_pgbouncer_refuses_the_statement_timeout_as_a_startup_option(
+    pgbouncer_server: PgBouncer, database_name: str
+) -> None:
+    """Why statement_timeout_ms=0 behind PgBouncer 1.18: it refuses `options`, and with
+    ignore_startup_parameters=options it would drop it silently."""
+    database = Database(
+        pgbouncer_server.url(database_name), PoolSettings(prepared_statements=False)
+    )
+    try:
+        with (
+            pytest.raises(OperationalError, match="unsupported startup parameter"),
+            database.reading(),
+        ):
+            pass
+    finally:
+        database.dispose()
+
+
+def test_behind_pgbouncer_its_statement_timeout_applies(
+    pgbouncer_server: PgBouncer, database_name: str
+) -> None:
+    database = Database(pgbouncer_server.url(database_name), BEHIND_PGBOUNCER)
+    try:
+        with database.reading() as session:
+            shown = session.scalar(text("SHOW statement_timeout"))
+        assert shown == f"{pgbouncer_server.statement_timeout_ms // 1000}s"
+    finally:
+        database.dispose()
+
+
+def test_psycopg_prepared_statements_break_behind_pgbouncer_in_transaction_mode(
+    pgbouncer_server: PgBouncer, database_name: str
+) -> None:
+    """Why the setting exists: psycopg's automatic prepares are per server connection,
+    and PgBouncer < 1.21 hands a client's next transaction to any of them."""
+    database = Database(pgbouncer_server.url(database_name), PoolSettings(statement_timeout_ms=0))
+    try:
+        errors = _workload(database, callers=8, rounds=40)
+    finally:
+        database.dispose()
+    assert errors, "prepared statements survived transaction pooling"
+    assert set(errors) <= {"DuplicatePreparedStatement", "InvalidSqlStatementName"}, errors
+
+
+def test_without_prepared_statements_concurrent_callers_work_behind_pgbouncer(
+    pgbouncer_server: PgBouncer, postgres: PostgresServer, database_name: str
+) -> None:
+    database = Database(pgbouncer_server.url(database_name), BEHIND_PGBOUNCER)
+    try:
+        assert _workload(database, callers=12, rounds=40) == []
+    finally:
+        database.dispose()
+    direct = Database(postgres.url(database_name))
+    try:
+        with direct.reading() as session:
+            values = session.scalars(select(counters.c.value)).all()
+    finally:
+        direct.dispose()
+    assert values == [40] * 12
