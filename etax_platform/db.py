@@ -10,6 +10,12 @@ The services keep no session state on a connection (no SET, no LISTEN, no sessio
 advisory locks, no temporary tables), so they work through PgBouncer in transaction
 mode, given `prepared_statements=False` where the pooler cannot carry psycopg's named
 prepared statements (PgBouncer before 1.21, or without `max_prepared_statements`).
+
+Hot statements (`Statement`, `Database.run`) are built once and, on PostgreSQL, run
+straight on a psycopg connection from a pool of their own (psycopg_pool), as prepared
+statements: SQLAlchemy's execution layer and pool checkout cost several times what the
+statement itself costs the client (bench/analysis.md). Tables, migrations and every other
+statement stay with SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import psycopg_pool
 import sqlalchemy.exc
 from alembic import command, context
 from alembic.config import Config
@@ -44,11 +52,15 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 
 from etax_platform import journal
 
 log = logging.getLogger("etax.db")
+# psycopg_pool logs every checkout at INFO.
+logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
 
 _READ_ONLY = "etax_read_only"
 
@@ -96,10 +108,8 @@ class PoolSettings:
     prepared_statements: bool = True
 
 
-def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
-    settings = settings or PoolSettings()
+def _connect_args(url: str, settings: PoolSettings) -> dict[str, Any]:
+    """psycopg connection parameters from the settings (both pools use them)."""
     connect_args: dict[str, Any] = {}
     if settings.statement_timeout_ms:
         # A startup parameter, not a SET: it holds for the connection's whole life and
@@ -111,6 +121,14 @@ def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
         )
     if not settings.prepared_statements:
         connect_args["prepare_threshold"] = None
+    return connect_args
+
+
+def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url)
+    settings = settings or PoolSettings()
+    connect_args = _connect_args(url, settings)
     # No pre-ping: it costs a round trip on every checkout; a connection the server
     # dropped fails its statement, which the call interceptor answers as UNAVAILABLE.
     return create_engine(
@@ -123,17 +141,65 @@ def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
     )
 
 
+class Statement:
+    """A hot statement, built once: a SQLAlchemy construct (run on every database) and/or
+    the PostgreSQL text of it (psycopg's `%(name)s` placeholders), for statements SQLAlchemy
+    cannot express or that only PostgreSQL runs (a data-modifying CTE).
+
+    Parameters go to the driver as they are: no type processing (pass aware datetimes,
+    ints, strings), and no expanding IN lists. Rows come back as tuples, in the order of
+    the statement's columns.
+    """
+
+    def __init__(
+        self,
+        construct: Executable | None = None,
+        *,
+        postgresql: str | None = None,
+        writes: bool = False,
+    ) -> None:
+        if construct is None and postgresql is None:
+            raise ValueError("a statement needs a construct or its PostgreSQL text")
+        self.construct = construct
+        self.writes = writes
+        self._postgresql = postgresql
+        self._compiled: tuple[str, dict[str, Any]] | None = None
+
+    def for_psycopg(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+        """The SQL text and the parameters the construct fixes (compiled once)."""
+        if self._postgresql is not None:
+            return self._postgresql, {}
+        if self._compiled is None:
+            assert self.construct is not None
+            compiled = self.construct.compile(dialect=dialect)  # type: ignore[attr-defined]
+            self._compiled = (str(compiled), dict(compiled.params))
+        return self._compiled
+
+
+def _translated(error: psycopg.Error, sql: str) -> sqlalchemy.exc.DBAPIError:
+    """A driver error as SQLAlchemy raises it, so callers and the call interceptor (a
+    database that is away: UNAVAILABLE) treat both paths alike."""
+    translated = sqlalchemy.exc.DBAPIError.instance(
+        sql, None, error, psycopg.Error, hide_parameters=True
+    )
+    assert isinstance(translated, sqlalchemy.exc.DBAPIError)
+    return translated
+
+
 class Database:
     """An engine and units of work: a transaction commits only if its block succeeds.
 
     Units of work are SQLAlchemy Core connections: the services speak SQL through Table
     objects and need none of the ORM's identity map, whose bookkeeping cost more CPU than
-    the statements on the hot paths (bench/).
+    the statements on the hot paths (bench/). Hot statements run through `run`.
     """
 
     def __init__(self, url: str, pool_settings: PoolSettings | None = None) -> None:
         self.url = url
         self.engine = make_engine(url, pool_settings)
+        self._pool_settings = pool_settings or PoolSettings()
+        self._statements: psycopg_pool.ConnectionPool[Any] | None = None
+        self._statements_lock = threading.Lock()
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
         readers = self.engine.execution_options(**{_READ_ONLY: True})
@@ -158,6 +224,59 @@ class Database:
         with self._readers.connect() as connection:
             yield connection
 
+    def run(self, statement: Statement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Runs a hot statement (one round trip, its own transaction) and returns its rows.
+
+        PostgreSQL: on a psycopg connection in autocommit mode from the statement pool,
+        prepared on its first run on each connection unless `prepared_statements` is off
+        (PgBouncer before 1.21). SQLite: through SQLAlchemy, in a writing transaction if
+        the statement writes."""
+        if self.engine.dialect.name != "postgresql":
+            if statement.construct is None:
+                raise RuntimeError("this statement runs on PostgreSQL only")
+            unit = self.transaction() if statement.writes else self.reading()
+            with unit as connection:
+                result = connection.execute(statement.construct, dict(params))
+                return [tuple(row) for row in result] if result.returns_rows else []
+        sql, fixed = statement.for_psycopg(self.engine.dialect)
+        pool = self._statement_pool()
+        try:
+            connection = pool.getconn()
+        except psycopg_pool.PoolTimeout:
+            raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
+        try:
+            cursor = connection.execute(
+                sql,
+                {**fixed, **params} if fixed else params,
+                prepare=self._pool_settings.prepared_statements,
+            )
+            return cursor.fetchall() if cursor.description is not None else []
+        except psycopg.Error as error:
+            raise _translated(error, sql) from error
+        finally:
+            pool.putconn(connection)  # a broken connection is closed, not kept
+
+    def _statement_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        """Opened at the first hot statement, so a database that runs none opens nothing."""
+        pool = self._statements
+        if pool is not None:
+            return pool
+        with self._statements_lock:
+            if self._statements is None:
+                settings = self._pool_settings
+                conninfo = make_url(self.url).set(drivername="postgresql")
+                self._statements = psycopg_pool.ConnectionPool(
+                    conninfo.render_as_string(hide_password=False),
+                    kwargs={"autocommit": True, **_connect_args(self.url, settings)},
+                    min_size=0,
+                    max_size=max(1, settings.size + settings.max_overflow),
+                    timeout=settings.timeout_seconds,
+                    max_lifetime=max(60.0, float(settings.recycle_seconds)),
+                    name="statements",
+                    open=True,
+                )
+            return self._statements
+
     def migrate(self, script_location: Path) -> None:
         """Brings the schema to the newest migration; safe when replicas start together."""
         config = Config()
@@ -174,6 +293,10 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
+        with self._statements_lock:
+            if self._statements is not None:
+                self._statements.close()
+                self._statements = None
         self.engine.dispose()
 
 

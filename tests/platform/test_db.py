@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from etax_platform.db import Database
+from etax_platform.db import Database, Statement
 
 metadata = MetaData()
 counters = Table(
@@ -76,3 +76,32 @@ def test_concurrent_read_modify_write_loses_nothing(db: Database) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(bump, range(200)))
     assert _value(db, "n") == 200
+
+
+# --- hot statements (Database.run) -----------------------------------------------------
+
+_VALUE_OF = Statement(select(counters.c.value).where(counters.c.name == bindparam("name")))
+_BUMP = Statement(
+    update(counters)
+    .where(counters.c.name == bindparam("counter"))
+    .values(value=counters.c.value + 1)
+    .returning(counters.c.value),
+    writes=True,
+)
+
+
+def test_a_hot_statement_reads_and_writes_on_both_databases(db: Database) -> None:
+    with db.transaction() as session:
+        session.execute(insert(counters).values(name="a", value=1))
+    assert db.run(_VALUE_OF, {"name": "a"}) == [(1,)]
+    assert db.run(_BUMP, {"counter": "a"}) == [(2,)]
+    assert db.run(_BUMP, {"counter": "nobody"}) == []
+    assert _value(db, "a") == 2
+
+
+def test_hot_statements_count_exactly_under_concurrency(db: Database) -> None:
+    with db.transaction() as session:
+        session.execute(insert(counters).values(name="a", value=0))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _n: db.run(_BUMP, {"counter": "a"}), range(200)))
+    assert _value(db, "a") == 200

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
-from etax_platform.db import Database, PoolSettings
+from etax_platform.db import Database, PoolSettings, Statement
 from services.sms.settings import SmsSettings
 from tests.harness.servers import PgBouncer, PostgresServer
 
@@ -234,3 +234,71 @@ def test_without_prepared_statements_concurrent_callers_work_behind_pgbouncer(
     finally:
         direct.dispose()
     assert values == [40] * 12
+
+
+# --- hot statements on their own pool (Database.run) -------------------------------------
+
+_PREPARED_HERE = Statement(postgresql="SELECT count(*) FROM pg_prepared_statements")
+_SLEEP = Statement(postgresql="SELECT pg_sleep(%(seconds)s)")
+
+
+def test_hot_statements_are_prepared_on_their_connection(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    database = Database(postgres.url(database_name), PoolSettings(size=1, max_overflow=0))
+    try:
+        database.run(_PREPARED_HERE, {})
+        # The one connection of the pool prepared it on its first run.
+        assert database.run(_PREPARED_HERE, {}) == [(1,)]
+    finally:
+        database.dispose()
+
+
+def test_hot_statements_keep_the_statement_timeout_and_answer_unavailable_errors(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    database = Database(
+        postgres.url(database_name),
+        PoolSettings(size=1, max_overflow=0, statement_timeout_ms=300, timeout_seconds=0.3),
+    )
+    try:
+        # What SQLAlchemy raises, so the call interceptor answers UNAVAILABLE for both.
+        with pytest.raises(OperationalError, match="statement timeout"):
+            database.run(_SLEEP, {"seconds": 2})
+        assert database.run(_PREPARED_HERE, {})  # the connection still serves
+        pool = database._statement_pool()
+        held = pool.getconn()  # the pool's one connection, busy elsewhere
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                database.run(_PREPARED_HERE, {})
+            assert time.monotonic() - started >= 0.3
+        finally:
+            pool.putconn(held)
+        assert database.run(_PREPARED_HERE, {})
+    finally:
+        database.dispose()
+
+
+def test_hot_statements_without_prepares_work_behind_pgbouncer(
+    pgbouncer_server: PgBouncer, database_name: str
+) -> None:
+    database = Database(pgbouncer_server.url(database_name), BEHIND_PGBOUNCER)
+    bump = Statement(
+        postgresql="UPDATE counters SET value = value + 1 WHERE name = %(name)s RETURNING value",
+        writes=True,
+    )
+    try:
+        with database.transaction() as session:
+            session.execute(counters.insert(), [{"name": f"h{n}", "value": 0} for n in range(8)])
+
+        def caller(n: int) -> None:
+            for _ in range(30):
+                database.run(bump, {"name": f"h{n}"})
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(caller, range(8)))
+        rows = database.run(Statement(postgresql="SELECT value FROM counters ORDER BY name"), {})
+    finally:
+        database.dispose()
+    assert rows == [(30,)] * 8
