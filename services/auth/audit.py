@@ -99,7 +99,8 @@ class AuditLog:
             batch_seconds=batch_seconds,
         )
 
-    def _row(self, event: AuditEvent, at: datetime | None = None) -> dict[str, Any]:
+    def row(self, event: AuditEvent, at: datetime | None = None) -> dict[str, Any]:
+        """The event as its row of `audit_events` (for a statement that writes it itself)."""
         rid = request_id.get()
         return {
             "event_id": os.urandom(16).hex(),
@@ -121,12 +122,12 @@ class AuditLog:
 
     def insert(self, session: Connection, event: AuditEvent) -> None:
         """Writes the event in the caller's transaction."""
-        session.execute(audit_events.insert().values(**self._row(event)))
+        session.execute(audit_events.insert().values(**self.row(event)))
         event.written = True
 
     def record(self, event: AuditEvent) -> None:
         """Off the request path (or at once when batching is off); never lost."""
-        self._writer.add(self._row(event))
+        self._writer.add(self.row(event))
 
     @contextmanager
     def attempt(self, action: str, **fields: Any) -> Iterator[AuditEvent]:

@@ -151,6 +151,9 @@ sessions = Table(
     Column("province", String(2), nullable=False),
     # etax.binding.v1.Identity, serialized and base64-encoded (no personal numbers in it).
     Column("identity", Text, nullable=False),
+    # The identity's entry (etax.common.v1.Entry), for the audit rows a refresh writes in
+    # SQL; NULL only in rows older than migration 0005 that it could not read.
+    Column("entry", SmallInteger, nullable=True),
     # Authentication methods used (amr), comma-separated: pwd, sms, face, qr.
     Column("methods", String(64), nullable=False),
     Column("client_app", String(16), nullable=False),

@@ -5,6 +5,11 @@
 - Refresh token: `secrets.token_urlsafe(32)`, stored only as its SHA-256, single use: each
   RefreshSession marks it used and issues the next one (same session). A used token shown
   again means two holders; the whole session is revoked (theft detection).
+- RefreshSession is one statement on PostgreSQL (`_REFRESH`, a data-modifying CTE): it
+  consumes the token, checks the session, inserts the next token and the audit row and
+  returns what the answer needs; only a token it could not consume takes a second one
+  (unknown, or reused: the session is revoked). SQLite, which has no data-modifying CTEs,
+  runs the same steps as a transaction; both behave alike (tests/auth/test_sessions.py).
 - Revocation (logout, theft, password reset): the session row is marked in the same
   transaction as the rest of the change (all or nothing). Every service refuses the
   session's access tokens within a second (global revocation, `etax_platform.revocation`):
@@ -27,7 +32,7 @@ from etax.binding.v1 import binding_pb2
 from sqlalchemy import Connection, select, update
 
 from etax_platform.clock import Clock
-from etax_platform.db import Database
+from etax_platform.db import Database, Statement
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_name
 from etax_platform.revocation import RevocationList, Revocations
@@ -53,6 +58,75 @@ def decode_identity(encoded: str) -> binding_pb2.Identity:
 def _token_hash(token: str) -> str:
     # The token has 256 random bits: a plain hash is as good as a keyed one here.
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# RefreshSession on PostgreSQL in one round trip. Every sub-statement sees the snapshot
+# the statement started with; the token's UPDATE decides between concurrent refreshes
+# (the loser waits for the row and finds it used). First column: ok, expired or revoked;
+# no row: the token was not consumed here (unknown, or used before: `_REUSED`).
+_REFRESH = Statement(
+    postgresql="""
+WITH used AS (
+    UPDATE refresh_tokens SET used_at = %(now)s
+    WHERE token_hash = %(token_hash)s AND used_at IS NULL
+    RETURNING session_id, expires_at
+), live AS (
+    SELECT s.id, s.person_id, s.province, s.identity, s.methods, s.client_app, s.entry,
+           p.name, p.real_name_level
+    FROM used
+    JOIN sessions s ON s.id = used.session_id
+    JOIN persons p ON p.id = s.person_id
+    WHERE used.expires_at > %(now)s AND s.revoked_at IS NULL
+), next_token AS (
+    INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at)
+    SELECT %(next_hash)s, id, %(now)s, %(next_expires_at)s FROM live
+), touched AS (
+    UPDATE sessions SET last_issued_at = %(now)s FROM live WHERE sessions.id = live.id
+), audit AS (
+    INSERT INTO audit_events (event_id, occurred_at, action, outcome, person_id, session_id,
+                              entry, province, request_id)
+    SELECT %(event_id)s, %(now)s, %(action)s, 'ok', person_id, id, entry, province,
+           %(request_id)s
+    FROM live
+)
+SELECT 'ok', id, person_id, province, identity, methods, client_app, name, real_name_level
+FROM live
+UNION ALL
+SELECT CASE WHEN used.expires_at <= %(now)s THEN 'expired' ELSE 'revoked' END,
+       used.session_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM used
+WHERE NOT EXISTS (SELECT 1 FROM live)
+""",
+    writes=True,
+)
+# A token _REFRESH did not consume: unknown, or shown again after its use, which revokes
+# its session (a statement of its own: it must see the use that committed meanwhile).
+_REUSED = Statement(
+    postgresql="""
+WITH known AS (
+    SELECT session_id FROM refresh_tokens WHERE token_hash = %(token_hash)s
+), revoked AS (
+    UPDATE sessions SET revoked_at = %(now)s, revoked_reason = 'refresh_token_reused'
+    WHERE id IN (SELECT session_id FROM known) AND revoked_at IS NULL
+)
+SELECT session_id FROM known
+""",
+    writes=True,
+)
+
+
+@dataclass(frozen=True)
+class _SessionRow:
+    """What a reissue needs of a session and its person."""
+
+    id: str
+    person_id: str
+    province: str
+    identity: str
+    methods: str
+    client_app: str
+    name: str
+    real_name_level: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +223,12 @@ class Sessions:
 
     def _new_refresh_token(self, session: Connection, session_id: str, now: datetime) -> str:
         token = secrets.token_urlsafe(32)
+        self._insert_refresh_token(session, session_id, token, now)
+        return token
+
+    def _insert_refresh_token(
+        self, session: Connection, session_id: str, token: str, now: datetime
+    ) -> None:
         session.execute(
             refresh_tokens.insert().values(
                 token_hash=_token_hash(token),
@@ -157,7 +237,6 @@ class Sessions:
                 expires_at=now + self.policy.refresh_token_ttl,
             )
         )
-        return token
 
     def open(
         self,
@@ -185,6 +264,7 @@ class Sessions:
                     person_id=principal.person_id,
                     province=province,
                     identity=encode_identity(identity),
+                    entry=identity.entry,
                     methods=",".join(methods),
                     client_app=client_app,
                     created_at=now,
@@ -236,6 +316,7 @@ class Sessions:
                 sessions.c.identity,
                 sessions.c.methods,
                 sessions.c.client_app,
+                sessions.c.entry,
                 sessions.c.revoked_at,
                 persons.c.real_name_level,
                 persons.c.name,
@@ -245,7 +326,11 @@ class Sessions:
         ).first()
 
     def _reissue(
-        self, row: Any, identity: binding_pb2.Identity, refresh_token: str, now: datetime
+        self,
+        row: _SessionRow | Any,
+        identity: binding_pb2.Identity,
+        refresh_token: str,
+        now: datetime,
     ) -> IssuedSession:
         principal = Principal(
             row.person_id, mask_name(self._pd.decrypt(row.name, _NAME)), row.real_name_level
@@ -270,8 +355,60 @@ class Sessions:
         now = self._clock.now()
         token_hash = _token_hash(refresh_token)
         event = AuditEvent("session.refresh")
-        outcome = "ok"
-        issued: IssuedSession | None = None
+        next_token = secrets.token_urlsafe(32)
+        if self._db.is_sqlite:
+            outcome, session_id, row = self._refresh_in_transaction(
+                token_hash, next_token, now, event
+            )
+        else:
+            outcome, session_id, row = self._refresh_in_one_statement(
+                token_hash, next_token, now, event
+            )
+        event.session_id = session_id
+        if outcome == "reused" and session_id:
+            self.revoked([session_id])
+        if row is None:
+            event.outcome, event.reason = "refused", f"refresh_token_{outcome}"
+            self._audit.record(event)
+            raise DomainError(Reason.UNAUTHENTICATED, metadata={"field": "refresh_token"})
+        return self._reissue(row, decode_identity(row.identity), next_token, now)
+
+    def _refresh_in_one_statement(
+        self, token_hash: str, next_token: str, now: datetime, event: AuditEvent
+    ) -> tuple[str, str | None, _SessionRow | None]:
+        """PostgreSQL: `_REFRESH`, and `_REUSED` for a token it could not consume."""
+        audit = self._audit.row(event, now)
+        rows = self._db.run(
+            _REFRESH,
+            {
+                "now": now,
+                "token_hash": token_hash,
+                "next_hash": _token_hash(next_token),
+                "next_expires_at": now + self.policy.refresh_token_ttl,
+                "event_id": audit["event_id"],
+                "action": audit["action"],
+                "request_id": audit["request_id"],
+            },
+        )
+        if not rows:
+            known = self._db.run(_REUSED, {"token_hash": token_hash, "now": now})
+            return ("reused", known[0][0], None) if known else ("unknown", None, None)
+        outcome, session_id, *columns = rows[0]
+        if outcome != "ok":
+            return outcome, session_id, None
+        person_id, province, identity, methods, client_app, name, level = columns
+        return (
+            "ok",
+            session_id,
+            _SessionRow(
+                session_id, person_id, province, identity, methods, client_app, name, level
+            ),
+        )
+
+    def _refresh_in_transaction(
+        self, token_hash: str, next_token: str, now: datetime, event: AuditEvent
+    ) -> tuple[str, str | None, _SessionRow | None]:
+        """SQLite: the steps of `_REFRESH` and `_REUSED`, in one transaction."""
         with self._db.transaction() as session:
             used = session.execute(
                 update(refresh_tokens)
@@ -288,37 +425,37 @@ class Sessions:
                     )
                 )
                 if known is None:
-                    outcome = "unknown"
-                else:
-                    outcome = "reused"
-                    event.session_id = known
-                    self._revoke_in(session, [known], "refresh_token_reused", now)
-            elif used.expires_at <= now:
-                outcome = "expired"
-                event.session_id = used.session_id
-            else:
-                event.session_id = used.session_id
-                row = self._session_row(session, used.session_id)
-                if row is None or row.revoked_at is not None:
-                    outcome = "revoked"
-                else:
-                    event.person_id = row.person_id
-                    event.province = row.province
-                    identity = decode_identity(row.identity)
-                    event.entry = identity.entry
-                    new_token = self._new_refresh_token(session, row.id, now)
-                    session.execute(
-                        update(sessions).where(sessions.c.id == row.id).values(last_issued_at=now)
-                    )
-                    self._audit.insert(session, event)
-                    issued = self._reissue(row, identity, new_token, now)
-        if outcome == "reused" and event.session_id:
-            self.revoked([event.session_id])
-        if issued is None:
-            event.outcome, event.reason = "refused", f"refresh_token_{outcome}"
-            self._audit.record(event)
-            raise DomainError(Reason.UNAUTHENTICATED, metadata={"field": "refresh_token"})
-        return issued
+                    return "unknown", None, None
+                self._revoke_in(session, [known], "refresh_token_reused", now)
+                return "reused", known, None
+            if used.expires_at <= now:
+                return "expired", used.session_id, None
+            row = self._session_row(session, used.session_id)
+            if row is None or row.revoked_at is not None:
+                return "revoked", used.session_id, None
+            event.session_id = row.id
+            event.person_id = row.person_id
+            event.province = row.province
+            event.entry = row.entry
+            self._insert_refresh_token(session, row.id, next_token, now)
+            session.execute(
+                update(sessions).where(sessions.c.id == row.id).values(last_issued_at=now)
+            )
+            self._audit.insert(session, event)
+            return (
+                "ok",
+                row.id,
+                _SessionRow(
+                    row.id,
+                    row.person_id,
+                    row.province,
+                    row.identity,
+                    row.methods,
+                    row.client_app,
+                    row.name,
+                    row.real_name_level,
+                ),
+            )
 
     # --- identity switching (F3, F5) ----------------------------------------------------------
 
@@ -332,7 +469,9 @@ class Sessions:
             changed = session.execute(
                 update(sessions)
                 .where(sessions.c.id == claims.session_id, sessions.c.revoked_at.is_(None))
-                .values(identity=encode_identity(identity), last_issued_at=now)
+                .values(
+                    identity=encode_identity(identity), entry=identity.entry, last_issued_at=now
+                )
             )
             row = self._session_row(session, claims.session_id) if _count(changed) else None
             if row is None:
