@@ -6,6 +6,13 @@ only if nobody wrote in between (`KeyValueStore.update` retries until it does). 
 each write is one Lua script, so the decision is exact across replicas; the in-process
 store gives the same semantics to one replica.
 
+Hot decisions take one step instead of a read and a compare-and-set: a `Script` is a Lua
+script that Redis runs atomically, with a Python twin that the in-process store runs
+under its lock, doing what the Lua does with the same hash commands on the same record
+layout (`Records`). `store.run(script, keys, args)` runs either; the service tests run
+every script on both (and on a cluster). The versioned records of `update` are hashes
+{v: value, n: version} on both stores, so a script may read or consume one as well.
+
 Expiry here is garbage collection only: records carry their own logical deadlines, which
 domain code checks against the injected clock, so tests move time without sleeping.
 
@@ -24,6 +31,11 @@ and the `}` after it. So every key the store writes carries one:
 The prefix never carries braces (it would become every key's tag). A key that a caller
 builds from outside input may contain braces; it then only picks another slot.
 
+On standalone Redis the store's calls go straight to a redis-py connection from a stack of
+its own (`_Connections`): redis-py's pool, retry wrapper, observability hooks and
+response callbacks cost more client CPU than the round trip itself (bench/analysis.md).
+Redis Cluster keeps redis-py's cluster client, which routes each call to its slot's node.
+
 Lockout counters, throttles and revocation markers must survive a Redis restart, so
 `open_store` asks the server how it persists (append-only file) and says what it found;
 production refuses a Redis without it (`check_persistence`).
@@ -32,16 +44,18 @@ production refuses a Redis without it (`check_persistence`).
 from __future__ import annotations
 
 import abc
+import hashlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import hiredis
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
@@ -81,6 +95,57 @@ class Versioned:
     version: int
 
 
+class Records(Protocol):
+    """The hash commands a script's Python twin uses, as its Lua uses redis.call: values
+    are bytes (numbers as their decimal digits), a hash without fields does not exist."""
+
+    def hget(self, key: str, name: str) -> bytes | None: ...
+
+    def hmget(self, key: str, *names: str) -> list[bytes | None]: ...
+
+    def hset(self, key: str, values: Mapping[str, bytes | str | int]) -> None: ...
+
+    def hincrby(self, key: str, name: str, amount: int) -> int: ...
+
+    def hdel(self, key: str, *names: str) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def pexpire(self, key: str, milliseconds: int) -> None: ...
+
+
+# A script's reply as redis-py gives it: None (nil, false), int, bytes, or a list of them.
+Reply = Any
+Twin = Callable[[Records, Sequence[str], Sequence[bytes]], Reply]
+
+
+@dataclass(frozen=True)
+class Script:
+    """One decision in one step: `lua` on Redis (KEYS, ARGV), `twin` in memory.
+
+    The twin gets the same keys and the arguments as Redis would (bytes: an int as its
+    decimal digits) and returns what the Lua returns as redis-py decodes it (false and nil
+    as None, numbers as int, strings as bytes, tables as lists). Keys of one call must
+    share a hash tag (owned keys of one owner), so they work on Redis Cluster."""
+
+    name: str
+    lua: str
+    twin: Twin = field(repr=False)
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.lua.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+
+def _arg(value: bytes | str | int) -> bytes:
+    """An argument as Redis receives it."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
 class KeyValueStore(Protocol):
     def get(self, key: str) -> Versioned | None: ...
 
@@ -107,6 +172,10 @@ class KeyValueStore(Protocol):
         a new value of None deletes the key; returning the current value unchanged writes
         nothing. It may run several times under contention, so it must not have effects.
         """
+        ...
+
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
+        """Runs a script atomically on `keys` (store keys, as the other methods take)."""
         ...
 
     def close(self) -> None: ...
@@ -151,78 +220,181 @@ class _CompareAndSet(abc.ABC):
         raise StoreContention(key)
 
 
+class _MemoryRecords:
+    """`Records` over the in-process store's hashes (its lock held by the caller)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def hget(self, key: str, name: str) -> bytes | None:
+        entry = self._store._live(key)
+        return None if entry is None else entry[0].get(name)
+
+    def hmget(self, key: str, *names: str) -> list[bytes | None]:
+        entry = self._store._live(key)
+        return [None if entry is None else entry[0].get(name) for name in names]
+
+    def hset(self, key: str, values: Mapping[str, bytes | str | int]) -> None:
+        entry = self._store._live(key)
+        fields, deadline = (dict(entry[0]), entry[1]) if entry else ({}, _NO_DEADLINE)
+        fields.update({name: _arg(value) for name, value in values.items()})
+        self._store._data[key] = (fields, deadline)
+
+    def hincrby(self, key: str, name: str, amount: int) -> int:
+        current = self.hget(key, name)
+        value = int(current or b"0") + amount
+        self.hset(key, {name: value})
+        return value
+
+    def hdel(self, key: str, *names: str) -> int:
+        entry = self._store._live(key)
+        if entry is None:
+            return 0
+        fields = {k: v for k, v in entry[0].items() if k not in names}
+        removed = len(entry[0]) - len(fields)
+        if fields:
+            self._store._data[key] = (fields, entry[1])
+        else:
+            del self._store._data[key]
+        return removed
+
+    def exists(self, key: str) -> bool:
+        return self._store._live(key) is not None
+
+    def delete(self, key: str) -> bool:
+        if self._store._live(key) is None:
+            return False
+        del self._store._data[key]
+        return True
+
+    def pexpire(self, key: str, milliseconds: int) -> None:
+        entry = self._store._live(key)
+        if entry is not None:
+            self._store._data[key] = (entry[0], time.monotonic() + milliseconds / 1000)
+
+
+_NO_DEADLINE = float("inf")
+
+
 class MemoryStore(_CompareAndSet):
-    """In-process store with the same semantics as RedisStore, valid for one replica."""
+    """In-process store with the same semantics as RedisStore, valid for one replica: the
+    same hashes, and each script's Python twin under one lock."""
 
     def __init__(self) -> None:
-        self._data: dict[str, tuple[bytes, int, float]] = {}
+        self._data: dict[str, tuple[dict[str, bytes], float]] = {}
         self._lock = threading.Lock()
+        self._records = _MemoryRecords(self)
 
-    def _live(self, key: str) -> tuple[bytes, int, float] | None:
+    def _live(self, key: str) -> tuple[dict[str, bytes], float] | None:
         entry = self._data.get(key)
-        if entry is not None and entry[2] <= time.monotonic():
+        if entry is not None and entry[1] <= time.monotonic():
             del self._data[key]
             return None
         return entry
 
+    def _versioned(self, key: str) -> Versioned | None:
+        value, version = self._records.hmget(key, "v", "n")
+        return None if value is None or version is None else Versioned(value, int(version))
+
     def get(self, key: str) -> Versioned | None:
         with self._lock:
-            entry = self._live(key)
-            return None if entry is None else Versioned(entry[0], entry[1])
+            return self._versioned(key)
 
     def create(self, key: str, value: bytes, ttl: timedelta) -> Versioned | None:
         with self._lock:
             if self._live(key) is not None:
                 return None
-            self._data[key] = (value, 1, time.monotonic() + ttl.total_seconds())
+            self._data[key] = ({"v": value, "n": b"1"}, time.monotonic() + ttl.total_seconds())
             return Versioned(value, 1)
 
     def replace(
         self, key: str, expected_version: int, value: bytes, ttl: timedelta
     ) -> Versioned | None:
         with self._lock:
-            entry = self._live(key)
-            if entry is None or entry[1] != expected_version:
+            current = self._versioned(key)
+            if current is None or current.version != expected_version:
                 return None
             version = expected_version + 1
-            self._data[key] = (value, version, time.monotonic() + ttl.total_seconds())
+            self._records.hset(key, {"v": value, "n": version})
+            self._records.pexpire(key, _millis(ttl))
             return Versioned(value, version)
 
     def delete(self, key: str, expected_version: int | None = None) -> bool:
         with self._lock:
-            entry = self._live(key)
-            if entry is None or (expected_version is not None and entry[1] != expected_version):
-                return False
-            del self._data[key]
-            return True
+            if expected_version is not None:
+                current = self._versioned(key)
+                if current is None or current.version != expected_version:
+                    return False
+            return self._live(key) is not None and self._records.delete(key)
+
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
+        with self._lock:
+            return script.twin(self._records, list(keys), [_arg(a) for a in args])
 
     def close(self) -> None:
         with self._lock:
             self._data.clear()
 
 
-# Records are hashes {v: value, n: version}. Each script touches one key, so they also
-# work on Redis Cluster.
-_CREATE = """
+# The versioned records of `update` are hashes {v: value, n: version}; each of these
+# scripts touches one key.
+def _create_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -> Reply:
+    if records.exists(keys[0]):
+        return None
+    records.hset(keys[0], {"v": args[0], "n": 1})
+    records.pexpire(keys[0], int(args[1]))
+    return 1
+
+
+def _replace_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -> Reply:
+    version = records.hget(keys[0], "n")
+    if version is None or int(version) != int(args[0]):
+        return None
+    records.hset(keys[0], {"v": args[1], "n": int(version) + 1})
+    records.pexpire(keys[0], int(args[2]))
+    return int(version) + 1
+
+
+def _delete_at_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -> Reply:
+    version = records.hget(keys[0], "n")
+    if version is None or int(version) != int(args[0]):
+        return 0
+    records.delete(keys[0])
+    return 1
+
+
+_CREATE = Script(
+    "create",
+    """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'n', 1)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-"""
-_REPLACE = """
+""",
+    _create_twin,
+)
+_REPLACE = Script(
+    "replace",
+    """
 local n = redis.call('HGET', KEYS[1], 'n')
 if n == false or tonumber(n) ~= tonumber(ARGV[1]) then return false end
 local version = tonumber(n) + 1
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'n', version)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return version
-"""
-_DELETE_AT = """
+""",
+    _replace_twin,
+)
+_DELETE_AT = Script(
+    "delete_at",
+    """
 local n = redis.call('HGET', KEYS[1], 'n')
 if n == false or tonumber(n) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
-"""
+""",
+    _delete_at_twin,
+)
 
 
 def _millis(ttl: timedelta) -> int:
@@ -279,13 +451,15 @@ def cluster_nodes(url: str) -> tuple[str, list[tuple[str, int]]]:
     return first + (f"?{options}" if options else ""), nodes[1:]
 
 
+_TIMEOUTS: dict[str, Any] = {
+    "timeout": 5,  # waiting for a free pooled connection
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+}
+
+
 def _redis_client(url: str, max_connections: int) -> redis.Redis | redis.RedisCluster:
-    timeouts: dict[str, Any] = {
-        "max_connections": max_connections,
-        "timeout": 5,  # waiting for a free pooled connection
-        "socket_timeout": 5,
-        "socket_connect_timeout": 2,
-    }
+    timeouts = {"max_connections": max_connections, **_TIMEOUTS}
     if url.partition("://")[0] not in CLUSTER_SCHEMES:
         pool = redis.BlockingConnectionPool.from_url(url, health_check_interval=30, **timeouts)
         return redis.Redis(connection_pool=pool)
@@ -303,6 +477,93 @@ def _redis_client(url: str, max_connections: int) -> redis.Redis | redis.RedisCl
     )
 
 
+_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# redis-py's Connection (untyped methods).
+_Connection = Any
+
+
+class _Connections:
+    """Connections to one standalone Redis for the store's own calls: a stack under one
+    lock, each call one send and one read on a redis-py `Connection` (its protocol
+    encoder and hiredis parser). At most `limit` connections; a caller waits `timeout`
+    for one, then gets ConnectionError (UNAVAILABLE). A call that finds its connection
+    broken (a Redis restart breaks every idle one) drops the idle ones and is sent once
+    more on a new connection, as redis-py's default retry would: a write whose reply
+    was lost may thus happen twice (RedisStore's docstring)."""
+
+    def __init__(self, pool: redis.ConnectionPool, limit: int, timeout: float) -> None:
+        self._connection_class = pool.connection_class
+        self._kwargs = dict(pool.connection_kwargs)
+        self._limit = limit
+        self._timeout = timeout
+        self._idle: list[_Connection] = []
+        self._open = 0
+        self._lock = threading.Condition(threading.Lock())
+
+    def _take(self) -> _Connection:
+        with self._lock:
+            free = lambda: bool(self._idle) or self._open < self._limit  # noqa: E731
+            if not self._lock.wait_for(free, self._timeout):
+                raise redis.exceptions.ConnectionError("no free store connection")
+            if self._idle:
+                return self._idle.pop()
+            self._open += 1
+        try:
+            return self._connection_class(**self._kwargs)  # connects on first use
+        except BaseException:
+            self._lost(None)
+            raise
+
+    def _give(self, connection: _Connection) -> None:
+        with self._lock:
+            self._idle.append(connection)
+            self._lock.notify()
+
+    def _lost(self, connection: _Connection | None) -> None:
+        if connection is not None:
+            connection.disconnect()
+        with self._lock:
+            self._open -= 1
+            self._lock.notify()
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._lock.notify_all()
+        for connection in idle:
+            connection.disconnect()
+
+    def _once(self, connection: _Connection, args: tuple[Any, ...]) -> Any:
+        # hiredis packs the command in C (redis-py's serializer loops in Python).
+        connection.send_packed_command([hiredis.pack_command(args)], check_health=False)
+        return connection.read_response()
+
+    def execute(self, *args: Any) -> Any:
+        for attempt in (1, 2):
+            connection = self._take()
+            try:
+                reply = self._once(connection, args)
+            except redis.exceptions.ResponseError:
+                self._give(connection)  # an error reply: the connection is fine
+                raise
+            except _DOWN:
+                self._lost(connection)
+                if attempt == 2:
+                    raise
+                self._drop_idle()
+                continue
+            except BaseException:
+                self._lost(connection)  # interrupted mid-reply: its stream is unusable
+                raise
+            self._give(connection)
+            return reply
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._drop_idle()
+
+
 class RedisStore(_CompareAndSet):
     """Standalone Redis or Redis Cluster (by URL scheme); one Lua script per write.
 
@@ -316,9 +577,13 @@ class RedisStore(_CompareAndSet):
     def __init__(self, url: str, *, prefix: str = "etax:", max_connections: int = 128) -> None:
         self._redis = _redis_client(url, max_connections)
         self._prefix = check_prefix(prefix)
-        self._create = self._redis.register_script(_CREATE)
-        self._replace = self._redis.register_script(_REPLACE)
-        self._delete_at = self._redis.register_script(_DELETE_AT)
+        self._connections: _Connections | None = None
+        if isinstance(self._redis, redis.Redis):
+            self._connections = _Connections(
+                self._redis.connection_pool, max_connections, _TIMEOUTS["timeout"]
+            )
+        # Scripts by sha, as the cluster client runs them (it routes them by key).
+        self._cluster_scripts: dict[str, Any] = {}
 
     def _key(self, key: str) -> str:
         # Untagged keys are tagged whole; a tagged key keeps its tag (module docstring).
@@ -327,28 +592,50 @@ class RedisStore(_CompareAndSet):
             raise ValueError("a store key starts with its kind, not a brace")
         return self._prefix + (key if "{" in key else f"{{{key}}}")
 
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
+        redis_keys = [self._key(key) for key in keys]
+        if self._connections is None:
+            registered = self._cluster_scripts.get(script.sha)
+            if registered is None:
+                registered = self._redis.register_script(script.lua)
+                self._cluster_scripts[script.sha] = registered
+            return registered(keys=redis_keys, args=list(args))
+        try:
+            return self._connections.execute(
+                "EVALSHA", script.sha, len(redis_keys), *redis_keys, *args
+            )
+        except redis.exceptions.NoScriptError:
+            # Not loaded yet (a new or restarted server): load it, once per server.
+            self._connections.execute("SCRIPT", "LOAD", script.lua)
+            return self._connections.execute(
+                "EVALSHA", script.sha, len(redis_keys), *redis_keys, *args
+            )
+
     def get(self, key: str) -> Versioned | None:
-        value, version = self._redis.hmget(self._key(key), ["v", "n"])
+        if self._connections is None:
+            value, version = self._redis.hmget(self._key(key), ["v", "n"])
+        else:
+            value, version = self._connections.execute("HMGET", self._key(key), "v", "n")
         if value is None or version is None:
             return None
         return Versioned(value if isinstance(value, bytes) else value.encode(), int(version))
 
     def create(self, key: str, value: bytes, ttl: timedelta) -> Versioned | None:
-        created: Any = self._create(keys=[self._key(key)], args=[value, _millis(ttl)])
+        created = self.run(_CREATE, [key], [value, _millis(ttl)])
         return Versioned(value, 1) if created else None
 
     def replace(
         self, key: str, expected_version: int, value: bytes, ttl: timedelta
     ) -> Versioned | None:
-        version: Any = self._replace(
-            keys=[self._key(key)], args=[expected_version, value, _millis(ttl)]
-        )
+        version = self.run(_REPLACE, [key], [expected_version, value, _millis(ttl)])
         return Versioned(value, int(version)) if version else None
 
     def delete(self, key: str, expected_version: int | None = None) -> bool:
         if expected_version is None:
-            return bool(self._redis.delete(self._key(key)))
-        return bool(self._delete_at(keys=[self._key(key)], args=[expected_version]))
+            if self._connections is None:
+                return bool(self._redis.delete(self._key(key)))
+            return bool(self._connections.execute("DEL", self._key(key)))
+        return bool(self.run(_DELETE_AT, [key], [expected_version]))
 
     def ping(self) -> bool:
         return bool(self._redis.ping())
@@ -369,6 +656,8 @@ class RedisStore(_CompareAndSet):
         return check_persistence(self._redis, where, required=required)
 
     def close(self) -> None:
+        if self._connections is not None:
+            self._connections.close()
         self._redis.close()
 
 

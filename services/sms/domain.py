@@ -178,6 +178,15 @@ class CodeRecord:
         return None if raw is None else CodeRecord(**json.loads(raw))
 
 
+def wrong_code(attempts_left: int) -> DomainError:
+    """A wrong code, with the tries it leaves (none: the code is spent)."""
+    if attempts_left <= 0:
+        return DomainError(
+            Reason.CODE_INVALID, "验证码错误次数过多，请重新获取", {"remaining_attempts": "0"}
+        )
+    return DomainError(Reason.CODE_INVALID, metadata={"remaining_attempts": str(attempts_left)})
+
+
 @dataclass(frozen=True)
 class Verified:
     record: CodeRecord
@@ -195,12 +204,7 @@ def try_code(
         return None, DomainError(Reason.CODE_EXPIRED)
     if not hmac.compare_digest(record.digest, presented_digest):
         left = record.attempts_left - 1
-        error = DomainError(Reason.CODE_INVALID, metadata={"remaining_attempts": str(left)})
-        if left == 0:
-            error = DomainError(
-                Reason.CODE_INVALID, "验证码错误次数过多，请重新获取", {"remaining_attempts": "0"}
-            )
-        return (replace(record, attempts_left=left) if left else None), error
+        return (replace(record, attempts_left=left) if left else None), wrong_code(left)
     if record.purpose != purpose:
         # The right code for another business: spent, so it cannot be tried again there.
         return None, DomainError(Reason.CODE_PURPOSE_MISMATCH)

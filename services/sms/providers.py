@@ -16,6 +16,7 @@ from etax.common.v1 import types_pb2
 
 from etax_platform.kv import KeyValueStore
 from etax_platform.outbound import Outbound, OutboundFailure, ProviderPolicy
+from services.sms.scripts import OUTBOX_ADD, OUTBOX_READ
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,15 @@ class Outbox:
         return f"sms:outbox:{recipient_index}"
 
     def deliver(self, message: Message) -> None:
-        entry = asdict(message)
-
-        def prepend(current: bytes | None) -> tuple[bytes | None, None]:
-            kept = json.loads(current) if current else []
-            return json.dumps([entry, *kept][: self.KEEP]).encode(), None
-
-        self._store.update(self._key(message.recipient_index), prepend, self.TTL)
+        entry = json.dumps(asdict(message), ensure_ascii=False)
+        ttl_ms = int(self.TTL.total_seconds() * 1000)
+        self._store.run(
+            OUTBOX_ADD, [self._key(message.recipient_index)], [entry, self.KEEP, ttl_ms]
+        )
 
     def messages(self, recipient_index: str) -> list[Message]:
-        current = self._store.get(self._key(recipient_index))
-        if current is None:
-            return []
-        return [Message(**entry) for entry in json.loads(current.value)]
+        found = self._store.run(OUTBOX_READ, [self._key(recipient_index)], [self.KEEP])
+        return [Message(**json.loads(entry)) for entry in found]
 
 
 class HttpProvider:

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from etax.sms.v1 import sms_pb2
 
 from etax_platform.clock import Clock, to_millis
 from etax_platform.db import BatchWriter
 from etax_platform.errors import DomainError, Reason, invalid
-from etax_platform.kv import KeyValueStore
+from etax_platform.kv import KeyValueStore, owned_key
 from etax_platform.pii import PersonalData
 from services.sms import domain
-from services.sms.domain import CodeRecord, Purpose, Recipient, SendWindow, Verified
+from services.sms.domain import Purpose, Recipient
 from services.sms.providers import DeliveryFailed, Message, Outbox, Provider
+from services.sms.scripts import GIVE_BACK, SEND, VERIFY, verify_outcome
 
 log = logging.getLogger("etax.sms")
 
 _RECIPIENT_CONTEXT = "sms.code.recipient"
+# A recipient's bucket: the first hex digits of its blind index (4096 buckets).
+_BUCKET_DIGITS = 3
+_BUCKET = re.compile(f"[0-9a-f]{{{_BUCKET_DIGITS}}}")
+
+
+def _millis(span: timedelta) -> int:
+    return max(1, int(span.total_seconds() * 1000))
 
 
 @dataclass(frozen=True)
@@ -70,28 +80,41 @@ class CodeService:
     def send(self, recipient: Recipient, purpose: Purpose, *, public: bool) -> SentCode:
         domain.check_purpose(purpose, public=public)
         index = self._pii.blind_index(recipient.address, recipient.index_kind)
-        throttle_key = f"sms:throttle:{recipient.index_kind}:{index}"
+        # The throttle and the code are records of the recipient's bucket (one Redis Cluster
+        # slot, so one script takes the slot and stores the code); the verification id
+        # carries the bucket, so VerifyCode finds the code from the id alone.
+        bucket = index[:_BUCKET_DIGITS]
+        throttle_key = owned_key("sms:throttle", bucket, recipient.index_kind, index)
         now = self._clock.now()
-        decision = self._take_slot(throttle_key, now)
-        if not decision.allowed:
-            log.info("send refused: %s over the limit", recipient.masked)
-            raise domain.rate_limited(decision)
-
         code = domain.new_code()
-        verification_id = domain.new_verification_id()
+        verification_id = f"{bucket}.{domain.new_verification_id()}"
         expires_at = now + self._policy.code_ttl
-        record = CodeRecord(
-            channel=recipient.channel,
-            recipient_sealed=self._pii.encrypt(recipient.address, _RECIPIENT_CONTEXT),
-            purpose=purpose,
-            digest=self._digest(verification_id, code),
-            sent_ms=to_millis(now),
-            expires_ms=to_millis(expires_at),
-            attempts_left=self._policy.max_attempts,
-        )
         code_key = self._code_key(verification_id)
-        # Garbage collection only: the record's own deadline is checked against the clock.
-        self._store.create(code_key, record.encode(), self._policy.code_ttl * 2)
+        assert code_key is not None  # the id names its bucket
+        limit, window = self._policy.throttle_limit, self._policy.throttle_window
+        allowed, started_ms, sends_left, retry_after_ms = self._store.run(
+            SEND,
+            [throttle_key, code_key],
+            [
+                to_millis(now),
+                limit,
+                _millis(window),
+                # Garbage collection only: records carry their own deadlines.
+                _millis(window * 2),
+                _millis(self._policy.code_ttl * 2),
+                int(recipient.channel),
+                self._pii.encrypt(recipient.address, _RECIPIENT_CONTEXT),
+                int(purpose),
+                self._digest(verification_id, code),
+                to_millis(expires_at),
+                self._policy.max_attempts,
+            ],
+        )
+        if not allowed:
+            log.info("send refused: %s over the limit", recipient.masked)
+            raise domain.rate_limited(
+                domain.SendDecision(False, started_ms, 0, timedelta(milliseconds=retry_after_ms))
+            )
         message = Message(
             message_id=verification_id,
             channel="email" if recipient.channel == sms_pb2.CHANNEL_EMAIL else "sms",
@@ -105,8 +128,7 @@ class CodeService:
         try:
             self._provider.deliver(message)
         except DeliveryFailed as failure:
-            self._store.delete(code_key)
-            self._give_back_slot(throttle_key, decision.window_started_ms)
+            self._store.run(GIVE_BACK, [throttle_key, code_key], [started_ms])
             self._log_delivery(recipient, index, purpose, "failed", now)
             log.warning("delivery to %s failed: %s", recipient.masked, failure)
             raise DomainError(
@@ -116,23 +138,7 @@ class CodeService:
             ) from None
         self._log_delivery(recipient, index, purpose, "sent", now)
         log.debug("code sent to %s", recipient.masked)
-        return SentCode(verification_id, recipient.masked, expires_at, decision.sends_left)
-
-    def _take_slot(self, key: str, now: datetime) -> domain.SendDecision:
-        limit, length = self._policy.throttle_limit, self._policy.throttle_window
-
-        def take(raw: bytes | None) -> tuple[bytes | None, domain.SendDecision]:
-            window, decision = domain.take_send_slot(SendWindow.decode(raw), now, limit, length)
-            return (window.encode() if decision.allowed else raw), decision
-
-        return self._store.update(key, take, length * 2)
-
-    def _give_back_slot(self, key: str, window_started_ms: int) -> None:
-        def give_back(raw: bytes | None) -> tuple[bytes | None, None]:
-            window = domain.give_back_send_slot(SendWindow.decode(raw), window_started_ms)
-            return (None if window is None else window.encode()), None
-
-        self._store.update(key, give_back, self._policy.throttle_window * 2)
+        return SentCode(verification_id, recipient.masked, expires_at, sends_left)
 
     def _log_delivery(
         self, recipient: Recipient, index: str, purpose: Purpose, outcome: str, now: datetime
@@ -158,31 +164,35 @@ class CodeService:
         if len(code) != domain.CODE_DIGITS or not code.isascii() or not code.isdigit():
             raise invalid("code", Reason.CODE_INVALID, "请输入6位数字验证码")
         domain.check_purpose(purpose, public=False)
+        key = self._code_key(verification_id)
+        if key is None:  # not an id this service gave out
+            raise DomainError(Reason.CODE_EXPIRED)
         now = self._clock.now()
-        digest = self._digest(verification_id, code)
-
-        def attempt(raw: bytes | None) -> tuple[bytes | None, Verified | DomainError]:
-            record, outcome = domain.try_code(CodeRecord.decode(raw), now, purpose, digest)
-            return (None if record is None else record.encode()), outcome
-
-        outcome = self._store.update(
-            self._code_key(verification_id), attempt, self._policy.code_ttl * 2
+        # One step: counts the attempt, consumes the code if it is right (single use).
+        reply = self._store.run(
+            VERIFY, [key], [to_millis(now), self._digest(verification_id, code), int(purpose)]
         )
+        outcome = verify_outcome(reply)
         if isinstance(outcome, DomainError):
             raise outcome
-        record = outcome.record
+        channel, sealed, proven_purpose = outcome
         return ProvenRecipient(
-            channel=record.channel,
-            recipient=self._pii.decrypt(record.recipient_sealed, _RECIPIENT_CONTEXT),
-            purpose=record.purpose,
+            channel=cast(sms_pb2.Channel, channel),
+            recipient=self._pii.decrypt(sealed, _RECIPIENT_CONTEXT),
+            purpose=cast(Purpose, proven_purpose),
             verified_at=now,
         )
 
     # --- helpers ----------------------------------------------------------------------
 
     @staticmethod
-    def _code_key(verification_id: str) -> str:
-        return f"sms:code:{hashlib.sha256(verification_id.encode()).hexdigest()}"
+    def _code_key(verification_id: str) -> str | None:
+        """The code's key, in the slot of the bucket its id names; None: no such id."""
+        bucket, dot, _rest = verification_id.partition(".")
+        if not dot or not _BUCKET.fullmatch(bucket):
+            return None
+        digest = hashlib.sha256(verification_id.encode()).hexdigest()
+        return owned_key("sms:code", bucket, digest)
 
     def _digest(self, verification_id: str, code: str) -> str:
         # Keyed, so a copy of the store does not give the codes away to a 10^6 search.

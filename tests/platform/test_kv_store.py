@@ -4,6 +4,7 @@ real three-primary Redis Cluster (E3); the key layout that lets scripts span key
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -12,7 +13,7 @@ import redis
 from pydantic import ValidationError
 from redis.crc import key_slot
 
-from etax_platform.kv import KeyValueStore, RedisStore, cluster_nodes, owned_key
+from etax_platform.kv import KeyValueStore, Records, RedisStore, Script, cluster_nodes, owned_key
 from etax_platform.settings import PlatformSettings
 
 TTL = timedelta(minutes=5)
@@ -189,3 +190,58 @@ def test_settings_refuse_a_bad_store_url_and_say_why(url: str, complaint: str) -
 def test_settings_accept_a_cluster_url() -> None:
     settings = PlatformSettings(kv_url="redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
     assert settings.kv_url.startswith("redis+cluster://")
+
+
+# --- scripts: Lua on Redis, the Python twin in memory ----------------------------------------
+
+_HASH_OPS_LUA = """
+redis.call('HSET', KEYS[1], 'a', ARGV[1], 'b', 2)
+local n = redis.call('HINCRBY', KEYS[1], 'b', 3)
+local got = redis.call('HMGET', KEYS[1], 'a', 'b', 'c')
+local removed = redis.call('HDEL', KEYS[1], 'a', 'zz')
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local before = redis.call('EXISTS', KEYS[1])
+redis.call('HDEL', KEYS[1], 'b')
+local after = redis.call('EXISTS', KEYS[1])
+local other = redis.call('HGET', KEYS[2], 'v')
+local deleted = redis.call('DEL', KEYS[2])
+return {n, got[1], got[2], got[3], removed, before, after, other, deleted}
+"""
+
+
+def _hash_ops_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -> object:
+    records.hset(keys[0], {"a": args[0], "b": 2})
+    n = records.hincrby(keys[0], "b", 3)
+    got = records.hmget(keys[0], "a", "b", "c")
+    removed = records.hdel(keys[0], "a", "zz")
+    records.pexpire(keys[0], int(args[1]))
+    before = int(records.exists(keys[0]))
+    records.hdel(keys[0], "b")
+    after = int(records.exists(keys[0]))
+    other = records.hget(keys[1], "v")
+    deleted = int(records.delete(keys[1]))
+    return [n, *got, removed, before, after, other, deleted]
+
+
+HASH_OPS = Script("hash-ops", _HASH_OPS_LUA, _hash_ops_twin)
+
+
+def test_a_script_and_its_twin_answer_alike(kv_store: KeyValueStore) -> None:
+    """The twin does what the Lua does, on the same record layout: a versioned record
+    written by create() is read and deleted by the script on every store."""
+    first, second = owned_key("t:hash", "owner"), owned_key("t:record", "owner")
+    kv_store.create(second, b"value", TTL)
+    reply = kv_store.run(HASH_OPS, [first, second], ["x", 60_000])
+    assert reply == [5, b"x", b"5", None, 1, 1, 0, b"value", 1]
+    assert kv_store.get(second) is None and kv_store.get(first) is None
+
+
+def test_script_arguments_arrive_as_redis_gives_them(kv_store: KeyValueStore) -> None:
+    echo = Script(
+        "echo", "return {ARGV[1], ARGV[2], ARGV[3]}", lambda _records, _keys, args: list(args)
+    )
+    assert kv_store.run(echo, ["t:echo"], [12, "手机", b"\x00\xff"]) == [
+        b"12",
+        "手机".encode(),
+        b"\x00\xff",
+    ]
