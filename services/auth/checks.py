@@ -20,7 +20,8 @@ from etax_platform.errors import DomainError, Reason
 from services.auth.audit import AuditEvent, AuditLog
 from services.auth.dependencies import FaceChecks, FaceResult, SmsCodes, VerifiedCode
 from services.auth.domain import Purpose
-from services.auth.lockout import FACE, PASSWORD, SMS_CODE, Lockout, Method
+from services.auth.flows import Flow, Flows
+from services.auth.lockout import FACE, PASSWORD, SMS_CODE, Attempt, Lockout, Method
 
 _CODE_DIGITS = 6
 
@@ -51,13 +52,26 @@ class Checks:
     ) -> None:
         """Runs one credential check as a counted attempt."""
         attempt = self._lockout.begin(person_id, method)
+        self.judged(attempt, check, event, wrong_message)
+        self._lockout.succeeded(attempt)
+
+    def judged(
+        self,
+        attempt: Attempt,
+        check: Callable[[], bool],
+        event: AuditEvent,
+        wrong_message: Callable[[int], str] | None = None,
+    ) -> None:
+        """The check of an attempt already counted: a wrong credential raises the attempts
+        left (or the lock it caused), a check that could not be made is abandoned. A right
+        one returns, and the caller ends the run (`passed`, `passed_creating`,
+        `passed_consuming`)."""
         try:
             right = check()
         except Exception:
             self._lockout.abandon(attempt)
             raise
         if right:
-            self._lockout.succeeded(attempt)
             return
         event.outcome = "failed"
         error = attempt.failed(None if wrong_message is None else wrong_message(attempt.remaining))
@@ -70,10 +84,47 @@ class Checks:
     def password(self, person_id: str, check: Callable[[], bool], event: AuditEvent) -> None:
         self.counted(person_id, PASSWORD, check, event)
 
+    def password_attempt(
+        self, person_id: str, check: Callable[[], bool], event: AuditEvent
+    ) -> Attempt:
+        """A right password whose run the caller still ends (login step 1 does so while
+        it stores the challenge)."""
+        attempt = self._lockout.begin(person_id, PASSWORD)
+        self.judged(attempt, check, event)
+        return attempt
+
+    def passed(self, attempt: Attempt) -> None:
+        self._lockout.succeeded(attempt)
+
+    def passed_creating(self, attempt: Attempt, flows: Flows, **fields: object) -> Flow:
+        return self._lockout.succeeded_creating(attempt, flows, **fields)
+
+    def passed_consuming(self, attempt: Attempt, flows: Flows, flow_id: str) -> Flow:
+        return self._lockout.succeeded_consuming(attempt, flows, flow_id)
+
+    def code_attempt(self, flows: Flows, flow_id: str) -> tuple[Flow, Attempt | DomainError]:
+        """A person's flow and an SMS-code attempt counted for the person (or the lock that
+        refuses it), in one step (Lockout.begin_with_flow)."""
+        return self._lockout.begin_with_flow(flows, flow_id, SMS_CODE)
+
     def sms_code(
         self, person_id: str, verification_id: str, code: str, purpose: Purpose, event: AuditEvent
     ) -> VerifiedCode:
         """A code sent to the person's phone: a wrong one counts (SMS-code level)."""
+        attempt = self._lockout.begin(person_id, SMS_CODE)
+        verified = self.sms_code_of(attempt, verification_id, code, purpose, event)
+        self._lockout.succeeded(attempt)
+        return verified
+
+    def sms_code_of(
+        self,
+        attempt: Attempt,
+        verification_id: str,
+        code: str,
+        purpose: Purpose,
+        event: AuditEvent,
+    ) -> VerifiedCode:
+        """The code of a counted attempt, judged (`judged`): its run is not ended yet."""
         verified: list[VerifiedCode] = []
 
         def check() -> bool:
@@ -85,13 +136,7 @@ class Checks:
                 raise
             return True
 
-        self.counted(
-            person_id,
-            SMS_CODE,
-            check,
-            event,
-            lambda left: f"验证码错误，您还可以尝试{left}次",
-        )
+        self.judged(attempt, check, event, lambda left: f"验证码错误，您还可以尝试{left}次")
         return verified[0]
 
     def ensure_open(self, person_id: str, method: Method) -> None:

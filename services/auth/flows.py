@@ -5,11 +5,18 @@ A flow carries its own deadline (checked against the clock; the store's TTL is o
 garbage collection), is changed by compare-and-set, and is consumed once: of two
 completions racing, one gets the record and the other TICKET_INVALID. Personal numbers
 never go in: phones appear as blind indexes, names masked.
+
+A flow made for a known person (a login challenge) has an id of 64 hex digits: the
+person's owner tag (`owner_tag`), then 128 random bits. Its key carries the tag, as the
+person's lockout record does, so one script may count an attempt and read the flow
+(scripts.py); other flows have 32 random hex digits.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -17,11 +24,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from etax_platform.clock import Clock, from_millis, to_millis
-from etax_platform.errors import DomainError, Reason
-from etax_platform.kv import KeyValueStore
-from services.auth.domain import require_id
+from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.kv import KeyValueStore, owned_key
 
 _ID_BYTES = 16
+_TAG_DIGITS = 32
+_FLOW_ID = re.compile(r"[0-9a-f]{32}(?:[0-9a-f]{32})?")
+
+
+def owner_tag(person_id: str) -> str:
+    """The hash tag of a person's records in the store: a stable pseudonym (128 bits of
+    a hash of the person id, so two persons never share one), not the id itself."""
+    return hashlib.sha256(f"etax-auth-owner:{person_id}".encode()).hexdigest()[:_TAG_DIGITS]
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,27 @@ class Flows:
         self.ttl = ttl
         self._id_field = id_field
 
-    def _key(self, flow_id: str) -> str:
+    def key(self, flow_id: str) -> str:
+        if len(flow_id) == 2 * _TAG_DIGITS and _FLOW_ID.fullmatch(flow_id):
+            # A person's: in the slot of their records.
+            return owned_key(f"auth:{self._kind}", flow_id[:_TAG_DIGITS], flow_id[_TAG_DIGITS:])
         return f"auth:{self._kind}:{flow_id}"
+
+    @staticmethod
+    def tag_of(flow_id: str) -> str | None:
+        """The owner tag a person's flow id carries (None: a flow of nobody known)."""
+        if len(flow_id) == 2 * _TAG_DIGITS and _FLOW_ID.fullmatch(flow_id):
+            return flow_id[:_TAG_DIGITS]
+        return None
+
+    def require_id(self, flow_id: str) -> str:
+        if not _FLOW_ID.fullmatch(flow_id):
+            raise invalid(self._id_field)
+        return flow_id
+
+    @property
+    def store_ttl_ms(self) -> int:
+        return int(self._store_ttl.total_seconds() * 1000)
 
     @property
     def _store_ttl(self) -> timedelta:
@@ -91,23 +124,31 @@ class Flows:
             {"field": self._id_field},
         )
 
-    def create(self, **fields: Any) -> Flow:
-        flow = Flow(
-            flow_id=secrets.token_hex(_ID_BYTES),
-            expires_at=self._clock.now() + self.ttl,
-            **fields,
-        )
-        if self._store.create(self._key(flow.flow_id), flow.to_bytes(), self._store_ttl) is None:
+    def new(self, *, owner: str | None = None, **fields: Any) -> Flow:
+        """A flow not yet stored; with `owner`, its id carries the person's owner tag."""
+        flow_id = secrets.token_hex(_ID_BYTES)
+        if owner is not None:
+            flow_id = owner_tag(owner) + flow_id
+        return Flow(flow_id=flow_id, expires_at=self._clock.now() + self.ttl, **fields)
+
+    def create(self, *, owner: str | None = None, **fields: Any) -> Flow:
+        flow = self.new(owner=owner, **fields)
+        if self._store.create(self.key(flow.flow_id), flow.to_bytes(), self._store_ttl) is None:
             raise RuntimeError("flow id collision")  # 128 random bits
         return flow
 
+    def live(self, raw: bytes | None) -> Flow | None:
+        """A stored flow, if it is still live."""
+        if raw is None:
+            return None
+        flow = Flow.from_bytes(raw)
+        return flow if flow.is_live(self._clock.now()) else None
+
     def load(self, flow_id: str) -> Flow:
-        require_id(flow_id, self._id_field)
-        found = self._store.get(self._key(flow_id))
-        if found is None:
-            raise self.invalid()
-        flow = Flow.from_bytes(found.value)
-        if not flow.is_live(self._clock.now()):
+        self.require_id(flow_id)
+        found = self._store.get(self.key(flow_id))
+        flow = self.live(None if found is None else found.value)
+        if flow is None:
             raise self.invalid()
         return flow
 
@@ -123,7 +164,7 @@ class Flows:
             updated = change(current)
             return updated.to_bytes(), updated
 
-        updated = self._store.update(self._key(flow_id), apply, self._store_ttl)
+        updated = self._store.update(self.key(flow_id), apply, self._store_ttl)
         if updated is None:
             raise self.invalid()
         return updated
@@ -141,7 +182,7 @@ class Flows:
             current = Flow.from_bytes(raw)
             return None, (current if current.is_live(now) else None)
 
-        taken = self._store.update(self._key(flow_id), take, self._store_ttl)
+        taken = self._store.update(self.key(flow_id), take, self._store_ttl)
         if taken is None:
             raise self.invalid()
         return taken

@@ -3,23 +3,27 @@ that method's level and every lower level, until 00:00 CST the next day, a passw
 (password level) or a passed face check (every level).
 
 Exact under concurrency and across replicas (E3): an attempt is counted as a failure
-*before* the credential is checked, in one compare-and-set on the person's record for the
-day, and a success then clears that method's run. So 20 simultaneous wrong passwords get 5
-tries between them, and a right password arriving after them is refused.
+*before* the credential is checked, in one script on the person's record for the day
+(scripts.py), and a success then clears that method's run. So 20 simultaneous wrong
+passwords get 5 tries between them, and a right password arriving after them is refused.
+The record's key carries the person's owner tag, as their login challenges' keys do: the
+login counts a code attempt and reads its challenge in one step, and ends the run and
+takes the challenge in another.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from etax.common.v1 import types_pb2
 
-from etax_platform.clock import Clock, cst_day, next_cst_midnight
+from etax_platform.clock import Clock, cst_day, next_cst_midnight, to_millis
 from etax_platform.errors import DomainError, Reason
-from etax_platform.kv import KeyValueStore
+from etax_platform.kv import KeyValueStore, Reply, owned_key
+from services.auth import scripts
+from services.auth.flows import Flow, Flows, owner_tag
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -36,16 +40,9 @@ _WORDS = {PASSWORD: "密码认证", SMS_CODE: "短信验证码认证", FACE: "�
 
 @dataclass(frozen=True)
 class DayRecord:
-    """Consecutive failures per method on one CST day."""
+    """Consecutive failures per method on one CST day (the hash fields of its record)."""
 
     runs: dict[str, int] = field(default_factory=dict)
-
-    @staticmethod
-    def decode(raw: bytes | None) -> DayRecord:
-        return DayRecord(json.loads(raw)) if raw else DayRecord()
-
-    def encode(self) -> bytes:
-        return json.dumps(self.runs, sort_keys=True).encode()
 
     def run(self, method: Method) -> int:
         return self.runs.get(_NAMES[method], 0)
@@ -56,14 +53,6 @@ class DayRecord:
             if level >= LEVELS[method] and self.run(other) >= MAX_CONSECUTIVE_FAILURES:
                 return other
         return None
-
-    def with_run(self, method: Method, value: int) -> DayRecord:
-        runs = dict(self.runs)
-        if value:
-            runs[_NAMES[method]] = value
-        else:
-            runs.pop(_NAMES[method], None)
-        return DayRecord(runs)
 
 
 def locked_error(method: Method, locked_by: Method, now: datetime) -> DomainError:
@@ -103,60 +92,132 @@ class Attempt:
         )
 
 
+def _covering(method: Method) -> list[str]:
+    """The methods whose lock covers `method` (its level and above), highest first."""
+    return [
+        _NAMES[other]
+        for other, level in sorted(LEVELS.items(), key=lambda item: -item[1])
+        if level >= LEVELS[method]
+    ]
+
+
+_BY_NAME = {name: method for method, name in _NAMES.items()}
+
+
 class Lockout:
     def __init__(self, store: KeyValueStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
 
     @staticmethod
-    def _key(person_id: str, now: datetime) -> str:
-        return f"auth:lockout:{person_id}:{cst_day(now).isoformat()}"
+    def _day_key(tag: str, now: datetime) -> str:
+        return owned_key("auth:lockout", tag, cst_day(now).isoformat())
 
-    def _ttl(self, now: datetime) -> timedelta:
+    def _key(self, person_id: str, now: datetime) -> str:
+        return self._day_key(owner_tag(person_id), now)
+
+    def _ttl_ms(self, now: datetime) -> int:
         # Garbage collection only: the key names its day, so midnight unlocks by itself.
-        return next_cst_midnight(now) - now + timedelta(hours=1)
+        ttl = next_cst_midnight(now) - now + timedelta(hours=1)
+        return int(ttl.total_seconds() * 1000)
+
+    def _count_args(self, method: Method, now: datetime) -> list[str | int]:
+        return [_NAMES[method], MAX_CONSECUTIVE_FAILURES, self._ttl_ms(now), *_covering(method)]
+
+    @staticmethod
+    def _counted(
+        reply: Reply, person_id: str, method: Method, key: str, now: datetime
+    ) -> Attempt | DomainError:
+        """COUNT's reply (also COUNT_AND_LOAD's first two items)."""
+        if reply[0] == b"locked":
+            return locked_error(method, _BY_NAME[reply[1].decode()], now)
+        remaining = MAX_CONSECUTIVE_FAILURES - int(reply[1])
+        return Attempt(person_id, method, key, remaining, now)
 
     def begin(self, person_id: str, method: Method) -> Attempt:
         """Counts an attempt before the credential is checked; AUTH_METHOD_LOCKED if locked."""
         now = self._clock.now()
         key = self._key(person_id, now)
-
-        def count(raw: bytes | None) -> tuple[bytes | None, Attempt | DomainError]:
-            record = DayRecord.decode(raw)
-            locked_by = record.locking_method(method)
-            if locked_by is not None:
-                return raw, locked_error(method, locked_by, now)
-            run = record.run(method) + 1
-            remaining = MAX_CONSECUTIVE_FAILURES - run
-            return record.with_run(method, run).encode(), Attempt(
-                person_id, method, key, remaining, now
-            )
-
-        outcome = self._store.update(key, count, self._ttl(now))
+        reply = self._store.run(scripts.COUNT, [key], self._count_args(method, now))
+        outcome = self._counted(reply, person_id, method, key, now)
         if isinstance(outcome, DomainError):
             raise outcome
         return outcome
 
     def succeeded(self, attempt: Attempt) -> None:
         """The credential was right: the method's run of failures ends."""
-        self._clear(attempt.day_key, [attempt.method])
+        self._store.run(scripts.CLEAR, [attempt.day_key], [_NAMES[attempt.method]])
+
+    def succeeded_creating(self, attempt: Attempt, flows: Flows, **fields: object) -> Flow:
+        """`succeeded`, and the person's flow that follows (a login challenge) stored, in
+        one step."""
+        flow = flows.new(owner=attempt.person_id, **fields)
+        created = self._store.run(
+            scripts.CLEAR_AND_CREATE,
+            [attempt.day_key, flows.key(flow.flow_id)],
+            [_NAMES[attempt.method], flow.to_bytes(), flows.store_ttl_ms],
+        )
+        if not created:
+            raise RuntimeError("flow id collision")  # 128 random bits
+        return flow
+
+    def begin_with_flow(
+        self, flows: Flows, flow_id: str, method: Method
+    ) -> tuple[Flow, Attempt | DomainError]:
+        """Reads a person's flow and counts an attempt of `method` for its person, in one
+        step when the flow id carries the owner tag. TICKET_INVALID when it is gone or past
+        its deadline; STATE_CONFLICT (not counted) when it is no person's or has no code
+        sent yet. Otherwise the counted attempt, or the lock that refuses it."""
+        flows.require_id(flow_id)
+        now = self._clock.now()
+        tag = flows.tag_of(flow_id)
+        if tag is None:  # an id without the tag (none of login's own): two steps
+            flow = flows.load(flow_id)
+            _check_person_flow(flow, flows)
+            return flow, _attempt_or_error(lambda: self.begin(flow.person_id, method))
+        key = self._day_key(tag, now)
+        reply = self._store.run(
+            scripts.COUNT_AND_LOAD,
+            [flows.key(flow_id), key],
+            [to_millis(now), *self._count_args(method, now)],
+        )
+        kind = reply[0]
+        if kind == b"invalid":
+            raise flows.invalid()
+        if kind not in {b"counted", b"locked"}:
+            raise _STATE_CONFLICTS[kind.decode()]()
+        flow = Flow.from_bytes(reply[2])
+        return flow, self._counted(reply, flow.person_id, method, key, now)
+
+    def succeeded_consuming(self, attempt: Attempt, flows: Flows, flow_id: str) -> Flow:
+        """`succeeded`, and the flow taken out of the store (exactly one caller gets it), in
+        one step for a flow of the attempt's person."""
+        if flows.tag_of(flow_id) != owner_tag(attempt.person_id):
+            self.succeeded(attempt)
+            return flows.consume(flow_id)
+        raw = self._store.run(
+            scripts.CLEAR_AND_CONSUME,
+            [attempt.day_key, flows.key(flow_id)],
+            [_NAMES[attempt.method]],
+        )
+        flow = flows.live(raw)
+        if flow is None:
+            raise flows.invalid()
+        return flow
 
     def abandon(self, attempt: Attempt) -> None:
         """The check could not be made (a dependency failed): the attempt does not count."""
-        key = attempt.day_key
+        self._store.run(scripts.UNCOUNT, [attempt.day_key], [_NAMES[attempt.method]])
 
-        def uncount(raw: bytes | None) -> tuple[bytes | None, None]:
-            record = DayRecord.decode(raw)
-            run = record.run(attempt.method)
-            return (record.with_run(attempt.method, run - 1).encode() if run else raw), None
-
-        self._store.update(key, uncount, self._ttl(self._clock.now()))
+    def _record(self, person_id: str, now: datetime) -> DayRecord:
+        names = list(_NAMES.values())
+        runs = self._store.run(scripts.READ, [self._key(person_id, now)], names)
+        return DayRecord({n: int(r) for n, r in zip(names, runs, strict=True) if r is not None})
 
     def status(self, person_id: str, method: Method) -> DomainError | None:
         """The lock error `method` would get now, without counting an attempt."""
         now = self._clock.now()
-        current = self._store.get(self._key(person_id, now))
-        locked_by = DayRecord.decode(current.value if current else None).locking_method(method)
+        locked_by = self._record(person_id, now).locking_method(method)
         return None if locked_by is None else locked_error(method, locked_by, now)
 
     def unlock_after_password_reset(self, person_id: str) -> None:
@@ -172,18 +233,38 @@ class Lockout:
         if count <= 0:
             return
         now = self._clock.now()
-
-        def add(raw: bytes | None) -> tuple[bytes | None, None]:
-            record = DayRecord.decode(raw)
-            return record.with_run(method, record.run(method) + count).encode(), None
-
-        self._store.update(self._key(person_id, now), add, self._ttl(now))
+        self._store.run(
+            scripts.ADD, [self._key(person_id, now)], [_NAMES[method], count, self._ttl_ms(now)]
+        )
 
     def _clear(self, key: str, methods: Iterable[Method]) -> None:
-        def reset(raw: bytes | None) -> tuple[bytes | None, None]:
-            record = DayRecord.decode(raw)
-            for method in methods:
-                record = record.with_run(method, 0)
-            return (record.encode() if record.runs else None), None
+        self._store.run(scripts.CLEAR, [key], [_NAMES[method] for method in methods])
 
-        self._store.update(key, reset, self._ttl(self._clock.now()))
+
+# What login step 2 says about a challenge that is not ready for a code (login.py).
+_STATE_CONFLICTS = {
+    "no_person": lambda: DomainError(
+        Reason.STATE_CONFLICT, "请使用税务APP扫码完成人脸识别", {"field": "challenge_id"}
+    ),
+    "no_identity": lambda: DomainError(
+        Reason.STATE_CONFLICT, "请先选择特定主体编号", {"field": "subject_number"}
+    ),
+    "no_code": lambda: DomainError(Reason.STATE_CONFLICT, "请先获取验证码", {"field": "code"}),
+}
+
+
+def _check_person_flow(flow: Flow, flows: Flows) -> None:
+    for missing, kind in (
+        (not flow.person_id, "no_person"),
+        (not flow.identity, "no_identity"),
+        (not flow.verification_id, "no_code"),
+    ):
+        if missing:
+            raise _STATE_CONFLICTS[kind]()
+
+
+def _attempt_or_error(begin: Callable[[], Attempt]) -> Attempt | DomainError:
+    try:
+        return begin()
+    except DomainError as error:
+        return error

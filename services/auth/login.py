@@ -264,19 +264,26 @@ class Logins:
             found = self._lookup.resolve(account)
             person = found.person
             event.person_id = person.person_id
-            self._checks.password(
+            attempt = self._checks.password_attempt(
                 person.person_id, lambda: self._passwords.matches(person, password), event
             )
             pending = target.entry == SPECIFIC_SUBJECT and not target.subject_number
-            if pending:
-                # D5: the person chooses among their own subjects first.
-                require_enterprise_business(person.overseas_restricted)
-                identity = ""
-            else:
-                chosen = identity_for(self._bindings, person, target, province)
-                event.detail.update(detail_of(chosen))
-                identity = encode_identity(chosen)
-            challenge = self._challenges.create(
+            try:
+                if pending:
+                    # D5: the person chooses among their own subjects first.
+                    require_enterprise_business(person.overseas_restricted)
+                    identity = ""
+                else:
+                    chosen = identity_for(self._bindings, person, target, province)
+                    event.detail.update(detail_of(chosen))
+                    identity = encode_identity(chosen)
+            except BaseException:
+                self._checks.passed(attempt)  # the password was right all the same
+                raise
+            # One step: the password's run ends and the challenge is stored.
+            challenge = self._checks.passed_creating(
+                attempt,
+                self._challenges,
                 person_id=person.person_id,
                 province=province,
                 entry=target.entry,
@@ -361,16 +368,19 @@ class Logins:
 
     def complete_with_code(self, challenge_id: str, code: str) -> IssuedSession:
         require_code(code)
-        challenge = self._person_challenge(challenge_id)
-        if not challenge.verification_id:
-            raise DomainError(Reason.STATE_CONFLICT, "请先获取验证码", {"field": "code"})
+        # One step: the challenge, checked, and the code attempt counted for its person.
+        challenge, counted = self._checks.code_attempt(self._challenges, challenge_id)
         with self._audit.attempt("login.complete", **self._event(challenge, "sms_code")) as event:
-            verified = self._checks.sms_code(
-                challenge.person_id, challenge.verification_id, code, Purpose.LOGIN, event
+            if isinstance(counted, DomainError):
+                raise counted  # locked
+            verified = self._checks.sms_code_of(
+                counted, challenge.verification_id, code, Purpose.LOGIN, event
             )
             if self._accounts.recipient_index(verified.recipient) != challenge.recipient_index:
+                self._checks.passed(counted)
                 raise self._challenges.invalid()
-            challenge = self._challenges.consume(challenge_id)
+            # One step: the code's run ends and the challenge is taken (once).
+            challenge = self._checks.passed_consuming(counted, self._challenges, challenge_id)
             now = self._clock.now()
             if "@" in verified.recipient:  # B6: an email code
                 return self._open(challenge, EMAIL_METHOD, event)
