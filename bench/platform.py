@@ -24,7 +24,7 @@ from etax_platform.certs import ensure_certificates
 from etax_platform.pii import Keyring
 from tests.harness.gateway import RunningGateway, running_gateway
 from tests.harness.processes import ServiceProcess
-from tests.harness.servers import free_port, postgres_server, redis_server
+from tests.harness.servers import PostgresServer, free_port, postgres_server, redis_server
 
 SERVICES = ("sms", "face", "binding", "auth")
 # The health-checked name of each service's process (auth's AuthService comes with login).
@@ -97,6 +97,10 @@ class Platform:
     database_pids: list[int] = field(default_factory=list)
     # The environment every service process got (a profiled replica gets the same).
     env: dict[str, str] = field(default_factory=dict)
+    # Replicas started after the platform (scaling scenarios): separate processes
+    # sharing the stores, each on a port of its own.
+    replicas: list[ServiceProcess] = field(default_factory=list)
+    postgres: PostgresServer | None = None
 
     def address(self, service: str) -> str:
         return self.services[service].address
@@ -104,12 +108,30 @@ class Platform:
     def pid(self, service: str) -> int:
         return self.services[service].process.pid
 
+    def replica(self, service: str) -> ServiceProcess:
+        """Another process of `service` (stopped with the platform)."""
+        process = ServiceProcess(
+            service,
+            self.env,
+            self.workdir / f"{service}-replica-{len(self.replicas) + 1}.log",
+        )
+        self.replicas.append(process)
+        process.wait_serving(HEALTH_NAMES[service])
+        return process
+
+    def stop_replicas(self) -> None:
+        for process in self.replicas:
+            process.terminate()
+        self.replicas.clear()
+
     def place(self, under_test: str | None) -> None:
         """The service under test onto the service core and every other process of the
         platform onto the other cores; None: every process on every core."""
         rest = ALL_CPUS if under_test is None else OTHER_CPUS
         for name, process in self.services.items():
             pin(process.process.pid, SERVICE_CPUS if name == under_test else rest)
+        for process in self.replicas:
+            pin(process.process.pid, rest)
         if self.gateway is not None and self.gateway.envoy.process is not None:
             pin(self.gateway.envoy.process.pid, rest)
         for pid in self.database_pids:
@@ -142,6 +164,7 @@ def running_platform(
         if configuration == "production":
             env["ETAX_KV_URL"] = redis_url = stack.enter_context(redis_server())
             postgres = stack.enter_context(postgres_server())
+            platform.postgres = postgres
             for service in ("auth", "binding", "sms"):
                 env[f"ETAX_{service.upper()}_DATABASE_URL"] = postgres.url(
                     postgres.create_database()
@@ -159,6 +182,7 @@ def running_platform(
             "ETAX_BINDING_AUTH_TARGET": targets["auth"],
         }
         platform.env = env
+        stack.callback(platform.stop_replicas)
         for service in SERVICES:
             process = ServiceProcess(service, env, workdir / f"{service}.log", port=ports[service])
             stack.callback(process.terminate)

@@ -13,14 +13,12 @@ opens the session (sessions.py). Refusals that reveal something about the person
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from etax.binding.v1 import binding_pb2
 from etax.common.v1 import types_pb2
-from sqlalchemy import Connection
 
 from etax_platform.clock import Clock
 from etax_platform.enterprise_codes import normalize_enterprise_code
@@ -43,7 +41,7 @@ from services.auth.sessions import (
     encode_identity,
 )
 from services.auth.steps import CodeContact, PersonSteps, SentToPhone
-from services.auth.storage import AccountStore, PersonRecord, PhoneClaim
+from services.auth.storage import AccountStore, AlsoWrite, PersonRecord, PhoneClaim
 
 # Authentication methods as the access token's amr claim names them (RFC 8176 where it
 # has a name).
@@ -390,9 +388,7 @@ class Logins:
                 challenge,
                 SMS_METHOD,
                 event,
-                also=lambda session: self._accounts.claim_phone_in(
-                    session, challenge.person_id, claim, now
-                ),
+                also=self._accounts.phone_claim_with(challenge.person_id, claim, now),
             )
 
     # --- step 2 by scan verification (D2, Q14) ---------------------------------------------
@@ -467,7 +463,7 @@ class Logins:
         challenge: Flow,
         method: str,
         event: AuditEvent,
-        also: Callable[[Connection], object] | None = None,
+        also: AlsoWrite | None = None,
     ) -> IssuedSession:
         identity = decode_identity(challenge.identity)
         event.detail.update(detail_of(identity))

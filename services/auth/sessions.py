@@ -21,9 +21,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,7 +39,8 @@ from etax_platform.revocation import RevocationList, Revocations
 from etax_platform.tokens import AccessClaims, TokenIssuer, TokenVerifier
 from services.auth.audit import AuditEvent, AuditLog
 from services.auth.keys import SigningKeys
-from services.auth.models import persons, refresh_tokens, sessions
+from services.auth.models import audit_events, persons, refresh_tokens, sessions
+from services.auth.storage import AlsoWrite
 
 _NAME = "persons.name"
 _ID_BYTES = 16
@@ -113,6 +114,44 @@ SELECT session_id FROM known
 """,
     writes=True,
 )
+
+
+_SESSION_COLUMNS = (
+    "id",
+    "person_id",
+    "province",
+    "identity",
+    "entry",
+    "methods",
+    "client_app",
+    "created_at",
+    "last_issued_at",
+)
+_AUDIT_COLUMNS = tuple(column.name for column in audit_events.columns if column.name != "id")
+
+
+@functools.cache
+def _open_statement(also: str | None) -> Statement:
+    """A new session on PostgreSQL in one statement: its row, its first refresh token and
+    its audit row, with the CTE of a write that goes with it (AlsoWrite). The foreign keys
+    are checked at the end of the statement, when the session row is there."""
+    sessions_ = ", ".join(_SESSION_COLUMNS)
+    audit = ", ".join(_AUDIT_COLUMNS)
+    return Statement(
+        postgresql=f"""
+WITH {f"{also}," if also else ""} new_session AS (
+    INSERT INTO sessions ({sessions_})
+    VALUES ({", ".join(f"%(s_{c})s" for c in _SESSION_COLUMNS)})
+), new_token AS (
+    INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at)
+    VALUES (%(t_hash)s, %(s_id)s, %(s_created_at)s, %(t_expires_at)s)
+), audit AS (
+    INSERT INTO audit_events ({audit}) VALUES ({", ".join(f"%(a_{c})s" for c in _AUDIT_COLUMNS)})
+)
+SELECT 1
+""",  # noqa: S608 - column names of our own tables, values as parameters
+        writes=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -248,31 +287,46 @@ class Sessions:
         *,
         client_app: str = WEB,
         extra_claims: dict[str, Any] | None = None,
-        also: Callable[[Connection], object] | None = None,
+        also: AlsoWrite | None = None,
     ) -> IssuedSession:
         """A new session: its row, its first refresh token, the audit event and `also`
-        (a phone re-affirmed by the login, say) in one transaction."""
+        (a phone re-affirmed by the login, say), all or nothing: one statement on
+        PostgreSQL (`_open_statement`), one transaction on SQLite."""
         now = self._clock.now()
         session_id = secrets.token_hex(_ID_BYTES)
         event.session_id = session_id
-        with self._db.transaction() as session:
-            if also is not None:
-                also(session)
-            session.execute(
-                sessions.insert().values(
-                    id=session_id,
-                    person_id=principal.person_id,
-                    province=province,
-                    identity=encode_identity(identity),
-                    entry=identity.entry,
-                    methods=",".join(methods),
-                    client_app=client_app,
-                    created_at=now,
-                    last_issued_at=now,
-                )
+        refresh_token = secrets.token_urlsafe(32)
+        values = {
+            "id": session_id,
+            "person_id": principal.person_id,
+            "province": province,
+            "identity": encode_identity(identity),
+            "entry": identity.entry,
+            "methods": ",".join(methods),
+            "client_app": client_app,
+            "created_at": now,
+            "last_issued_at": now,
+        }
+        if self._db.is_sqlite or (also is not None and also.cte is None):
+            with self._db.transaction() as session:
+                if also is not None:
+                    also.run(session)
+                session.execute(sessions.insert().values(**values))
+                self._insert_refresh_token(session, session_id, refresh_token, now)
+                self._audit.insert(session, event)
+        else:
+            audit = self._audit.row(event, now)
+            self._db.run(
+                _open_statement(None if also is None else also.cte),
+                {
+                    **{f"s_{name}": value for name, value in values.items()},
+                    "t_hash": _token_hash(refresh_token),
+                    "t_expires_at": now + self.policy.refresh_token_ttl,
+                    **{f"a_{name}": value for name, value in audit.items()},
+                    **({} if also is None else also.params),
+                },
             )
-            refresh_token = self._new_refresh_token(session, session_id, now)
-            self._audit.insert(session, event)
+            event.written = True
         claims = claims_for(
             principal,
             session_id=session_id,

@@ -9,7 +9,8 @@ usernames, and conditions in UPDATE statements decide once-a-year changes.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -100,6 +101,48 @@ class PhoneClaim:
     # C3: a phone verified by SMS for itself (registration, adding it, recovering it)
     # becomes the default; a login or reset code re-affirms the default it went to.
     make_default: bool = False
+
+
+@dataclass(frozen=True)
+class AlsoWrite:
+    """A write that goes with another unit of work (a phone a login re-affirms goes with
+    its new session): in that unit's transaction (`run`), or, where the unit is one
+    statement (PostgreSQL), as one data-modifying CTE of it: `cte` ("name AS (...)", with
+    psycopg's `%(name)s` placeholders) and its `params`. No `cte`: transactions only."""
+
+    run: Callable[[Connection], object]
+    cte: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+# C4's claim of a checked phone by the person who passed the check, as `_claim` makes it
+# (make_default off: a login re-affirms the default it went to), for one statement: the
+# upsert decides who holds the number; the person's default moves to it when they have
+# none left. The NOT EXISTS sees the snapshot the statement started with, which differs
+# from `_claim`'s sequential view only in the claimed row itself, which is this
+# person's either way.
+_CLAIM_CTE = """claimed AS (
+    INSERT INTO phones (id, person_id, number, number_index, verified_at, created_at)
+    VALUES (%(c_id)s, %(c_person_id)s, %(c_number)s, %(c_number_index)s, %(c_verified_at)s,
+            %(c_now)s)
+    ON CONFLICT (number_index) DO UPDATE SET
+        id = CASE WHEN phones.person_id = excluded.person_id THEN phones.id
+                  ELSE excluded.id END,
+        person_id = excluded.person_id,
+        number = excluded.number,
+        verified_at = excluded.verified_at,
+        created_at = CASE WHEN phones.person_id = excluded.person_id THEN phones.created_at
+                          ELSE excluded.created_at END
+    WHERE phones.verified_at IS NULL OR phones.verified_at <= excluded.verified_at
+    RETURNING id, person_id
+), claimed_default AS (
+    UPDATE persons SET default_phone_id = claimed.id
+    FROM claimed
+    WHERE persons.id = %(c_person_id)s AND claimed.person_id = %(c_person_id)s
+      AND (persons.default_phone_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM phones
+          WHERE phones.id = persons.default_phone_id AND phones.person_id = persons.id))
+)"""
 
 
 class AccountStore:
@@ -396,6 +439,27 @@ class AccountStore:
     ) -> PhoneRecord | None:
         """claim_phone inside the caller's transaction (a login re-affirms its phone)."""
         return self._claim(session, person_id, claim, now)
+
+    def phone_claim_with(self, person_id: str, claim: PhoneClaim, now: datetime) -> AlsoWrite:
+        """claim_phone as a write that goes with another unit of work (AlsoWrite)."""
+
+        def run(session: Connection) -> object:
+            return self._claim(session, person_id, claim, now)
+
+        if claim.verified_at is None or claim.make_default:
+            return AlsoWrite(run)
+        return AlsoWrite(
+            run,
+            _CLAIM_CTE,
+            {
+                "c_id": new_id(),
+                "c_person_id": person_id,
+                "c_number": self._pd.encrypt(claim.number, _PHONE),
+                "c_number_index": self.phone_index(claim.number),
+                "c_verified_at": claim.verified_at,
+                "c_now": now,
+            },
+        )
 
     def recover_phone_in(
         self, session: Connection, person_id: str, number: str, verified_at: datetime, now: datetime
