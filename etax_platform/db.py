@@ -250,7 +250,10 @@ class Database:
                 {**fixed, **params} if fixed else params,
                 prepare=self._pool_settings.prepared_statements,
             )
-            return cursor.fetchall() if cursor.description is not None else []
+            # Not cursor.description: it builds a Column object per column on every call.
+            result = cursor.pgresult
+            returned = result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
+            return cursor.fetchall() if returned else []
         except psycopg.Error as error:
             raise _translated(error, sql) from error
         finally:
