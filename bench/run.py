@@ -82,6 +82,8 @@ FAIR_RATIO = 0.8
 LOGIN_RATIO = 0.85
 SCALING_RATIO = 1.7
 GATEWAY_P50_MS = 1.0
+# More persons than this: the size comparison (bench/size.py) instead of the main run.
+SIZE_THRESHOLD = 10_000
 FAIR_CEILINGS = (
     ("echo-redis", "platform-redis", "+ one Redis script (RedisStore.run)"),
     ("echo-postgres", "platform-postgres", "+ one prepared statement (Database.run)"),
@@ -897,13 +899,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=["production", "embedded"], default="production")
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput scenario")
-    parser.add_argument("--persons", type=int, default=1000)
+    parser.add_argument(
+        "--persons",
+        type=int,
+        default=1000,
+        help=f"over {10_000:,}: the size comparison instead (bench/size.py)",
+    )
     parser.add_argument("--logins", type=int, default=600, help="challenges; sessions x2")
     parser.add_argument("--note", default="", help="a line for the report's header")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCH)
     args = parser.parse_args(argv)
+    if args.persons > SIZE_THRESHOLD:
+        from bench import size  # noqa: PLC0415 - it imports this module
+
+        return size.main(args)
 
     from bench import report  # noqa: PLC0415 - matplotlib only when writing
 

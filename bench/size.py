@@ -1,0 +1,400 @@
+"""The size comparison (`make bench-size`, or `make bench BENCH_ARGS="--persons 1000000"`):
+every hot RPC at 10,000 persons and again at N (bulk-loaded with COPY, bench/bulk.py),
+p50 and CPU per call at N over at 10,000. Target: <= 1.1 for each (index scans
+everywhere, so per-call work must not grow with the number of persons).
+
+Writes bench/size-report.md and bench/size-results.json (bench/report.md stays the main
+run's). Each RPC is measured direct, placed as in the main run (the service on core 0,
+everything else on core 1; login step 1 on every core), against persons spread over the
+whole loaded range: CheckAccess targets and refresh tokens of 500 persons, StartLogin by
+their phones, login challenges made for 300 of them just before step 2 is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from etax.auth.v1 import auth_pb2, auth_pb2_grpc
+from etax.binding.v1 import binding_pb2
+from etax.common.v1 import types_pb2
+
+from bench import bulk, ghz
+from bench.dataset import (
+    CALL_TIMEOUT,
+    PASSWORD,
+    PROJECT_PROVINCE,
+    PROVINCE,
+    Channels,
+    Person,
+    as_json,
+    face_tickets,
+    login_challenges,
+    resident_id,
+)
+from bench.platform import ALL_CPUS, OTHER_CPUS, Platform, running_platform
+from bench.run import BENCH, GHZ, UNLIMITED, Bench, machine
+from etax_platform.clock import CST
+from etax_platform.pii import Keyring
+
+SMALL = 10_000
+SAMPLE = 500
+CHALLENGES = 300
+SIZE_RATIO = 1.1
+SERVICE = {
+    "sms-send": "sms",
+    "face-get-ticket": "face",
+    "access-check": "binding",
+    "identities-list": "binding",
+    "token-refresh": "auth",
+    "login-start": "auth",
+    "login-complete-sms": "auth",
+}
+
+
+def _sample(persons: int, parity: int) -> list[int]:
+    """SAMPLE persons spread over [0, persons), odd or even ones (single-use material of
+    the two sizes never meets)."""
+    step = max(2, persons // SAMPLE)
+    return [i - i % 2 + parity for i in range(0, persons - 1, step)][:SAMPLE]
+
+
+def _person(i: int) -> Person:
+    document = types_pb2.NamedDocument(
+        document=types_pb2.Document(
+            type=types_pb2.DOCUMENT_TYPE_RESIDENT_IDENTITY_CARD, number=resident_id(i)
+        ),
+        name=bulk.name(i),
+    )
+    return _BulkPerson(i, bulk.person_id(i), document)
+
+
+class _BulkPerson(Person):
+    @property
+    def phone(self) -> str:
+        return bulk.phone(self.index)
+
+
+def _targets(sample: list[int]) -> list[dict[str, Any]]:
+    found = []
+    for i in sample:
+        group = bulk.group_of(i)
+        found.append(
+            binding_pb2.CheckAccessRequest(
+                person_id=bulk.person_id(i),
+                target=binding_pb2.Target(
+                    entry=types_pb2.ENTRY_AGENT,
+                    agency_code=bulk.agency_code(group),
+                    client_code=bulk.client_code(group),
+                    province=PROVINCE,
+                ),
+            )
+        )
+        found.append(
+            binding_pb2.CheckAccessRequest(
+                person_id=bulk.person_id(i),
+                target=binding_pb2.Target(
+                    entry=types_pb2.ENTRY_SPECIFIC_SUBJECT,
+                    subject_type=types_pb2.SUBJECT_TYPE_CROSS_REGION_INSPECTION,
+                    subject_number=bulk.project_number(group),
+                    province=PROJECT_PROVINCE,
+                ),
+            )
+        )
+    return [as_json(t) for t in found]
+
+
+def _loads(
+    bench: Bench, platform: Platform, persons: int, parity: int, size: str
+) -> list[ghz.Load]:
+    sample = _sample(persons, parity)
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    try:
+        tickets = [as_json(t) for t in face_tickets(channels, 500)]
+        # An access token of one person in the middle (ghz sends one metadata object).
+        auth = auth_pb2_grpc.AuthServiceStub(channels.channel("auth"))
+        middle = sample[len(sample) // 2]
+        access_token = auth.RefreshSession(
+            auth_pb2.RefreshSessionRequest(refresh_token=bulk.refresh_token(middle)),
+            timeout=CALL_TIMEOUT,
+        ).session.access_token
+    finally:
+        channels.close()
+    address = platform.address
+    return [
+        ghz.Load(
+            f"sms-send {size}",
+            "etax.sms.v1.SmsService.SendCode",
+            address("sms"),
+            base="sms-send",
+            data={
+                "phone": ("137" if parity else "138") + "{{printf `%08d` .RequestNumber}}",
+                "purpose": "VERIFICATION_PURPOSE_REGISTRATION",
+            },
+            duration=bench.duration,
+            skip_first=200,
+        ),
+        ghz.Load(
+            f"face-get-ticket {size}",
+            "etax.face.v1.FaceService.GetTicket",
+            address("face"),
+            data=tickets,
+            duration=bench.duration,
+            skip_first=200,
+        ),
+        ghz.Load(
+            f"access-check {size}",
+            "etax.binding.v1.InternalBindingService.CheckAccess",
+            address("binding"),
+            base="access-check",
+            data=_targets(sample),
+            duration=bench.duration,
+            skip_first=200,
+            warm_up_calls=2 * len(sample),
+        ),
+        ghz.Load(
+            f"identities-list {size}",
+            "etax.binding.v1.BindingService.ListMyIdentities",
+            address("binding"),
+            base="identities-list",
+            data={"province": PROJECT_PROVINCE},
+            metadata={"authorization": f"Bearer {access_token}"},
+            duration=bench.duration,
+            skip_first=200,
+        ),
+        ghz.Load(
+            f"token-refresh {size}",
+            "etax.auth.v1.AuthService.RefreshSession",
+            address("auth"),
+            base="token-refresh",
+            data=[{"refresh_token": bulk.refresh_token(i)} for i in sample if i != middle],
+            total=len(sample) - 1,
+        ),
+        ghz.Load(
+            f"login-start {size}",
+            "etax.auth.v1.AuthService.StartLogin",
+            address("auth"),
+            base="login-start",
+            data=[
+                {
+                    "entry": "ENTRY_NATURAL_PERSON",
+                    "account": bulk.phone(i),
+                    "password": PASSWORD,
+                    "province": PROVINCE,
+                }
+                for i in sample
+            ],
+            duration=bench.duration,
+            skip_first=50,
+        ),
+    ]
+
+
+def _measure_size(bench: Bench, platform: Platform, persons: int, parity: int, size: str) -> None:
+    for load in _loads(bench, platform, persons, parity, size):
+        base = load.name.split()[0]
+        service = SERVICE[base]
+        hashing = base == "login-start"
+        platform.place(None if hashing else service)
+        row = bench.measure(
+            load,
+            group=size,
+            path="direct",
+            placement="every process on every core"
+            if hashing
+            else f"{service} core 0; ghz, stores, other services core 1",
+            pid=platform.pid(service),
+            client_cpus=ALL_CPUS if hashing else OTHER_CPUS,
+        )
+        row.extra["persons"] = persons
+    # Challenges expire after 5 minutes: made just before step 2 is measured.
+    platform.place(None)
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    try:
+        sample = _sample(persons, parity)[:CHALLENGES]
+        challenges = login_challenges(channels, [_person(i) for i in sample], len(sample))
+    finally:
+        channels.close()
+    platform.place("auth")
+    row = bench.measure(
+        ghz.Load(
+            f"login-complete-sms {size}",
+            "etax.auth.v1.AuthService.CompleteLoginWithCode",
+            platform.address("auth"),
+            base="login-complete-sms",
+            data=[as_json(c) for c in challenges],
+            total=len(challenges),
+        ),
+        group=size,
+        path="direct",
+        placement="auth core 0; ghz, stores, other services core 1",
+        pid=platform.pid("auth"),
+        client_cpus=OTHER_CPUS,
+    )
+    row.extra["persons"] = persons
+
+
+def compare(bench: Bench, small: str, large: str) -> list[dict[str, Any]]:
+    """Per RPC: p50 and CPU per call at the large size over the small one."""
+    found = []
+    for row in [r for r in bench.rows if r.group == large]:
+        base = row.name.split()[0]
+        before = next(r for r in bench.rows if r.group == small and r.name.split()[0] == base)
+        p50 = row.p50_ms / before.p50_ms if before.p50_ms else None
+        cpu = (
+            row.server_cpu_us / before.server_cpu_us
+            if row.server_cpu_us and before.server_cpu_us
+            else None
+        )
+        found.append(
+            {
+                "rpc": base,
+                "p50_small_ms": before.p50_ms,
+                "p50_large_ms": row.p50_ms,
+                "cpu_small_us": before.server_cpu_us,
+                "cpu_large_us": row.server_cpu_us,
+                "p50_ratio": p50,
+                "cpu_ratio": cpu,
+                "met": p50 is not None and cpu is not None and max(p50, cpu) <= SIZE_RATIO,
+            }
+        )
+    return found
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not GHZ.exists():
+        raise SystemExit(f"ghz not found at {GHZ}: `make bench` installs it")
+    if args.persons <= SMALL or args.persons % 20:
+        raise SystemExit(f"--persons: more than {SMALL:,}, a multiple of 20")
+    started = datetime.now(CST)
+    workdir = Path(tempfile.mkdtemp(prefix="etax-bench-size-"))
+    bench = Bench(args.seconds, workdir, lambda line: print(line, flush=True))
+    meta = machine()
+    bench.log(f"work directory {workdir}; {meta}")
+    small, large = f"{SMALL // 1000}k", _label(args.persons)
+    with running_platform(
+        workdir / "platform", "production", gateway_overrides=UNLIMITED
+    ) as platform:
+        env = platform.env
+        loader = bulk.BulkLoader(
+            bulk.Databases.of(env),
+            Keyring.parse(
+                env["ETAX_PII_KEYS"], env["ETAX_PII_ACTIVE_KEY_ID"], env["ETAX_PII_INDEX_KEY"]
+            ),
+        )
+        timings: dict[str, float] = {}
+        try:
+            clock = datetime.now(CST)
+            loader.load(0, SMALL, bench.log)
+            timings["load_small_seconds"] = (datetime.now(CST) - clock).total_seconds()
+            _measure_size(bench, platform, SMALL, 0, small)
+            clock = datetime.now(CST)
+            loader.load(SMALL, args.persons, bench.log)
+            timings["load_large_seconds"] = (datetime.now(CST) - clock).total_seconds()
+            _measure_size(bench, platform, args.persons, 1, large)
+        except Exception:
+            print(platform.logs(), file=sys.stderr)
+            raise
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.now(CST).isoformat(timespec="seconds"),
+        "seconds_per_scenario": args.seconds,
+        "persons": args.persons,
+        "small": small,
+        "large": large,
+        "machine": meta,
+        "note": args.note,
+        "timings": timings,
+        "rows": [asdict(r) for r in bench.rows],
+        "comparison": compare(bench, small, large),
+    }
+
+
+def _label(persons: int) -> str:
+    if persons % 1_000_000 == 0:
+        return f"{persons // 1_000_000}M"
+    return f"{persons // 1000}k"
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["machine"]
+    small, large = results["small"], results["large"]
+    timings = results["timings"]
+    lines = [
+        f"# Size comparison: {small} and {large} persons (`make bench-size`)",
+        "",
+        f"- Run: {results['started']} to {results['finished']} (China Standard Time)",
+        f"- Machine: {meta['cpus']} cores ({meta['cpu_model']}), Python {meta['python']}; "
+        f"load average at start {', '.join(f'{x:.2f}' for x in meta['load_average_at_start'])}",
+        f"- Bulk load (COPY): {small} in {timings.get('load_small_seconds', 0):.0f} s, the rest "
+        f"up to {results['persons']:,} in {timings.get('load_large_seconds', 0):.0f} s; each "
+        "person with a phone, a session and a refresh token; per 20 persons a client "
+        "enterprise, an agency with an agreement and a cross-region project (bench/bulk.py)",
+        f"- {results['seconds_per_scenario']:g} s per throughput scenario at 50 calls in flight",
+    ]
+    if results.get("note"):
+        lines.append(f"- **Note: {results['note']}**")
+    lines += [
+        "",
+        f"## {large} over {small} (target: p50 and CPU per call <= {SIZE_RATIO:g} x)",
+        "",
+        f"| RPC | p50 ms at {small} | at {large} | ratio | CPU µs/call at {small} | at {large} "
+        "| ratio | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in results["comparison"]:
+        lines.append(
+            f"| {c['rpc']} | {_num(c['p50_small_ms'])} | {_num(c['p50_large_ms'])} | "
+            f"{_num(c['p50_ratio'])} | {_num(c['cpu_small_us'], 0)} | "
+            f"{_num(c['cpu_large_us'], 0)} | {_num(c['cpu_ratio'])} | "
+            f"{'met' if c['met'] else '**missed**'} |"
+        )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| scenario | persons | calls | calls/s | p50 ms | p90 ms | p99 ms | server CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['extra'].get('persons', 0):,} | {r['count']:,.0f} | "
+            f"{r['rps']:,.0f} | {_num(r['p50_ms'])} | {_num(r['p90_ms'])} | "
+            f"{_num(r['p99_ms'])} | {_num(r['server_cpu_us'], 0)} |"
+        )
+    lines += [
+        "",
+        "Placement as in bench/report.md: the service under test on core 0 and everything "
+        "else on core 1, login step 1 on every core. Requests go to persons spread over the "
+        "whole loaded range (odd persons at the large size, even ones at the small, so "
+        "single-use refresh tokens and challenges never meet); ListMyIdentities uses one "
+        "person's token, as ghz sends one metadata object. SMS sends go to new phones and "
+        "face tickets are made just before: their ratio shows the noise of the machine.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "size-results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    report = out / "size-report.md"
+    report.write_text(markdown(results))
+    return [out / "size-results.json", report]
+
+
+def main(args: argparse.Namespace) -> int:
+    results = run(args)
+    for path in write(results, args.out or BENCH):
+        print(f"wrote {path}")
+    return 0
