@@ -16,7 +16,7 @@ GHZ := $(GHZ_BIN)/ghz
 OPENAPIV2_VERSION := v2.33.0
 OPENAPIV2_STAMP := $(GOBIN)/.protoc-gen-openapiv2-$(OPENAPIV2_VERSION)
 
-.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench fuzz
+.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench bench-size fuzz
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
@@ -27,6 +27,7 @@ help:
 	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
 	@echo "make load    - data set-up, then the ghz scenarios of deploy/ghz against a running gateway (LOAD_ARGS=...)"
 	@echo "make bench   - the benchmark: bench/report.md and bench/charts/ (BENCH_ARGS=...)"
+	@echo "make bench-size - hot RPCs at 10,000 and at PERSONS (1,000,000) persons: bench/size-report.md"
 	@echo "make fuzz    - the long fuzz run on a platform of its own (SEED=, COUNT=, FUZZ_ARGS=...)"
 
 $(INSTALLED): pyproject.toml
@@ -90,9 +91,15 @@ $(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
 	@$(PY) -c "import matplotlib, yappi" || { echo "bench dependency install failed" >&2; exit 1; }
 	@touch $@
 
-# Starts its own PostgreSQL, Redis, services and Envoy on free ports; about 5 minutes.
+# Starts its own PostgreSQL, Redis, services and Envoy on free ports; about 8 minutes.
 bench: protos system-deps certs $(BENCH_INSTALLED) $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The size comparison: PERSONS loaded in bulk (COPY), every hot RPC at 10,000 and at
+# PERSONS; about 10 minutes for a million. Never part of make test.
+PERSONS ?= 1000000
+bench-size: protos system-deps certs $(BENCH_INSTALLED) $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
+	$(PY) -m bench.run --persons $(PERSONS) $(BENCH_ARGS)
 
 # Malformed and hostile requests to every RPC and JSON route (tests/fuzz); starts its own
 # PostgreSQL, Redis, services and Envoy on free ports. 100,000 requests take about 5 minutes.

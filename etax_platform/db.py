@@ -397,6 +397,7 @@ class BatchWriter:
         self._max_queued = max_queued
         self._retry_first, self._retry_most = retry_seconds
         self._datetimes = [c.name for c in table.columns if _is_datetime(c)]
+        self._statement: Any = None
         self._journal_dir = journal_dir
         self._orphans = journal.adopt_orphans(journal_dir, service, table.name)
         self._own = journal.create_own(journal_dir, service, table.name)
@@ -609,10 +610,11 @@ class BatchWriter:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self._db.transaction() as connection:
-            statement = dialect_insert(connection, self._table).on_conflict_do_nothing(
-                index_elements=[self._key]
-            )
-            connection.execute(statement, rows)
+            if self._statement is None:  # built once: the writer runs in every request's process
+                self._statement = dialect_insert(connection, self._table).on_conflict_do_nothing(
+                    index_elements=[self._key]
+                )
+            connection.execute(self._statement, rows)
 
     # --- the journal ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ slot back and forgets the code, so a failed delivery records nothing as sent.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
@@ -57,7 +57,8 @@ class Outbox:
         return f"sms:outbox:{recipient_index}"
 
     def deliver(self, message: Message) -> None:
-        entry = json.dumps(asdict(message), ensure_ascii=False)
+        # vars(), not asdict(): the fields are plain values, and asdict deep-copies them.
+        entry = json.dumps(vars(message), ensure_ascii=False)
         ttl_ms = int(self.TTL.total_seconds() * 1000)
         self._store.run(
             OUTBOX_ADD, [self._key(message.recipient_index)], [entry, self.KEEP, ttl_ms]
