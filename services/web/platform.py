@@ -13,7 +13,8 @@ The platform's API as issue 12 left it:
   (`LoginStart.subject_required`); `search_login_subjects` is the fuzzy search on that
   login challenge and `select_login_subject` the choice, which answers step 2's choices.
 - Step 2 and forgot password may be an email code (B6, SECOND_STEP_EMAIL_CODE) for an
-  overseas person without a phone: `Contact.masked_email`, sent as an SMS code is.
+  overseas person without a phone (`SecondSteps.masked_email`, `ResetStart.masked_email`),
+  sent and counted as an SMS code is.
 - ListMyIdentities lists the natural person first, and SwitchIdentity takes back an item
   of that list as it was listed (`_identity_pb`).
 - StartRegistration's province is the gateway's (it overwrites x-etax-province): nothing
