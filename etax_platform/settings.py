@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from etax_platform.db import PoolSettings
 from etax_platform.kv import CLUSTER_SCHEMES, KeyValueStore, check_prefix, cluster_nodes, open_store
 from etax_platform.pii import Keyring
+from etax_platform.topology import grpc_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +140,17 @@ class ServiceSettings(BaseSettings):
     # in transaction mode without prepared-statement support (PgBouncer < 1.21).
     db_prepared_statements: bool = True
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    @model_validator(mode="after")
+    def _targets_are_addresses(self) -> ServiceSettings:
+        # Every *_target (the services this one calls): host:port or replicas' addresses.
+        for name in type(self).model_fields:
+            if name.endswith("_target"):
+                try:
+                    grpc_target(getattr(self, name))
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        return self
 
     def database_pool(self) -> PoolSettings:
         """The PostgreSQL pool these settings describe."""

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import descriptor_pb2
 
+from etax_platform import topology
 from etax_platform.certs import client_uri
 from etax_platform.gateway import routes
 from etax_platform.gateway.replies import local_reply_config
@@ -28,13 +29,8 @@ from etax_platform.settings import REPO_ROOT
 TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml.tmpl"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
-# Upstream clusters: one per service, health-checked by its public service name.
-UPSTREAMS = {
-    "auth": "etax.auth.v1.AuthService",
-    "binding": "etax.binding.v1.BindingService",
-    "sms": "etax.sms.v1.SmsService",
-    "face": "etax.face.v1.FaceService",
-}
+# Upstream clusters: one per gRPC service, health-checked by the name the topology gives.
+UPSTREAMS = {name: topology.SERVICES[name].health for name in topology.GRPC_SERVICES}
 
 # Headers only the gateway sets; removed from every request before any filter runs.
 JWT_PAYLOAD_HEADER = "x-etax-jwt-payload"

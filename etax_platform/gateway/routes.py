@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from etax_platform import topology
 from etax_platform.gateway.settings import GatewaySettings
 from etax_platform.policy import Access, FloodGuard, RpcPolicy
 
@@ -33,8 +34,8 @@ def seconds(value: float) -> str:
 
 
 def cluster_of(service: str) -> str:
-    """etax.auth.v1.InternalAuthService -> auth."""
-    return service.split(".")[1]
+    """etax.auth.v1.InternalAuthService -> auth (its service in the topology)."""
+    return topology.service_of(service)
 
 
 def stream_cluster(policy: RpcPolicy) -> str:

@@ -10,17 +10,21 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.settings import ServiceSettings
 
 
 class AuthSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_AUTH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("auth").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50051, ge=0, le=65535)
-    # The services auth calls (gRPC targets) and the deadline of each call.
-    sms_target: str = "127.0.0.1:50053"
-    face_target: str = "127.0.0.1:50054"
-    binding_target: str = "127.0.0.1:50052"
+    port: int = Field(default=topology.service("auth").port, ge=0, le=65535)
+    # The services auth calls (gRPC targets: host:port, or the replicas' addresses
+    # comma-separated) and the deadline of each call.
+    sms_target: str = topology.default_target("auth", "sms_target")
+    face_target: str = topology.default_target("auth", "face_target")
+    binding_target: str = topology.default_target("auth", "binding_target")
     call_timeout_seconds: float = Field(default=5.0, gt=0)
     # B1: how long a started registration waits for its face and code steps.
     registration_ttl_seconds: int = Field(default=1800, ge=60)

@@ -7,13 +7,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.settings import ServiceSettings
 
 
 class SmsSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_SMS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("sms").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50053, ge=0, le=65535)
+    port: int = Field(default=topology.service("sms").port, ge=0, le=65535)
     # E2: at most `throttle_limit` sends per recipient in a window of `throttle_window_seconds`
     # that starts at the first of them.
     throttle_limit: int = Field(default=5, ge=1)
