@@ -36,6 +36,7 @@ class SmsSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _provider_is_complete(self) -> SmsSettings:
+        self.platform.require_index_key()  # recipients and codes are found by blind index
         if self.provider == "http" and (not self.http_url or self.http_secret is None):
             raise ValueError("the http provider needs ETAX_SMS_HTTP_URL and ETAX_SMS_HTTP_SECRET")
         if self.platform.environment == "production" and (

@@ -54,7 +54,7 @@ CAPTURES = {
     "mismatch": b"mismatch-capture",
 }
 # A QR-login payload (auth) as opposed to a face ticket's (face): the APP tells them apart.
-_QR_LOGIN_PREFIX = "etaxqr1."
+_QR_LOGIN_PREFIX = "etaxqr2."
 
 
 @dataclass(frozen=True)
