@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,14 @@ class GatewaySettings(BaseSettings):
     # Empty: JSON lines on Envoy's stdout; otherwise a file (both listeners).
     access_log: str = ""
     output_dir: Path = REPO_ROOT / "build" / "envoy"
+    # The OpenAPI document and its reference page that `make protos` writes; the public
+    # listener serves them (GET /openapi.json, GET /api/).
+    openapi_dir: Path = REPO_ROOT / "gen" / "openapi"
+    # Web origins whose pages may call the public API from a browser (CORS): exact
+    # origins, comma-separated ("https://etax.example.gov.cn"). Empty: no CORS headers,
+    # and preflights are refused.
+    cors_origins: str = ""
+    cors_max_age_seconds: int = Field(default=600, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _trusted_issuer_has_keys(self) -> GatewaySettings:
@@ -97,6 +106,16 @@ class GatewaySettings(BaseSettings):
     def _addresses(cls, value: str) -> str:
         for address in value.split(","):
             split_address(address)
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _items(value):
+            parts = urlsplit(origin)
+            exact = f"{parts.scheme}://{parts.netloc}"
+            if parts.scheme not in ("http", "https") or not parts.hostname or origin != exact:
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
         return value
 
     @field_validator("trusted_proxies")
@@ -131,6 +150,9 @@ class GatewaySettings(BaseSettings):
 
     def trusted_proxy_cidrs(self) -> list[str]:
         return _items(self.trusted_proxies)
+
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
 
 
 def _items(value: str) -> list[str]:

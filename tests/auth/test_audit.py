@@ -34,7 +34,7 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
         auth_pb2.RefreshSessionRequest(refresh_token=session.refresh_token), timeout=10
     ).session
     platform.auth.SwitchIdentity(
-        auth_pb2.SwitchIdentityRequest(target=binding_pb2.Target(entry=1)),
+        auth_pb2.SwitchIdentityRequest(identity=binding_pb2.Identity(entry=1)),
         metadata=bearer(refreshed),
         timeout=10,
     )

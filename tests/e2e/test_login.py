@@ -328,20 +328,20 @@ def test_q14_qr_login_takes_the_business_the_app_is_logged_in_to(bureau: Bureau)
 
 def test_q21_several_phones_and_any_of_them_logs_in(bureau: Bureau) -> None:
     """Q21, C3: a person may hold several phones, added in the account center; default or
-    not, each one logs in; step two goes to the default."""
+    not, each one logs in; step two goes to the default, the phone verified last."""
     person = bureau.register(Person("韩多号"))
     session = bureau.login_by_face(person)
     second = new_phone()
     added = bureau.add_phone(session, second)["phone"]
-    assert added["is_default"] is False
+    assert added["is_default"] is True
     phones = {p["masked_number"]: p for p in bureau.profile(session)["phones"]}
     assert set(phones) == {masked(person.phone), masked(second)}
-    assert phones[masked(person.phone)]["is_default"] is True
+    assert phones[masked(person.phone)]["is_default"] is False
 
     for account in (person.phone, second):
         started = bureau.start_login(person, account=account)
-        assert started["masked_phone"] == masked(person.phone)
-        assert bureau.login(person, account=account).person_id == person.person_id
+        assert started["masked_phone"] == masked(second)
+        assert bureau.login(person, account=account, phone=second).person_id == person.person_id
 
     assert bureau.web.call(
         "AccountService.SetDefaultPhone", {"phone_id": added["phone_id"]}, token=session.token
