@@ -173,6 +173,22 @@ def _upstream_cluster(
         # No panic routing: an unhealthy service answers UNAVAILABLE at once, and with
         # replicas only the healthy ones get traffic.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # A replica that refuses connections (killed, restarting) leaves the rotation at
+        # its first refusal, not at its next failed health check; a passing health check
+        # brings it back. Answers (gRPC errors included) never eject a replica.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
+            "interval": "1s",
+            "base_ejection_time": "2s",
+            "max_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        },
         "circuit_breakers": {
             "thresholds": [
                 {
