@@ -30,7 +30,8 @@ from tests.harness.gateway import RunningGateway, gateway_certificates, running_
 from tests.harness.processes import ServiceProcess
 from tests.harness.servers import PgBouncer, PostgresServer, free_port
 
-pytestmark = pytest.mark.slow
+# Eight service processes and two Envoys start on a machine that may be busy.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 REPLICAS = 2
 THREADS = 4
 UNAVAILABLE = 14
@@ -110,7 +111,7 @@ def national(
                 replicas[name].append(process)
         for started in replicas.values():
             for process in started:
-                process.wait_serving(timeout=60)
+                process.wait_serving(timeout=120)
         upstreams = {name: ",".join(found) for name, found in addresses.items()}
         gateways = {
             province: stack.enter_context(
