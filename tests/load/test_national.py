@@ -240,6 +240,7 @@ def test_a3_registered_in_one_province_logs_in_at_another_while_an_auth_replica_
         beijing.close()
 
     failures = [a for a in attempts if not a.ok]
+    print(f"national: {len(attempts)} logins, {len(failures)} failed in flight: {failures}")
     # Only calls in flight on the killed replica may fail (at most one per thread), as
     # UNAVAILABLE; every call that started after the kill succeeded.
     assert len(failures) <= THREADS, failures
