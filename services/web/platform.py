@@ -39,6 +39,7 @@ from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 from google.protobuf.message import Message
 
+from etax_platform.clients import open_channel
 from etax_platform.clock import from_timestamp, optional_instant
 from etax_platform.errors import MEANINGS, Reason, from_rpc_error
 
@@ -55,7 +56,7 @@ CAPTURES = {
     "mismatch": b"mismatch-capture",
 }
 # A QR-login payload (auth) as opposed to a face ticket's (face): the APP tells them apart.
-_QR_LOGIN_PREFIX = "etaxqr1."
+_QR_LOGIN_PREFIX = "etaxqr2."
 
 
 @dataclass(frozen=True)
@@ -527,7 +528,8 @@ class Platform:
             self._outbox = sms_pb2_grpc.SmsOutboxServiceStub(self._open(self.outbox_target))
 
     def _open(self, target: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(target, options=[("grpc.keepalive_time_ms", 30_000)])
+        # Replicas (a comma-separated list) are balanced round robin, as between services.
+        channel = open_channel(target)
         self._channels.append(channel)
         return channel
 
