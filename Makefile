@@ -16,10 +16,11 @@ GHZ := $(GHZ_BIN)/ghz
 OPENAPIV2_VERSION := v2.33.0
 OPENAPIV2_STAMP := $(GOBIN)/.protoc-gen-openapiv2-$(OPENAPIV2_VERSION)
 
-.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench bench-size fuzz
+.PHONY: help run run-shared test lint protos system-deps clean format tools certs envoy-validate load bench bench-size fuzz
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
+	@echo "make run-shared - shared Redis and PostgreSQL (var/shared), REPLICAS= per service (default: one per core), gateways for PROVINCES= (37,11)"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL; browser tests in headless chromium)"
 	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config, the OpenAPI check"
 	@echo "make protos  - generate Python code, the descriptor set and the OpenAPI document (only when protos changed)"
@@ -52,6 +53,10 @@ system-deps:
 
 run: protos certs
 	$(PY) -m etax_platform.launch
+
+# The shared-store configuration the replica tests run (README, "Replicas and provinces").
+run-shared: protos certs system-deps
+	$(PY) -m etax_platform.launch --shared $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(PROVINCES),--provinces $(PROVINCES))
 
 test: protos system-deps certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m pytest $(PYTEST_ARGS)

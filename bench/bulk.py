@@ -40,9 +40,11 @@ from bench.dataset import (
 )
 from etax_platform.clock import CST, to_millis
 from etax_platform.documents import Document, DocumentType
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import Keyring, PersonalData
 from services.auth.sessions import encode_identity
 from services.binding.domain import HANDLER, LEGAL_REPRESENTATIVE, PENDING, Origin
+from services.binding.service import INDEX_PURPOSE, document_message
 
 CHUNK = 20_000  # persons per COPY batch (a multiple of GROUP_SIZE)
 _TOKEN_SEED = b"etax-bench-refresh-tokens"
@@ -151,11 +153,14 @@ def _chunks(start: int, stop: int) -> Iterator[range]:
 
 
 class BulkLoader:
-    """Loads persons [start, stop) into a running platform's databases."""
+    """Loads persons [start, stop) into a running platform's databases: auth's rows under
+    the platform's PII keys, binding's indexes under binding's own keyring."""
 
-    def __init__(self, databases: Databases, keyring: Keyring) -> None:
+    def __init__(self, databases: Databases, keyring: Keyring, binding_keys: HmacKeyring) -> None:
         self._databases = databases
         self._pd = PersonalData(keyring)
+        self._binding_keys = binding_keys
+        self._key_id = binding_keys.active_id
         self._hash = legacy_password_hash()
         self._now = datetime.now(CST)
         self._identity = encode_identity(binding_pb2.Identity(entry=types_pb2.ENTRY_NATURAL_PERSON))
@@ -171,9 +176,14 @@ class BulkLoader:
                 documents = [
                     Document(DocumentType.RESIDENT_IDENTITY_CARD, resident_id(i)) for i in persons
                 ]
-                indexes = [d.blind_index(self._pd) for d in documents]
-                self._auth_rows(auth, persons, documents, indexes)
-                self._binding_rows(binding, persons, documents, indexes)
+                self._auth_rows(
+                    auth, persons, documents, [d.blind_index(self._pd) for d in documents]
+                )
+                bound = [
+                    self._binding_keys.digest(self._key_id, INDEX_PURPOSE, document_message(d))
+                    for d in documents
+                ]
+                self._binding_rows(binding, persons, documents, bound)
                 auth.commit()
                 binding.commit()
                 log(f"bulk: persons {persons.start:,}..{persons.stop - 1:,} loaded")
@@ -278,8 +288,11 @@ class BulkLoader:
         _copy(
             connection,
             "person_documents",
-            ("person_id", "document_index", "created_at"),
-            ((person_id(i), index, now_ms) for i, index in zip(persons, indexes, strict=True)),
+            ("person_id", "document_index", "index_key_id", "created_at"),
+            (
+                (person_id(i), index, self._key_id, now_ms)
+                for i, index in zip(persons, indexes, strict=True)
+            ),
         )
         relation_ids = {g: uuid.uuid4().hex for g in groups}
         agreement_ids = {g: uuid.uuid4().hex for g in groups}
@@ -323,6 +336,7 @@ class BulkLoader:
                 "state",
                 "origin",
                 "document_index",
+                "index_key_id",
                 "document_type",
                 "document_number_encrypted",
                 "person_name_encrypted",
@@ -337,6 +351,7 @@ class BulkLoader:
                     PENDING,
                     Origin.REGISTRATION.value,
                     first[g][1],
+                    self._key_id,
                     int(first[g][0].type),
                     self._pd.encrypt(first[g][0].number, "binding.relations.document_number"),
                     self._pd.encrypt(name(g * GROUP_SIZE), "binding.relations.person_name"),
@@ -355,8 +370,8 @@ class BulkLoader:
         _copy(
             connection,
             "agency_agents",
-            ("agency_code", "document_index"),
-            ((agency_code(group_of(i)), x) for i, (_d, x) in local.items()),
+            ("agency_code", "document_index", "index_key_id"),
+            ((agency_code(group_of(i)), x, self._key_id) for i, (_d, x) in local.items()),
         )
         _copy(
             connection,
@@ -386,8 +401,8 @@ class BulkLoader:
         _copy(
             connection,
             "agreement_agents",
-            ("agreement_id", "document_index"),
-            ((agreement_ids[group_of(i)], x) for i, (_d, x) in local.items()),
+            ("agreement_id", "document_index", "index_key_id"),
+            ((agreement_ids[group_of(i)], x, self._key_id) for i, (_d, x) in local.items()),
         )
         _copy(
             connection,
@@ -419,6 +434,9 @@ class BulkLoader:
         _copy(
             connection,
             "project_people",
-            ("project_number", "role", "document_index"),
-            ((project_number(group_of(i)), HANDLER, x) for i, (_d, x) in local.items()),
+            ("project_number", "role", "document_index", "index_key_id"),
+            (
+                (project_number(group_of(i)), HANDLER, x, self._key_id)
+                for i, (_d, x) in local.items()
+            ),
         )

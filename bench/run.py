@@ -62,6 +62,7 @@ from bench.platform import (
     pin,
     running_platform,
 )
+from etax_platform import topology
 from etax_platform.clock import CST
 from etax_platform.settings import REPO_ROOT
 
@@ -784,12 +785,12 @@ def profiled_replica(
         port = sock.getsockname()[1]
     log = (workdir / f"profiled-{service}.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - our modules
-        [sys.executable, "-m", "bench.profiled", f"services.{service}", str(out)],
+        [sys.executable, "-m", "bench.profiled", topology.service(service).module, str(out)],
         cwd=REPO_ROOT,
         env={
             **os.environ,
             **platform.env,
-            f"ETAX_{service.upper()}_PORT": str(port),
+            topology.service(service).port_variable: str(port),
             "PYTHONPATH": str(REPO_ROOT),
         },
         stdout=log,

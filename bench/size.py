@@ -41,6 +41,7 @@ from bench.dataset import (
 from bench.platform import ALL_CPUS, OTHER_CPUS, Platform, running_platform
 from bench.run import BENCH, GHZ, UNLIMITED, Bench, machine
 from etax_platform.clock import CST
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import Keyring
 
 SMALL = 10_000
@@ -286,6 +287,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bulk.Databases.of(env),
             Keyring.parse(
                 env["ETAX_PII_KEYS"], env["ETAX_PII_ACTIVE_KEY_ID"], env["ETAX_PII_INDEX_KEY"]
+            ),
+            HmacKeyring.parse(
+                env["ETAX_BINDING_INDEX_KEYS"], env["ETAX_BINDING_INDEX_ACTIVE_KEY_ID"]
             ),
         )
         timings: dict[str, float] = {}

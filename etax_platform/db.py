@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -156,22 +156,35 @@ class Statement:
         construct: Executable | None = None,
         *,
         postgresql: str | None = None,
+        build: Callable[[str], Executable] | None = None,
         writes: bool = False,
     ) -> None:
-        if construct is None and postgresql is None:
+        if construct is None and postgresql is None and build is None:
             raise ValueError("a statement needs a construct or its PostgreSQL text")
-        self.construct = construct
+        self._construct = construct
+        self._build = build
         self.writes = writes
         self._postgresql = postgresql
         self._compiled: tuple[str, dict[str, Any]] | None = None
+        self._built: dict[str, Executable] = {}
+
+    def construct_for(self, dialect_name: str) -> Executable | None:
+        """The construct for a dialect: `build(dialect_name)` (made once) where a clause
+        differs by database (PostgreSQL's `= ANY(array)` for SQLite's expanding IN)."""
+        if self._build is None:
+            return self._construct
+        if dialect_name not in self._built:
+            self._built[dialect_name] = self._build(dialect_name)
+        return self._built[dialect_name]
 
     def for_psycopg(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
         """The SQL text and the parameters the construct fixes (compiled once)."""
         if self._postgresql is not None:
             return self._postgresql, {}
         if self._compiled is None:
-            assert self.construct is not None
-            compiled = self.construct.compile(dialect=dialect)  # type: ignore[attr-defined]
+            construct = self.construct_for(dialect.name)
+            assert construct is not None
+            compiled = construct.compile(dialect=dialect)  # type: ignore[attr-defined]
             self._compiled = (str(compiled), dict(compiled.params))
         return self._compiled
 
@@ -232,11 +245,12 @@ class Database:
         (PgBouncer before 1.21). SQLite: through SQLAlchemy, in a writing transaction if
         the statement writes."""
         if self.engine.dialect.name != "postgresql":
-            if statement.construct is None:
+            construct = statement.construct_for(self.engine.dialect.name)
+            if construct is None:
                 raise RuntimeError("this statement runs on PostgreSQL only")
             unit = self.transaction() if statement.writes else self.reading()
             with unit as connection:
-                result = connection.execute(statement.construct, dict(params))
+                result = connection.execute(construct, dict(params))
                 return [tuple(row) for row in result] if result.returns_rows else []
         sql, fixed = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()

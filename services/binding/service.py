@@ -5,6 +5,11 @@ Persons appear in two ways. Relations, report persons and agents are keyed by th
 blind index of a document (the person need not be registered, F1(b), A2); a caller is a
 person_id (from a token or from auth). Auth tells binding a person's document once, and
 binding keeps person_id <-> document index in its own table (`person_documents`).
+
+The blind index is binding's own (ETAX_BINDING_INDEX_KEYS), never auth's: new rows use the
+active key and store its id; a person's rows are looked up under every key the keyring
+still holds, so a rotation needs no downtime (`services.binding.reindex` then moves the
+rows to the active key).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from etax_platform.clock import Clock, from_timestamp, to_millis, to_timestamp
 from etax_platform.db import Database
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import PersonalData
 from etax_platform.revocation import Revocations
 from services.binding import domain
@@ -44,12 +50,16 @@ from services.binding.domain import (
     RelationFacts,
     Target,
 )
-from services.binding.storage import BindingStore
+from services.binding.storage import BindingStore, Indexes
 
 log = logging.getLogger("etax.binding")
 
 _REMEMBER_AT_MOST = 100_000
 _SEARCH_LIMIT = 50
+# HMAC purpose of a document's blind index: with the platform's old PII index key as a key
+# of binding's keyring, the digest is the index binding stored before it had keys of its
+# own (etax_platform.documents.document_blind_index).
+INDEX_PURPOSE = "document"
 
 
 class Auth:
@@ -111,43 +121,61 @@ class Auth:
         )
 
 
-class PersonDirectory:
-    """person_id <-> document index, learnt from auth and kept in `person_documents`."""
+def document_message(document: Document) -> str:
+    """What a document's blind index is the MAC of (the type and the normalised number)."""
+    return f"{int(document.type)}:{document.number}"
 
-    def __init__(
-        self, store: BindingStore, personal_data: PersonalData, clock: Clock, auth: Auth
-    ) -> None:
+
+class PersonDirectory:
+    """Documents' blind indexes under binding's keyring, and person_id <-> document index,
+    learnt from auth and kept in `person_documents` (under the active key)."""
+
+    def __init__(self, store: BindingStore, keyring: HmacKeyring, clock: Clock, auth: Auth):
         self._store = store
-        self._personal_data = personal_data
+        self._keyring = keyring
         self._clock = clock
         self._auth = auth
-        self._indexes: dict[str, str] = {}
+        self._indexes: dict[str, Indexes] = {}
 
     def index_of_document(self, document: Document) -> str:
-        """The document's blind index, as auth computes it."""
-        return document.blind_index(self._personal_data)
+        """The document's index under the active key: what a new row stores."""
+        return self._keyring.digest(
+            self._keyring.active_id, INDEX_PURPOSE, document_message(document)
+        )
 
-    def index_of(self, person_id: str) -> str:
-        """The person's document index; auth is asked only the first time, the database
-        only once per process (a person's document never changes)."""
+    def indexes_of_document(self, document: Document) -> Indexes:
+        """The document's index under every key held, the active key's first."""
+        return tuple(self._keyring.digests(INDEX_PURPOSE, document_message(document)).values())
+
+    def indexes_of(self, person_id: str) -> Indexes:
+        """The person's document indexes; auth is asked only the first time (and once more
+        after a rotation), the database once per process (a document never changes)."""
         cached = self._indexes.get(person_id)
         if cached is not None:
             return cached
-        index = self._index_of(person_id)
+        indexes = self._indexes_of(person_id)
         if len(self._indexes) >= _REMEMBER_AT_MOST:
             self._indexes.clear()
-        self._indexes[person_id] = index
-        return index
+        self._indexes[person_id] = indexes
+        return indexes
 
-    def _index_of(self, person_id: str) -> str:
-        known = self._store.document_index_of(person_id)
-        if known is not None:
-            return known
-        return self.remember(person_id, self._auth.person(person_id).document)
+    def _indexes_of(self, person_id: str) -> Indexes:
+        # With one key, the stored index is all there is to know. With older keys still
+        # held, their indexes need the document itself: auth has it.
+        if len(self._keyring.keys) == 1:
+            known = self._store.document_index_of(person_id)
+            if known is not None and known[1] == self._keyring.active_id:
+                return (known[0],)
+        document = self._auth.person(person_id).document
+        self.remember(person_id, document)
+        return self.indexes_of_document(document)
 
     def remember(self, person_id: str, document: Document) -> str:
+        """Keeps person_id <-> the document's active index; returns that index. During a
+        rotation (older keys held) the person's rows move to the active key as well."""
         index = self.index_of_document(document)
-        self._store.remember_person(person_id, index, to_millis(self._clock.now()))
+        older = self.indexes_of_document(document)[1:]
+        self._store.remember_person(person_id, index, older, to_millis(self._clock.now()))
         return index
 
     def learn_if_registered(self, document: Document) -> None:
@@ -163,10 +191,17 @@ class PersonDirectory:
 
 
 class BindingService:
-    def __init__(self, db: Database, personal_data: PersonalData, clock: Clock, auth: Auth):
-        self._store = BindingStore(db, personal_data)
+    def __init__(
+        self,
+        db: Database,
+        personal_data: PersonalData,
+        index_keys: HmacKeyring,
+        clock: Clock,
+        auth: Auth,
+    ):
+        self._store = BindingStore(db, personal_data, index_keys.active_id)
         self._clock = clock
-        self._directory = PersonDirectory(self._store, personal_data, clock, auth)
+        self._directory = PersonDirectory(self._store, index_keys, clock, auth)
         self._auth = auth
 
     # --- enterprises and their people (A2, F2) ------------------------------------------
@@ -187,7 +222,7 @@ class BindingService:
             (
                 role,
                 person,
-                None if person is None else self._directory.index_of_document(person.document),
+                () if person is None else self._directory.indexes_of_document(person.document),
             )
             for role, person in (
                 (domain.LEGAL_REPRESENTATIVE, legal_representative),
@@ -202,13 +237,13 @@ class BindingService:
         """F1(a): the person applies; the legal representative or financial officer
         confirms."""
         applicant = self._auth.person(person_id)
-        index = self._directory.remember(person_id, applicant.document)
+        self._directory.remember(person_id, applicant.document)
         return self._store.new_relation(
             enterprise_code=enterprise_code,
             role=role,
             origin=Origin.APPLICATION,
             person=applicant,
-            index=index,
+            indexes=self._directory.indexes_of_document(applicant.document),
             valid_until=None,
             created_by=person_id,
             now=self._clock.now(),
@@ -226,19 +261,19 @@ class BindingService:
         or not, who then confirms."""
         now = self._clock.now()
         domain.ensure_future(valid_until, now, "valid_until")
-        actor_index = self._directory.index_of(person_id)
-        index = self._directory.index_of_document(person.document)
+        actor = self._directory.indexes_of(person_id)
+        indexes = self._directory.indexes_of_document(person.document)
         self._directory.learn_if_registered(person.document)
         return self._store.new_relation(
             enterprise_code=enterprise_code,
             role=role,
             origin=Origin.ADDED,
             person=person,
-            index=index,
+            indexes=indexes,
             valid_until=valid_until,
             created_by=person_id,
             now=now,
-            manager_index=actor_index,
+            manager=actor,
         )
 
     def confirm_relation(self, person_id: str, relation_id: str) -> Relation:
@@ -269,7 +304,7 @@ class BindingService:
     ) -> Relation:
         return self._store.change_relation(
             relation_id=relation_id,
-            actor_index=self._directory.index_of(person_id),
+            actor=self._directory.indexes_of(person_id),
             ensure_allowed=ensure_allowed,
             from_state=from_state,
             to_state=to_state,
@@ -279,17 +314,15 @@ class BindingService:
 
     def pending_confirmations(self, person_id: str) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""
-        index = self._directory.index_of(person_id)
-        return self._store.pending_confirmations(index, self._clock.now())
+        indexes = self._directory.indexes_of(person_id)
+        return self._store.pending_confirmations(indexes, self._clock.now())
 
     def enterprise_relations(
         self, person_id: str, enterprise_code: str, states: Collection[RelationState]
     ) -> list[Relation]:
         """The enterprise's people and applications, for its LR and FO only (F1)."""
-        actor_index = self._directory.index_of(person_id)
-        return self._store.enterprise_relations(
-            actor_index, enterprise_code, states, self._clock.now()
-        )
+        actor = self._directory.indexes_of(person_id)
+        return self._store.enterprise_relations(actor, enterprise_code, states, self._clock.now())
 
     # --- cross-region projects (D5, F5) -------------------------------------------------
 
@@ -326,9 +359,9 @@ class BindingService:
 
     def related_projects(self, person_id: str, province: str) -> list[Project]:
         """D5 "switch tax authority": the projects in the province the person may act for."""
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
-        return [a.project for a in self._store.subject_access(index, now_ms, province)]
+        return [a.project for a in self._store.subject_access(indexes, now_ms, province)]
 
     # --- tax agents (F4) ----------------------------------------------------------------
 
@@ -365,25 +398,25 @@ class BindingService:
         """May the person act as the target, and as what? RELATION_NOT_FOUND otherwise."""
         if target.entry == Entry.ENTRY_NATURAL_PERSON:
             return Identity(Entry.ENTRY_NATURAL_PERSON)
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
         if target.entry == Entry.ENTRY_AGENT:
-            clients = self._store.agent_clients(index, now_ms, target.agency_code)
+            clients = self._store.agent_clients(indexes, now_ms, target.agency_code)
             return domain.agent_identity(clients, target)
         if target.entry == Entry.ENTRY_ENTERPRISE and not target.subject_number:
-            found = self._store.enterprise_access(index, now_ms, target.enterprise_code)
+            found = self._store.enterprise_access(indexes, now_ms, target.enterprise_code)
             if found is None:
                 raise domain.relation_not_found()
             return domain.enterprise_identity(*found)
-        accesses = self._store.subject_access(index, now_ms, target.province)
+        accesses = self._store.subject_access(indexes, now_ms, target.province)
         return domain.subject_identity(accesses, target)
 
     def identities(self, person_id: str, province: str) -> list[Identity]:
         """Everything the person may act as (F3, F4, F5): the natural person first, then
         enterprises with their role, cross-region projects in the province (all provinces if
         empty), agent clients."""
-        index = self._directory.index_of(person_id)
-        access = self._store.identities(index, to_millis(self._clock.now()), province)
+        indexes = self._directory.indexes_of(person_id)
+        access = self._store.identities(indexes, to_millis(self._clock.now()), province)
         found = [Identity(Entry.ENTRY_NATURAL_PERSON)]
         found += [domain.enterprise_identity(e, access.roles[e.code]) for e in access.enterprises]
         found += [project.listed_identity() for project in access.projects]

@@ -5,6 +5,11 @@ Races are decided by the database: the unique live-relation index decides concur
 relations (F1), a row lock on the enterprise queues concurrent registrations (A2), and
 conditional UPDATEs decide concurrent state changes.
 
+A person is found by their document's blind indexes, one per key of binding's keyring
+(`Indexes`, the active key's first): new rows store the active one and its key id, reads
+match any (a rotation needs no downtime; `move_rows` moves a person's rows to the active
+key).
+
 The hot reads (login's CheckAccess, ListMyIdentities) are one prebuilt statement each
 (`Database.run`: prepared, straight on the driver on PostgreSQL): the person's active
 relations, report roles, related projects and agent clients come back as rows of one
@@ -13,8 +18,9 @@ UNION, tagged by part, in the order the answer lists them.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +39,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    any_,
     bindparam,
     delete,
     literal_column,
@@ -44,6 +51,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.expression import Executable
 
 from etax_platform.clock import from_millis, to_millis
 from etax_platform.db import Database, Statement, dialect_insert
@@ -79,6 +89,10 @@ from services.binding.models import (
     relations,
 )
 
+log = logging.getLogger("etax.binding")
+
+# A person's indexes, one per key still held: the active key's first (what new rows use).
+Indexes = tuple[str, ...]
 # Encryption contexts: a ciphertext only decrypts in the column it was written for.
 _DOCUMENT_NUMBER = "binding.relations.document_number"
 _PERSON_NAME = "binding.relations.person_name"
@@ -131,13 +145,7 @@ def _constant(value: int) -> ColumnElement[Any]:
 
 # --- the hot statements (built once) --------------------------------------------------------
 
-_INDEX: BindParameter[str] = bindparam("index")
 _NOW_MS: BindParameter[int] = bindparam("now_ms")
-_ACTIVE_NOW = and_(
-    relations.c.document_index == _INDEX,
-    relations.c.state == _constant(ACTIVE),
-    or_(relations.c.valid_until.is_(None), relations.c.valid_until > _NOW_MS),
-)
 # Parts of the access rows, in the order an answer lists them.
 ROLE, REPORT_ROLE, PROJECT, AGENT_CLIENT = 1, 2, 3, 4
 _ACCESS_COLUMNS = {
@@ -165,169 +173,217 @@ def _columns(*values: Any) -> list[Any]:
     ]
 
 
-_ROLES_PART = (
-    select(
-        *_columns(
-            _constant(ROLE),
-            enterprises.c.code,
-            enterprises.c.name,
-            enterprises.c.tax_authority_code,
-            enterprises.c.tax_authority_name,
-            enterprises.c.province,
-            relations.c.role,
-            None,
-            None,
-            None,
-            None,
-            None,
+class _Parts:
+    """The access statements' parts for one dialect: the person's indexes are one array
+    parameter on PostgreSQL (`= ANY`, one prepared statement whatever their number), an
+    expanding IN on SQLite."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+
+    def of_person(self, column: Any) -> ColumnElement[bool]:
+        if self.dialect == "postgresql":
+            return column == any_(bindparam("indexes", type_=ARRAY(String)))  # type: ignore[no-any-return]
+        return column.in_(bindparam("indexes", expanding=True))  # type: ignore[no-any-return]
+
+    def active_now(self) -> ColumnElement[bool]:
+        return and_(
+            self.of_person(relations.c.document_index),
+            relations.c.state == _constant(ACTIVE),
+            or_(relations.c.valid_until.is_(None), relations.c.valid_until > _NOW_MS),
         )
-    )
-    .select_from(relations.join(enterprises, enterprises.c.code == relations.c.enterprise_code))
-    .where(_ACTIVE_NOW)
-)
-_REPORT_ROLES_PART = select(
-    *_columns(
-        _constant(REPORT_ROLE),
-        project_people.c.project_number,
-        None,
-        None,
-        None,
-        None,
-        project_people.c.role,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
-).where(project_people.c.document_index == _INDEX)
 
+    def roles(self) -> Select[Any]:
+        return (
+            select(
+                *_columns(
+                    _constant(ROLE),
+                    enterprises.c.code,
+                    enterprises.c.name,
+                    enterprises.c.tax_authority_code,
+                    enterprises.c.tax_authority_name,
+                    enterprises.c.province,
+                    relations.c.role,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
+            .select_from(
+                relations.join(enterprises, enterprises.c.code == relations.c.enterprise_code)
+            )
+            .where(self.active_now())
+        )
 
-def _projects_part(in_province: bool) -> Select[Any]:
-    """D5: projects of an enterprise the person holds a project role at, or whose report
-    names them (in the province, if given)."""
-    through_role = select(relations.c.enterprise_code).where(
-        _ACTIVE_NOW, relations.c.role.in_([_constant(r) for r in sorted(domain.PROJECT_ROLES)])
-    )
-    named = select(project_people.c.project_number).where(project_people.c.document_index == _INDEX)
-    part = (
-        select(
+    def report_roles(self) -> Select[Any]:
+        return select(
             *_columns(
-                _constant(PROJECT),
-                projects.c.project_number,
+                _constant(REPORT_ROLE),
+                project_people.c.project_number,
                 None,
-                projects.c.tax_authority_code,
-                projects.c.tax_authority_name,
-                projects.c.province,
                 None,
-                projects.c.subject_type,
-                projects.c.enterprise_code,
-                enterprises.c.name,
-                enterprises.c.province,
+                None,
+                None,
+                project_people.c.role,
+                None,
+                None,
+                None,
+                None,
                 None,
             )
-        )
-        .select_from(projects.join(enterprises, enterprises.c.code == projects.c.enterprise_code))
-        .where(
-            or_(projects.c.enterprise_code.in_(through_role), projects.c.project_number.in_(named))
-        )
-    )
-    return part.where(projects.c.province == bindparam("province")) if in_province else part
+        ).where(self.of_person(project_people.c.document_index))
 
+    def projects(self, in_province: bool) -> Select[Any]:
+        """D5: projects of an enterprise the person holds a project role at, or whose
+        report names them (in the province, if given)."""
+        through_role = select(relations.c.enterprise_code).where(
+            self.active_now(),
+            relations.c.role.in_([_constant(r) for r in sorted(domain.PROJECT_ROLES)]),
+        )
+        named = select(project_people.c.project_number).where(
+            self.of_person(project_people.c.document_index)
+        )
+        part = (
+            select(
+                *_columns(
+                    _constant(PROJECT),
+                    projects.c.project_number,
+                    None,
+                    projects.c.tax_authority_code,
+                    projects.c.tax_authority_name,
+                    projects.c.province,
+                    None,
+                    projects.c.subject_type,
+                    projects.c.enterprise_code,
+                    enterprises.c.name,
+                    enterprises.c.province,
+                    None,
+                )
+            )
+            .select_from(
+                projects.join(enterprises, enterprises.c.code == projects.c.enterprise_code)
+            )
+            .where(
+                or_(
+                    projects.c.enterprise_code.in_(through_role),
+                    projects.c.project_number.in_(named),
+                )
+            )
+        )
+        return part.where(projects.c.province == bindparam("province")) if in_province else part
 
-def _agent_clients_part(of_agency: bool) -> Select[Any]:
-    """F4: clients whose agreement names the person and is in force now, of agencies
-    whose basic-information form lists the person (code: the agency)."""
-    part = (
-        select(
-            *_columns(
-                _constant(AGENT_CLIENT),
-                agreements.c.agency_code,
+    def agent_clients(self, of_agency: bool) -> Select[Any]:
+        """F4: clients whose agreement names the person and is in force now, of agencies
+        whose basic-information form lists the person (code: the agency). Both forms name
+        the person, possibly under different keys during a rotation."""
+        part = (
+            select(
+                *_columns(
+                    _constant(AGENT_CLIENT),
+                    agreements.c.agency_code,
+                    enterprises.c.name,
+                    enterprises.c.tax_authority_code,
+                    enterprises.c.tax_authority_name,
+                    enterprises.c.province,
+                    None,
+                    None,
+                    enterprises.c.code,
+                    None,
+                    None,
+                    agreements.c.client_code,
+                )
+            )
+            .select_from(
+                agreements.join(
+                    agreement_agents,
+                    agreement_agents.c.agreement_id == agreements.c.agreement_id,
+                )
+                .join(
+                    agency_agents,
+                    and_(
+                        agency_agents.c.agency_code == agreements.c.agency_code,
+                        self.of_person(agency_agents.c.document_index),
+                    ),
+                )
+                .outerjoin(enterprises, enterprises.c.code == agreements.c.client_code)
+            )
+            .where(
+                self.of_person(agreement_agents.c.document_index),
+                agreements.c.valid_from <= _NOW_MS,
+                agreements.c.valid_until > _NOW_MS,
+            )
+            .distinct()
+        )
+        if of_agency:
+            return part.where(agreements.c.agency_code == bindparam("agency_code"))
+        return part
+
+    def enterprise(self) -> Select[Any]:
+        return (
+            select(
+                enterprises.c.code,
                 enterprises.c.name,
                 enterprises.c.tax_authority_code,
                 enterprises.c.tax_authority_name,
                 enterprises.c.province,
-                None,
-                None,
-                enterprises.c.code,
-                None,
-                None,
-                agreements.c.client_code,
+                relations.c.role,
             )
-        )
-        .select_from(
-            agreements.join(
-                agreement_agents,
-                agreement_agents.c.agreement_id == agreements.c.agreement_id,
+            .select_from(
+                enterprises.outerjoin(
+                    relations,
+                    and_(relations.c.enterprise_code == enterprises.c.code, self.active_now()),
+                )
             )
-            .join(
-                agency_agents,
-                and_(
-                    agency_agents.c.agency_code == agreements.c.agency_code,
-                    agency_agents.c.document_index == agreement_agents.c.document_index,
-                ),
-            )
-            .outerjoin(enterprises, enterprises.c.code == agreements.c.client_code)
+            .where(enterprises.c.code == bindparam("code"))
         )
-        .where(
-            agreement_agents.c.document_index == _INDEX,
-            agreements.c.valid_from <= _NOW_MS,
-            agreements.c.valid_until > _NOW_MS,
-        )
-    )
-    if of_agency:
-        return part.where(agreements.c.agency_code == bindparam("agency_code"))
-    return part
 
 
-def _access_statement(*parts: Select[Any]) -> Statement:
-    union = union_all(*parts).subquery("access")
-    return Statement(
-        select(*(union.c[name] for name in _ACCESS_COLUMNS)).order_by(
+def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> Statement:
+    def build(dialect: str) -> Executable:
+        union = union_all(*parts(_Parts(dialect))).subquery("access")
+        return select(*(union.c[name] for name in _ACCESS_COLUMNS)).order_by(
             union.c.part, union.c.code, union.c.client_code
         )
-    )
+
+    return Statement(build=build)
+
+
+def _everything(in_province: bool) -> Callable[[_Parts], Sequence[Select[Any]]]:
+    def parts(p: _Parts) -> Sequence[Select[Any]]:
+        return (p.roles(), p.report_roles(), p.projects(in_province), p.agent_clients(False))
+
+    return parts
+
+
+def _subjects(in_province: bool) -> Callable[[_Parts], Sequence[Select[Any]]]:
+    def parts(p: _Parts) -> Sequence[Select[Any]]:
+        return (p.roles(), p.report_roles(), p.projects(in_province))
+
+    return parts
 
 
 # ListMyIdentities: everything, in one statement (with or without a province).
 _IDENTITIES = {
-    in_province: _access_statement(
-        _ROLES_PART, _REPORT_ROLES_PART, _projects_part(in_province), _agent_clients_part(False)
-    )
-    for in_province in (False, True)
+    in_province: _access_statement(_everything(in_province)) for in_province in (False, True)
 }
 # CheckAccess, one statement per entry: a specific subject (or an enterprise's project),
 # an agency's clients, an enterprise with the person's roles at it.
 _SUBJECT_ACCESS = {
-    in_province: _access_statement(_ROLES_PART, _REPORT_ROLES_PART, _projects_part(in_province))
-    for in_province in (False, True)
+    in_province: _access_statement(_subjects(in_province)) for in_province in (False, True)
 }
-_AGENT_ACCESS = _access_statement(_agent_clients_part(True))
-_ENTERPRISE_ACCESS = Statement(
-    select(
-        enterprises.c.code,
-        enterprises.c.name,
-        enterprises.c.tax_authority_code,
-        enterprises.c.tax_authority_name,
-        enterprises.c.province,
-        relations.c.role,
-    )
-    .select_from(
-        enterprises.outerjoin(
-            relations, and_(relations.c.enterprise_code == enterprises.c.code, _ACTIVE_NOW)
-        )
-    )
-    .where(enterprises.c.code == bindparam("code"))
-)
+_AGENT_ACCESS = _access_statement(lambda p: (p.agent_clients(True),))
+_ENTERPRISE_ACCESS = Statement(build=lambda dialect: _Parts(dialect).enterprise())
 _DOCUMENT_INDEX_OF = Statement(
-    select(person_documents.c.document_index).where(
+    select(person_documents.c.document_index, person_documents.c.index_key_id).where(
         person_documents.c.person_id == bindparam("person_id")
     )
 )
 
 # Statements of the other use cases (built once as well).
 _ACTIVE_ROLES_IN = select(relations.c.role).where(
-    relations.c.document_index == bindparam("index"),
+    relations.c.document_index.in_(bindparam("indexes", expanding=True)),
     _in_state(ACTIVE, bindparam("now_ms")),
     relations.c.enterprise_code == bindparam("enterprise_code"),
 )
@@ -424,53 +480,137 @@ def _access(rows: Iterable[tuple[Any, ...]]) -> Access:
     return Access(held, list(enterprises_.values()), accesses, clients)
 
 
+# The tables that name persons by blind index, besides person_documents.
+_LINK_TABLES = (project_people, agency_agents, agreement_agents)
+
+
+def move_rows(session: Connection, older: Sequence[str], active: str, key_id: str) -> Counter[str]:
+    """Moves one document's rows from its older indexes to its active one, by table.
+
+    A link row whose twin is already under the active key (a form submitted again since)
+    is deleted instead; a live relation whose twin is live under the active key (a race
+    the create path leaves only in theory) stays where it is, still found under the older
+    key. Statements that cannot conflict, so a caller needs no savepoints."""
+    moved: Counter[str] = Counter()
+    if not older:
+        return moved
+    values = {"document_index": active, "index_key_id": key_id}
+    twin = relations.alias("twin")
+    live_twin = (
+        select(twin.c.relation_id)
+        .where(
+            twin.c.enterprise_code == relations.c.enterprise_code,
+            twin.c.role == relations.c.role,
+            twin.c.document_index == active,
+            twin.c.state.in_(LIVE_STATES),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(relations)
+        .where(
+            relations.c.document_index.in_(older),
+            not_(and_(relations.c.state.in_(LIVE_STATES), live_twin)),
+        )
+        .values(**values)
+    )
+    moved[relations.name] += _rowcount(result)
+    for table in _LINK_TABLES:
+        others = [c for c in table.primary_key.columns if c.name != "document_index"]
+        same = table.alias("same")
+        duplicate = (
+            select(same.c.document_index)
+            .where(same.c.document_index == active, *(same.c[c.name] == c for c in others))
+            .exists()
+        )
+        session.execute(delete(table).where(table.c.document_index.in_(older), duplicate))
+        result = session.execute(
+            update(table).where(table.c.document_index.in_(older)).values(**values)
+        )
+        moved[table.name] += _rowcount(result)
+    return moved
+
+
 class BindingStore:
-    def __init__(self, database: Database, personal_data: PersonalData) -> None:
+    """`key_id`: the id of the blind-index key new rows are written under (the active
+    one), stored beside each index."""
+
+    def __init__(self, database: Database, personal_data: PersonalData, key_id: str) -> None:
         self._db = database
         self._pd = personal_data
+        self._key_id = key_id
 
     # --- persons (person_documents) -----------------------------------------------------
 
-    def document_index_of(self, person_id: str) -> str | None:
+    def document_index_of(self, person_id: str) -> tuple[str, str] | None:
+        """The person's stored index and the id of its key."""
         rows = self._db.run(_DOCUMENT_INDEX_OF, {"person_id": person_id})
-        return str(rows[0][0]) if rows else None
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
-    def remember_person(self, person_id: str, index: str, now_ms: int) -> None:
+    def remember_person(
+        self, person_id: str, index: str, older: Sequence[str], now_ms: int
+    ) -> None:
+        """Keeps person_id <-> the document's active index. During a rotation (`older`:
+        its indexes under the other keys held) the person's rows move to the active key."""
+        if older:
+            try:
+                with self._db.transaction() as session:
+                    move_rows(session, older, index, self._key_id)
+            except IntegrityError:
+                # Another replica moved them at the same moment: they are found either way.
+                log.info("a person's rows were being moved by another process")
         with self._db.transaction() as session:
+            # A row of an older key is moved to the active one.
+            session.execute(
+                update(person_documents)
+                .where(
+                    person_documents.c.person_id == person_id,
+                    person_documents.c.index_key_id != self._key_id,
+                )
+                .values(document_index=index, index_key_id=self._key_id)
+            )
             insert_ignoring_conflicts(
                 session,
                 person_documents,
-                {"person_id": person_id, "document_index": index, "created_at": now_ms},
+                {
+                    "person_id": person_id,
+                    "document_index": index,
+                    "index_key_id": self._key_id,
+                    "created_at": now_ms,
+                },
             )
 
     # --- access (D5, F3, F4, F5): one statement each --------------------------------------
 
-    def identities(self, index: str, now_ms: int, province: str) -> Access:
+    def identities(self, indexes: Indexes, now_ms: int, province: str) -> Access:
         return _access(
             self._db.run(
                 _IDENTITIES[bool(province)],
-                {"index": index, "now_ms": now_ms, "province": province},
+                {"indexes": list(indexes), "now_ms": now_ms, "province": province},
             )
         )
 
-    def subject_access(self, index: str, now_ms: int, province: str) -> list[ProjectAccess]:
+    def subject_access(self, indexes: Indexes, now_ms: int, province: str) -> list[ProjectAccess]:
         rows = self._db.run(
             _SUBJECT_ACCESS[bool(province)],
-            {"index": index, "now_ms": now_ms, "province": province},
+            {"indexes": list(indexes), "now_ms": now_ms, "province": province},
         )
         return _access(rows).projects
 
-    def agent_clients(self, index: str, now_ms: int, agency_code: str) -> list[AgentClient]:
+    def agent_clients(self, indexes: Indexes, now_ms: int, agency_code: str) -> list[AgentClient]:
         rows = self._db.run(
-            _AGENT_ACCESS, {"index": index, "now_ms": now_ms, "agency_code": agency_code}
+            _AGENT_ACCESS,
+            {"indexes": list(indexes), "now_ms": now_ms, "agency_code": agency_code},
         )
         return _access(rows).agent_clients
 
     def enterprise_access(
-        self, index: str, now_ms: int, code: str
+        self, indexes: Indexes, now_ms: int, code: str
     ) -> tuple[Enterprise, frozenset[Role]] | None:
         """The enterprise and the person's active roles at it; None: no such enterprise."""
-        rows = self._db.run(_ENTERPRISE_ACCESS, {"index": index, "now_ms": now_ms, "code": code})
+        rows = self._db.run(
+            _ENTERPRISE_ACCESS, {"indexes": list(indexes), "now_ms": now_ms, "code": code}
+        )
         if not rows:
             return None
         first = rows[0]
@@ -482,12 +622,12 @@ class BindingStore:
     def record_registration(
         self,
         enterprise: Enterprise,
-        people: Sequence[tuple[Role, NamedDocument | None, str | None]],
+        people: Sequence[tuple[Role, NamedDocument | None, Indexes]],
         now: datetime,
     ) -> list[Relation]:
         """Creates or updates the enterprise and its registration's people: (role, person,
-        document index) for the legal representative and the financial officer, in that
-        order. The same person again changes nothing; another replaces the relation."""
+        the document's indexes) for the legal representative and the financial officer, in
+        that order. The same person again changes nothing; another replaces the relation."""
         now_ms = to_millis(now)
         authority = enterprise.tax_authority
         columns = {
@@ -510,14 +650,14 @@ class BindingStore:
             changes: dict[str, Any] = {
                 name: value for name, value in columns.items() if row._mapping[name] != value
             }
-            for (role, person, index), column in zip(people, relation_columns, strict=True):
+            for (role, person, indexes), column in zip(people, relation_columns, strict=True):
                 current = row._mapping[column]
                 recorded = self._record_registered_person(
                     session,
                     enterprise_code=enterprise.code,
                     role=role,
                     person=person,
-                    index=index,
+                    indexes=indexes,
                     current_id=current,
                     now_ms=now_ms,
                 )
@@ -543,7 +683,7 @@ class BindingStore:
         enterprise_code: str,
         role: Role,
         person: NamedDocument | None,
-        index: str | None,
+        indexes: Indexes,
         current_id: str | None,
         now_ms: int,
     ) -> str | None:
@@ -551,14 +691,14 @@ class BindingStore:
             current_index = session.scalar(
                 select(relations.c.document_index).where(relations.c.relation_id == current_id)
             )
-            if current_index == index:
+            if current_index in indexes:
                 return current_id
             session.execute(
                 update(relations)
                 .where(relations.c.relation_id == current_id, relations.c.state.in_(LIVE_STATES))
                 .values(state=REPLACED, changed_by=None, updated_at=now_ms)
             )
-        if person is None or index is None:
+        if person is None:
             return None
         created = self._insert_relation(
             session,
@@ -566,12 +706,12 @@ class BindingStore:
             role=role,
             origin=Origin.REGISTRATION,
             person=person,
-            index=index,
+            indexes=indexes,
             valid_until_ms=None,
             created_by=None,
             now_ms=now_ms,
         )
-        return created or self._live_relation_id(session, enterprise_code, role, index)
+        return created or self._live_relation_id(session, enterprise_code, role, indexes)
 
     # --- relations with two-way confirmation (F1, F3) -----------------------------------
 
@@ -582,22 +722,20 @@ class BindingStore:
         role: Role,
         origin: Origin,
         person: NamedDocument,
-        index: str,
+        indexes: Indexes,
         valid_until: datetime | None,
         created_by: str,
         now: datetime,
-        manager_index: str | None = None,
+        manager: Indexes | None = None,
     ) -> Relation:
         """A new pending relation asked for by a person (F1); STATE_CONFLICT, naming the
         existing one, when the person already has a live relation in that role. With
-        `manager_index`, that person must be the enterprise's LR or FO (F1(b))."""
+        `manager` (their indexes), that person must be the enterprise's LR or FO (F1(b))."""
         with self._db.transaction() as session:
             self.require_enterprise(session, enterprise_code)
             if (
-                manager_index is not None
-                and not self._actor(
-                    session, manager_index, enterprise_code, to_millis(now)
-                ).is_manager
+                manager is not None
+                and not self._actor(session, manager, enterprise_code, to_millis(now)).is_manager
             ):
                 raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)
             relation_id = self._insert_relation(
@@ -606,13 +744,13 @@ class BindingStore:
                 role=role,
                 origin=origin,
                 person=person,
-                index=index,
+                indexes=indexes,
                 valid_until_ms=_millis(valid_until),
                 created_by=created_by,
                 now_ms=to_millis(now),
             )
             if relation_id is None:
-                existing = self._live_relation_id(session, enterprise_code, role, index)
+                existing = self._live_relation_id(session, enterprise_code, role, indexes)
                 raise DomainError(
                     Reason.STATE_CONFLICT,
                     _ALREADY_RELATED,
@@ -624,7 +762,7 @@ class BindingStore:
         self,
         *,
         relation_id: str,
-        actor_index: str,
+        actor: Indexes,
         ensure_allowed: Callable[[RelationFacts, Actor], None],
         from_state: RelationState,
         to_state: RelationState,
@@ -646,7 +784,7 @@ class BindingStore:
             if row is None:
                 raise invalid("relation_id", Reason.NOT_FOUND)
             facts = RelationFacts(Origin(row.origin), cast(Role, row.role), row.document_index)
-            ensure_allowed(facts, self._actor(session, actor_index, row.enterprise_code, now_ms))
+            ensure_allowed(facts, self._actor(session, actor, row.enterprise_code, now_ms))
             changed = session.execute(
                 update(relations)
                 .where(relations.c.relation_id == relation_id, _in_state(from_state, now_ms))
@@ -663,13 +801,13 @@ class BindingStore:
                 )
             return self._relation(session, relation_id, now)
 
-    def pending_confirmations(self, index: str, now: datetime) -> list[Relation]:
+    def pending_confirmations(self, indexes: Indexes, now: datetime) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""
         with self._db.reading() as session:
             rows = session.execute(
                 _relations_query()
                 .where(
-                    relations.c.document_index == index,
+                    relations.c.document_index.in_(indexes),
                     relations.c.origin.in_(domain.PERSON_CONFIRMS),
                     _in_state(PENDING, to_millis(now)),
                 )
@@ -679,7 +817,7 @@ class BindingStore:
 
     def enterprise_relations(
         self,
-        actor_index: str,
+        actor: Indexes,
         enterprise_code: str,
         states: Collection[RelationState],
         now: datetime,
@@ -688,7 +826,7 @@ class BindingStore:
         now_ms = to_millis(now)
         with self._db.reading() as session:
             self.require_enterprise(session, enterprise_code)
-            if not self._actor(session, actor_index, enterprise_code, now_ms).is_manager:
+            if not self._actor(session, actor, enterprise_code, now_ms).is_manager:
                 raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)
             query = _relations_query().where(relations.c.enterprise_code == enterprise_code)
             if states:
@@ -748,7 +886,12 @@ class BindingStore:
                 session.execute(
                     project_people.insert(),
                     [
-                        {"project_number": project.project_number, "role": r, "document_index": i}
+                        {
+                            "project_number": project.project_number,
+                            "role": r,
+                            "document_index": i,
+                            "index_key_id": self._key_id,
+                        }
                         for r, i in listed
                     ],
                 )
@@ -783,7 +926,14 @@ class BindingStore:
             if indexes:
                 session.execute(
                     agency_agents.insert(),
-                    [{"agency_code": agency_code, "document_index": i} for i in indexes],
+                    [
+                        {
+                            "agency_code": agency_code,
+                            "document_index": i,
+                            "index_key_id": self._key_id,
+                        }
+                        for i in indexes
+                    ],
                 )
 
     def record_agreement(
@@ -836,7 +986,14 @@ class BindingStore:
                 )
             session.execute(
                 agreement_agents.insert(),
-                [{"agreement_id": agreement_id, "document_index": i} for i in indexes],
+                [
+                    {
+                        "agreement_id": agreement_id,
+                        "document_index": i,
+                        "index_key_id": self._key_id,
+                    }
+                    for i in indexes
+                ],
             )
         return agreement_id
 
@@ -848,15 +1005,17 @@ class BindingStore:
             raise invalid("enterprise_code", Reason.NOT_FOUND)
         return _enterprise(row)
 
-    def _actor(self, session: Connection, index: str, enterprise_code: str, now_ms: int) -> Actor:
+    def _actor(
+        self, session: Connection, indexes: Indexes, enterprise_code: str, now_ms: int
+    ) -> Actor:
         held = {
             cast(Role, role)
             for role in session.scalars(
                 _ACTIVE_ROLES_IN,
-                {"index": index, "now_ms": now_ms, "enterprise_code": enterprise_code},
+                {"indexes": list(indexes), "now_ms": now_ms, "enterprise_code": enterprise_code},
             )
         }
-        return Actor(index, bool(held & domain.MANAGER_ROLES))
+        return Actor(frozenset(indexes), bool(held & domain.MANAGER_ROLES))
 
     def _insert_relation(
         self,
@@ -866,7 +1025,7 @@ class BindingStore:
         role: Role,
         origin: Origin,
         person: NamedDocument,
-        index: str,
+        indexes: Indexes,
         valid_until_ms: int | None,
         created_by: str | None,
         now_ms: int,
@@ -879,12 +1038,17 @@ class BindingStore:
             .where(
                 relations.c.enterprise_code == enterprise_code,
                 relations.c.role == role,
-                relations.c.document_index == index,
+                relations.c.document_index.in_(indexes),
                 relations.c.state.in_(LIVE_STATES),
                 relations.c.valid_until <= now_ms,
             )
             .values(state=EXPIRED, updated_at=now_ms)
         )
+        # A live one under an older key (before its rows are moved) counts too; nobody
+        # writes under an older key any more, so this read races with nothing.
+        older = indexes[1:]
+        if older and self._live_relation_id(session, enterprise_code, role, older) is not None:
+            return None
         relation_id = uuid.uuid4().hex
         inserted = insert_ignoring_conflicts(
             session,
@@ -895,7 +1059,8 @@ class BindingStore:
                 "role": role,
                 "state": PENDING,
                 "origin": origin.value,
-                "document_index": index,
+                "document_index": indexes[0],
+                "index_key_id": self._key_id,
                 "document_type": person.document.type,
                 "document_number_encrypted": self._pd.encrypt(
                     person.document.number, _DOCUMENT_NUMBER
@@ -911,13 +1076,13 @@ class BindingStore:
         return relation_id if inserted else None
 
     def _live_relation_id(
-        self, session: Connection, enterprise_code: str, role: Role, index: str
+        self, session: Connection, enterprise_code: str, role: Role, indexes: Indexes
     ) -> str | None:
         return session.scalar(
             select(relations.c.relation_id).where(
                 relations.c.enterprise_code == enterprise_code,
                 relations.c.role == role,
-                relations.c.document_index == index,
+                relations.c.document_index.in_(indexes),
                 relations.c.state.in_(LIVE_STATES),
             )
         )
