@@ -612,6 +612,7 @@ def profiled_replica(
             **os.environ,
             **platform.env,
             f"ETAX_{service.upper()}_PORT": str(port),
+            f"ETAX_{service.upper()}_METRICS_PORT": "0",
             "PYTHONPATH": str(REPO_ROOT),
         },
         stdout=log,

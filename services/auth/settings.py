@@ -17,6 +17,7 @@ class AuthSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ETAX_AUTH_", extra="ignore", frozen=True)
 
     port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9151, ge=0, le=65535)
     # The services auth calls (gRPC targets) and the deadline of each call.
     sms_target: str = "127.0.0.1:50053"
     face_target: str = "127.0.0.1:50054"

@@ -17,6 +17,7 @@ class FaceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ETAX_FACE_", extra="ignore", frozen=True)
 
     port: int = Field(default=50054, ge=0, le=65535)
+    metrics_port: int = Field(default=9154, ge=0, le=65535)
     # HMAC key for QR payloads and proofs; development generates one under data_dir.
     secret: SecretStr | None = None
     # How long a QR code can be scanned and used, and how long a passed result can be

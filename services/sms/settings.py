@@ -14,6 +14,7 @@ class SmsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ETAX_SMS_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9153, ge=0, le=65535)
     # E2: at most `throttle_limit` sends per recipient in a window of `throttle_window_seconds`
     # that starts at the first of them.
     throttle_limit: int = Field(default=5, ge=1)

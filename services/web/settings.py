@@ -12,6 +12,7 @@ class WebSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ETAX_WEB_", extra="ignore", frozen=True)
 
     port: int = Field(default=50060, ge=0, le=65535)
+    metrics_port: int = Field(default=9160, ge=0, le=65535)
     # The gateway's public listener: the pages call the platform there, as an APP backend.
     gateway_target: str = "127.0.0.1:8080"
     call_timeout_seconds: float = Field(default=10.0, gt=0)

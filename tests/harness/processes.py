@@ -25,11 +25,14 @@ class ServiceProcess:
         # A port chosen beforehand lets services that call each other know their targets.
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Its Prometheus exporter: a port of its own, never make run's default.
+        self.metrics_port = free_port()
         self.log_path = log_path
         full_env = {
             **os.environ,
             **env,
             f"ETAX_{service.upper()}_PORT": str(self.port),
+            f"ETAX_{service.upper()}_METRICS_PORT": str(self.metrics_port),
             "PYTHONPATH": str(REPO),
         }
         self._log = log_path.open("wb")
@@ -40,6 +43,10 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def wait_serving(self, service_name: str = "", timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -109,6 +109,7 @@ def test_python_m_services_web_serves_until_sigterm(tmp_path: object) -> None:
     env = {
         **os.environ,
         "ETAX_WEB_PORT": str(port),
+        "ETAX_WEB_METRICS_PORT": "0",
         "ETAX_WEB_GATEWAY_TARGET": f"127.0.0.1:{free_port()}",
         "ETAX_DATA_DIR": str(tmp_path),
     }
