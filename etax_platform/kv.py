@@ -32,6 +32,7 @@ production refuses a Redis without it (`check_persistence`).
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import random
 import threading
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import redis
@@ -47,7 +48,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
 from redis.retry import Retry
 
+from etax_platform import metrics, tracing
+
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S")
 
 log = logging.getLogger("etax.kv")
 
@@ -303,6 +308,35 @@ def _redis_client(url: str, max_connections: int) -> redis.Redis | redis.RedisCl
     )
 
 
+def _observed(
+    op: str,
+) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], T]]:
+    """A Redis call's latency and errors (etax_store_*), and its span when tracing is on.
+    The histogram child is bound once, when the class is defined."""
+    seconds = metrics.STORE_SECONDS.labels("redis", op)
+
+    def decorate(function: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+        @functools.wraps(function)
+        def observed(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            if not metrics.ENABLED and not tracing.ENABLED:
+                return function(self, *args, **kwargs)
+            started = time.perf_counter()
+            try:
+                if tracing.ENABLED:
+                    with tracing.span(f"redis {op}", attributes={"db.system": "redis"}):
+                        return function(self, *args, **kwargs)
+                return function(self, *args, **kwargs)
+            except Exception as error:
+                metrics.STORE_ERRORS.labels("redis", op, type(error).__name__).inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return observed
+
+    return decorate
+
+
 class RedisStore(_CompareAndSet):
     """Standalone Redis or Redis Cluster (by URL scheme); one Lua script per write.
 
@@ -327,16 +361,19 @@ class RedisStore(_CompareAndSet):
             raise ValueError("a store key starts with its kind, not a brace")
         return self._prefix + (key if "{" in key else f"{{{key}}}")
 
+    @_observed("get")
     def get(self, key: str) -> Versioned | None:
         value, version = self._redis.hmget(self._key(key), ["v", "n"])
         if value is None or version is None:
             return None
         return Versioned(value if isinstance(value, bytes) else value.encode(), int(version))
 
+    @_observed("create")
     def create(self, key: str, value: bytes, ttl: timedelta) -> Versioned | None:
         created: Any = self._create(keys=[self._key(key)], args=[value, _millis(ttl)])
         return Versioned(value, 1) if created else None
 
+    @_observed("replace")
     def replace(
         self, key: str, expected_version: int, value: bytes, ttl: timedelta
     ) -> Versioned | None:
@@ -345,6 +382,7 @@ class RedisStore(_CompareAndSet):
         )
         return Versioned(value, int(version)) if version else None
 
+    @_observed("delete")
     def delete(self, key: str, expected_version: int | None = None) -> bool:
         if expected_version is None:
             return bool(self._redis.delete(self._key(key)))

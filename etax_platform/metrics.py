@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("etax.metrics")
 
+# False in a process started with ETAX_METRICS_ENABLED=false (`serve`): the store and
+# database timers step aside too, so the bench's run without metrics has none at all.
+ENABLED = True
+
 # No `*_created` series beside every counter: half the scrape, nothing a rule here reads.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -269,8 +273,10 @@ class Exporter:
 
 def serve(settings: ServiceSettings, service: str) -> Exporter | None:
     """Starts this process's exporter, unless `ETAX_METRICS_ENABLED=false`."""
+    global ENABLED  # noqa: PLW0603 - one switch per process, set at start
     platform = settings.platform
     if not platform.metrics_enabled:
+        ENABLED = False
         return None
     version = _version()
     BUILD_INFO.labels(service, version).set(1)
