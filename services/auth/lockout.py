@@ -20,6 +20,7 @@ from etax.common.v1 import types_pb2
 from etax_platform.clock import Clock, cst_day, next_cst_midnight
 from etax_platform.errors import DomainError, Reason
 from etax_platform.kv import KeyValueStore
+from services.auth import metrics
 
 MAX_CONSECUTIVE_FAILURES = 5
 
@@ -114,14 +115,17 @@ class Lockout:
 
     def _ttl(self, now: datetime) -> timedelta:
         # Garbage collection only: the key names its day, so midnight unlocks by itself.
-        return next_cst_midnight(now) - now + timedelta(hours=1)
+        # Kept through the next day, so that day's first login can count the unlock.
+        return next_cst_midnight(now) - now + timedelta(days=1, hours=1)
 
     def begin(self, person_id: str, method: Method) -> Attempt:
         """Counts an attempt before the credential is checked; AUTH_METHOD_LOCKED if locked."""
         now = self._clock.now()
         key = self._key(person_id, now)
+        fresh: list[bool] = []
 
         def count(raw: bytes | None) -> tuple[bytes | None, Attempt | DomainError]:
+            fresh[:] = [raw is None]
             record = DayRecord.decode(raw)
             locked_by = record.locking_method(method)
             if locked_by is not None:
@@ -135,7 +139,21 @@ class Lockout:
         outcome = self._store.update(key, count, self._ttl(now))
         if isinstance(outcome, DomainError):
             raise outcome
+        if method == PASSWORD and fresh == [True]:
+            self._count_midnight_unlock(person_id, now)
         return outcome
+
+    def _count_midnight_unlock(self, person_id: str, now: datetime) -> None:
+        """E1's third way out, for the metrics: the person's first password attempt of a
+        day finds yesterday's record still locked, so midnight unlocked it. The record is
+        deleted at its version, so replicas count it once. (Logins start with the
+        password, whose Argon2id check dwarfs this read.)"""
+        key = self._key(person_id, now - timedelta(days=1))
+        yesterday = self._store.get(key)
+        if yesterday is None or DayRecord.decode(yesterday.value).locking_method(PASSWORD) is None:
+            return
+        if self._store.delete(key, yesterday.version):
+            metrics.UNLOCKS.labels("midnight").inc()
 
     def succeeded(self, attempt: Attempt) -> None:
         """The credential was right: the method's run of failures ends."""

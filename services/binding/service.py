@@ -44,7 +44,7 @@ from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_document, mask_name
 from etax_platform.revocation import Revocations
-from services.binding import domain
+from services.binding import domain, metrics
 from services.binding.domain import (
     ACTIVE,
     ENDED,
@@ -555,7 +555,9 @@ class BindingService:
                         "state": RelationState.Name(current.state),
                     },
                 )
-            return self._relation(session, relation_id, now)
+            changed_relation = self._relation(session, relation_id, now)
+        metrics.relation_changed(row.role, to_state)
+        return changed_relation
 
     def pending_confirmations(self, person_id: str) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""

@@ -14,7 +14,7 @@ from etax_platform.db import BatchWriter
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
-from services.sms import domain
+from services.sms import domain, metrics
 from services.sms.domain import CodeRecord, Purpose, Recipient, SendWindow, Verified
 from services.sms.providers import DeliveryFailed, Message, Outbox, Provider
 
@@ -73,8 +73,10 @@ class CodeService:
         throttle_key = f"sms:throttle:{recipient.index_kind}:{index}"
         now = self._clock.now()
         decision = self._take_slot(throttle_key, now)
+        counted = metrics.labels(purpose, recipient.channel)
         if not decision.allowed:
             log.info("send refused: %s over the limit", recipient.masked)
+            metrics.THROTTLED.labels(*counted).inc()
             raise domain.rate_limited(decision)
 
         code = domain.new_code()
@@ -108,6 +110,7 @@ class CodeService:
             self._store.delete(code_key)
             self._give_back_slot(throttle_key, decision.window_started_ms)
             self._log_delivery(recipient, index, purpose, "failed", now)
+            metrics.DELIVERY_FAILED.labels(*counted).inc()
             log.warning("delivery to %s failed: %s", recipient.masked, failure)
             raise DomainError(
                 Reason.PROVIDER_UNAVAILABLE,
@@ -115,6 +118,7 @@ class CodeService:
                 {"dependency": f"{self._provider.name}-provider"},
             ) from None
         self._log_delivery(recipient, index, purpose, "sent", now)
+        metrics.SENT.labels(*counted).inc()
         log.debug("code sent to %s", recipient.masked)
         return SentCode(verification_id, recipient.masked, expires_at, decision.sends_left)
 
@@ -161,15 +165,22 @@ class CodeService:
         now = self._clock.now()
         digest = self._digest(verification_id, code)
 
+        channel: list[int] = []
+
         def attempt(raw: bytes | None) -> tuple[bytes | None, Verified | DomainError]:
-            record, outcome = domain.try_code(CodeRecord.decode(raw), now, purpose, digest)
+            found = CodeRecord.decode(raw)
+            channel[:] = [] if found is None else [found.channel]
+            record, outcome = domain.try_code(found, now, purpose, digest)
             return (None if record is None else record.encode()), outcome
 
         outcome = self._store.update(
             self._code_key(verification_id), attempt, self._policy.code_ttl * 2
         )
+        counted = metrics.labels(purpose, channel[0] if channel else None)
         if isinstance(outcome, DomainError):
+            metrics.VERIFIED.labels(*counted, outcome.reason.value).inc()
             raise outcome
+        metrics.VERIFIED.labels(*counted, "ok").inc()
         record = outcome.record
         return ProvenRecipient(
             channel=record.channel,
