@@ -1,5 +1,6 @@
 """`make run`: every service on the embedded default and the Envoy gateway in front of
-them (the web pages at http://localhost:8080/), until Ctrl-C or SIGTERM.
+them (the web pages at http://localhost:8080/), until Ctrl-C or SIGTERM. Each process
+serves its Prometheus metrics on its own port (`make observe` shows them).
 
 Each service runs in its own process (`python -m services.<name>`), the gateway in one
 more (`python -m etax_platform.gateway run`); a process that dies brings the others down,
@@ -26,12 +27,23 @@ def main() -> int:
     # the web pages' APP simulator (/dev/app/) stands in for the tax APP. The web service
     # calls the gateway from loopback for every browser: the gateway believes the client
     # address it forwards (flood guards count per browser, not per web service).
+    # The gateway's access log goes to a file, so the console shows the services' own
+    # lines (text at a terminal, JSON otherwise: ETAX_LOG_FORMAT); ETAX_GATEWAY_ACCESS_LOG
+    # set to a path moves it, set empty puts it back on the console.
+    access_log = REPO / "var" / "gateway-access.log"
+    access_log.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "ETAX_SMS_OUTBOX_ENABLED": "true",
         "ETAX_WEB_APP_SIMULATOR_ENABLED": "true",
         "ETAX_GATEWAY_TRUSTED_PROXIES": "127.0.0.1/32",
+        "ETAX_GATEWAY_ACCESS_LOG": str(access_log),
         **os.environ,
     }
+    if env["ETAX_GATEWAY_ACCESS_LOG"]:
+        print(
+            f"gateway access log: {env['ETAX_GATEWAY_ACCESS_LOG']}; metrics: `make observe`",
+            file=sys.stderr,
+        )
     commands = {
         name: [sys.executable, "-m", f"services.{name}"]
         for name in SERVICES

@@ -117,6 +117,19 @@ def current_ids() -> tuple[str, str] | None:
 def start_server_span(method: str, traceparent: str, tracestate: str) -> tuple[Span, object]:
     """A SERVER span for an RPC, child of the caller's `traceparent` (if any), made the
     current span; end it with `end_server_span`."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return start_span(
+        f"{service}/{name}",
+        traceparent,
+        tracestate,
+        {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+
+
+def start_span(
+    name: str, traceparent: str, tracestate: str, attributes: dict[str, Any]
+) -> tuple[Span, object]:
+    """A SERVER span continuing `traceparent` (or a new trace), made the current span."""
     assert _tracer is not None
     parent = None
     if traceparent:
@@ -124,15 +137,16 @@ def start_server_span(method: str, traceparent: str, tracestate: str) -> tuple[S
         if tracestate:
             carrier["tracestate"] = tracestate
         parent = _propagator.extract(carrier)
-    service, _, name = method.lstrip("/").rpartition("/")
-    span = _tracer.start_span(
-        f"{service}/{name}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-    )
+    span = _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     return span, token
+
+
+def end_span(span: Span, token: object, failed: bool = False) -> None:
+    if failed:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    otel_context.detach(token)  # type: ignore[arg-type]
 
 
 def end_server_span(span: Span, token: object, code: str, reason: str) -> None:

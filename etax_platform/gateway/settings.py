@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +82,10 @@ class GatewaySettings(BaseSettings):
     health_check_interval_seconds: float = Field(default=5.0, gt=0)
     # Empty: JSON lines on Envoy's stdout; otherwise a file (both listeners).
     access_log: str = ""
+    # OpenTelemetry traces: Envoy starts or continues each request's W3C traceparent and
+    # exports its spans over OTLP/gRPC to this collector (http://host:port). Empty:
+    # ETAX_OTEL_ENDPOINT, the services' setting; both empty: no tracing.
+    otel_endpoint: str = Field(default_factory=lambda: os.environ.get("ETAX_OTEL_ENDPOINT", ""))
     output_dir: Path = REPO_ROOT / "build" / "envoy"
 
     @model_validator(mode="after")
@@ -95,6 +101,15 @@ class GatewaySettings(BaseSettings):
     def _addresses(cls, value: str) -> str:
         for address in value.split(","):
             split_address(address)
+        return value
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("the OTLP endpoint is http://host:port (gRPC)")
         return value
 
     @field_validator("trusted_proxies")
