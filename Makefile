@@ -13,12 +13,13 @@ GHZ_VERSION := v0.121.0
 GHZ_BIN := $(GOBIN)
 GHZ := $(GHZ_BIN)/ghz
 
-.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench fuzz
+.PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench fuzz observe prometheus-check
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL; browser tests in headless chromium)"
-	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config"
+	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate, promtool on deploy/prometheus"
+	@echo "make observe - a real Prometheus on loopback scraping a running make run (docs/operations.md)"
 	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"
 	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
@@ -46,11 +47,20 @@ run: protos certs
 test: protos system-deps certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: protos certs
+lint: protos certs prometheus-check
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(BUF) lint
 	$(PY) -m etax_platform.gateway validate --profiles
+
+# The scrape configuration and the alert rules (Debian's prometheus package brings promtool).
+prometheus-check: system-deps
+	cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules rules/*.yml
+
+# A real Prometheus (Debian's) on 127.0.0.1:9090 scraping the processes of a running
+# `make run` (start that first, in another terminal) and its Envoy; Ctrl-C stops it.
+observe: protos system-deps
+	$(PY) -m etax_platform.observe
 
 # Creates only what is missing or expiring (FORCE=1: everything anew).
 certs: $(INSTALLED)
