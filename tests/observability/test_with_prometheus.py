@@ -14,10 +14,10 @@ import httpx
 import pytest
 from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.common.v1 import types_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from etax_platform.settings import REPO_ROOT
 from tests.e2e.story import PASSWORD, Person, new_phone, new_uscc
+from tests.harness.labels import label_values, looks_personal
 from tests.harness.otlp import ReceivedSpan
 from tests.observability.conftest import Observed
 
@@ -116,23 +116,6 @@ def test_the_busy_face_provider_fires_its_alert(observed: Observed) -> None:
 
 # --- labels -----------------------------------------------------------------------------------
 
-# What a personal number or a secret looks like in a label value: a resident ID number, a
-# mainland phone, an email, a credit code or any long run of letters and digits (tokens,
-# person and session ids, ticket ids).
-_PERSONAL = [
-    re.compile(r"\d{17}[\dXx]"),
-    re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)"),
-    re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}"),
-    re.compile(r"\b[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}\b"),
-]
-_TOKENISH = re.compile(r"[A-Za-z0-9]{16,}")
-
-
-def looks_personal(value: str) -> bool:
-    if any(pattern.search(value) for pattern in _PERSONAL):
-        return True
-    return any(sum(c.isdigit() for c in run) >= 3 for run in _TOKENISH.findall(value))
-
 
 def scrape(url: str) -> str:
     response = httpx.get(url, timeout=10)
@@ -150,11 +133,9 @@ def test_no_exporter_carries_a_personal_number_or_token_in_a_label(observed: Obs
         text = scrape(url)
         if name != "gateway":
             assert f'etax_service_info{{service="{name}"' in text  # its own exporter
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                for label, value in sample.labels.items():
-                    assert not looks_personal(value), (name, sample.name, label, value)
-                    seen.add(value)
+        for sample, label, value in label_values(text):
+            assert not looks_personal(value), (name, sample, label, value)
+            seen.add(value)
     assert seen  # the scrapes had labels at all
     assert looks_personal("13512345678") and looks_personal(new_uscc())
     assert not looks_personal("etax.auth.v1.AuthService") and not looks_personal(
