@@ -12,15 +12,18 @@ GRPCURL_VERSION := v1.9.4
 GHZ_VERSION := v0.121.0
 GHZ_BIN := $(GOBIN)
 GHZ := $(GHZ_BIN)/ghz
+# grpc-gateway's protoc plugin for the OpenAPI document of the public JSON API (make protos).
+OPENAPIV2_VERSION := v2.33.0
+OPENAPIV2_STAMP := $(GOBIN)/.protoc-gen-openapiv2-$(OPENAPIV2_VERSION)
 
 .PHONY: help run test lint protos system-deps clean format tools certs envoy-validate load bench fuzz observe prometheus-check
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL; browser tests in headless chromium)"
-	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate, promtool on deploy/prometheus"
+	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config, the OpenAPI check, promtool on deploy/prometheus"
 	@echo "make observe - a real Prometheus on loopback scraping a running make run (docs/operations.md)"
-	@echo "make protos  - generate Python code and the descriptor set (only when protos changed)"
+	@echo "make protos  - generate Python code, the descriptor set and the OpenAPI document (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"
 	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
 	@echo "make load    - data set-up, then the ghz scenarios of deploy/ghz against a running gateway (LOAD_ARGS=...)"
@@ -35,8 +38,14 @@ $(INSTALLED): pyproject.toml
 	@touch $@
 
 # Cheap when nothing changed: the script compares a hash of every .proto with its stamp.
-protos: $(INSTALLED)
+protos: $(INSTALLED) $(OPENAPIV2_STAMP)
 	@$(PY) scripts/gen_protos.py
+
+# The stamp names the version, so changing OPENAPIV2_VERSION installs again.
+$(OPENAPIV2_STAMP):
+	@command -v go >/dev/null || { echo "go is missing (protoc-gen-openapiv2 is installed with go install)" >&2; exit 1; }
+	GOBIN=$(GOBIN) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(OPENAPIV2_VERSION)
+	@touch $@
 
 system-deps:
 	@scripts/ensure_system_deps.sh
@@ -52,6 +61,7 @@ lint: protos certs prometheus-check
 	$(PY) -m mypy
 	$(BUF) lint
 	$(PY) -m etax_platform.gateway validate --profiles
+	$(PY) -m etax_platform.apidocs check
 
 # The scrape configuration and the alert rules (Debian's prometheus package brings promtool).
 prometheus-check: system-deps

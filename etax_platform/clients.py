@@ -32,12 +32,18 @@ def open_channel(target: str) -> grpc.Channel:
     server answered, UNAVAILABLE included (FACE_SERVICE_BUSY, PROVIDER_UNAVAILABLE), is
     that service's decision after its own provider retries, so it is not asked again: a
     channel retry policy would multiply the provider calls of one request.
+
+    A service that was down (or started after its caller) is connected again within a
+    second: gRPC's reconnect backoff grows to two minutes by default.
     """
     return grpc.insecure_channel(
         target,
         options=[
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1_000),
         ],
     )
 
@@ -46,7 +52,9 @@ def call(
     method: Callable[..., Response], request: Any, *, timeout: float, dependency: str
 ) -> Response:
     """Calls a stub method with a deadline and the current request id (and, when tracing
-    is on, in a CLIENT span whose traceparent the called service continues)."""
+    is on, in a CLIENT span whose traceparent the called service continues). The call
+    waits (within its deadline) for a channel that is still connecting, instead of failing
+    at once while gRPC backs off between attempts to reach a service that just came up."""
     metadata = [(REQUEST_ID_HEADER, request_id.get())]
     try:
         if tracing.ENABLED:
@@ -54,8 +62,8 @@ def call(
             service, _, rpc = name.rpartition("/")
             attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
             with tracing.client_span(name, metadata, attributes):
-                return method(request, timeout=timeout, metadata=metadata)
-        return method(request, timeout=timeout, metadata=metadata)
+                return method(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
+        return method(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
     except grpc.RpcError as error:
         domain_error = from_rpc_error(error)
         if domain_error is not None:

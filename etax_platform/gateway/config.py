@@ -44,6 +44,7 @@ GATEWAY_HEADERS = (
     "x-etax-session-id",
     PROVINCE_HEADER,
     "x-etax-gateway",
+    routes.NO_UPSTREAM_HEADER,
 )
 
 
@@ -373,6 +374,44 @@ def _early_header_mutation() -> list[Any]:
     ]
 
 
+# What a browser page may send and read across origins: the JSON API's headers and
+# gRPC-Web's. The methods are those of the public google.api.http bindings (a test checks
+# them against the OpenAPI document).
+CORS_METHODS = ("GET", "POST", "PUT", "DELETE")
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "x-request-id",
+    routes.APP_ID_HEADER,
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+)
+CORS_EXPOSED_HEADERS = ("x-request-id", "grpc-status", "grpc-message")
+
+
+def _cors(settings: GatewaySettings) -> dict[str, Any]:
+    """The public virtual host's CORS policy for the configured origins (none: no policy,
+    so no CORS headers, and the preflight route refuses every preflight). A preflight from
+    another origin is answered without allow-origin, never forwarded."""
+    origins = settings.cors_origin_list()
+    if not origins:
+        return {}
+    return {
+        "envoy.filters.http.cors": {
+            "@type": _type("filters.http.cors.v3.CorsPolicy"),
+            "allow_origin_string_match": [{"exact": origin} for origin in origins],
+            "allow_methods": ", ".join(CORS_METHODS),
+            "allow_headers": ", ".join(CORS_REQUEST_HEADERS),
+            "expose_headers": ", ".join(CORS_EXPOSED_HEADERS),
+            "max_age": str(settings.cors_max_age_seconds),
+            # Tokens travel in Authorization, never in cookies.
+            "allow_credentials": False,
+            "forward_not_matching_preflights": False,
+        }
+    }
+
+
 def _clusters(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
     clusters = [_upstream_cluster(settings, name) for name in UPSTREAMS]
     clusters.append(_web_cluster(settings))
@@ -459,7 +498,12 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "tracing": _tracing(settings),
         "public_access_log": _access_log(settings, "public"),
         "internal_access_log": _access_log(settings, "internal"),
-        "public_routes": routes.public_routes(settings, policies) + routes.web_routes(),
+        "public_cors": _cors(settings),
+        "max_direct_response_body_size": routes.direct_response_limit(settings),
+        # The gateway's own routes first, then the API's, then the web pages' catch-all.
+        "public_routes": routes.gateway_answered_routes(settings)
+        + routes.public_routes(settings, policies)
+        + routes.web_routes(),
         "internal_routes": routes.internal_routes(settings, policies),
         "server_cert": str(certs.server_cert),
         "server_key": str(certs.server_key),

@@ -45,6 +45,12 @@ _REPLIES = (
 )
 
 
+def gateway_statuses() -> list[tuple[int, Reason]]:
+    """The HTTP status and reason of each error the gateway makes itself (the API
+    reference lists them beside the services' own)."""
+    return [(reply.answer_status or reply.http_status, reply.reason) for reply in _REPLIES]
+
+
 def status_body(reason: Reason, message: str | None = None, retry_after: str | None = None) -> str:
     """A google.rpc.Status as JSON, as the transcoder prints a service's error."""
     meaning = MEANINGS[reason]

@@ -9,8 +9,11 @@ its open streams, so watchers cannot take the connections unary calls use.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from etax_platform.apidocs import DOCUMENT_NAME, PAGE_NAME
+from etax_platform.apidocs.page import content_security_policy
 from etax_platform.gateway.settings import GatewaySettings
 from etax_platform.policy import Access, FloodGuard, RpcPolicy
 
@@ -137,6 +140,89 @@ def public_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[
             route["typed_per_filter_config"] = per_filter
         routes.append(route)
     return routes
+
+
+OPENAPI_PATH = "/openapi.json"
+API_REFERENCE_PATH = "/api/"
+
+
+def _file(settings: GatewaySettings, name: str) -> Path:
+    path = settings.openapi_dir / name
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: `make protos` writes it")
+    return path
+
+
+# A header no request keeps (the gateway removes it first): the preflight route names its
+# cluster by it, so the route has a route action (the cors filter needs one) and yet no
+# preflight ever reaches a service.
+NO_UPSTREAM_HEADER = "x-etax-no-upstream"
+
+
+def gateway_answered_routes(settings: GatewaySettings) -> list[Any]:
+    """What the public listener answers itself, before the API routes (and before any
+    catch-all route after them): CORS preflights, the OpenAPI document, the reference page.
+
+    Preflights: the cors filter answers one from an allowed origin (with the allow-*
+    headers) and one from any other origin (without them); with no origin configured
+    there is no policy and the route answers 404. The document and the page are direct
+    responses, read when Envoy loads the config.
+    """
+    read_only = [{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]
+    page = _file(settings, PAGE_NAME)
+    common = [
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        # Regenerated with the protos: a client revalidates instead of keeping an old one.
+        ("cache-control", "no-cache"),
+    ]
+
+    def headers(*pairs: tuple[str, str]) -> list[Any]:
+        return [
+            {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            for key, value in [*pairs, *common]
+        ]
+
+    return [
+        {
+            "name": "cors_preflight",
+            "match": {
+                "prefix": "/",
+                "headers": [
+                    {"name": ":method", "string_match": {"exact": "OPTIONS"}},
+                    {"name": "access-control-request-method", "present_match": True},
+                ],
+            },
+            "route": {
+                "cluster_header": NO_UPSTREAM_HEADER,
+                "cluster_not_found_response_code": "NOT_FOUND",
+            },
+        },
+        {
+            "name": "openapi_document",
+            "match": {"path": OPENAPI_PATH, "headers": read_only},
+            "direct_response": {
+                "status": 200,
+                "body": {"filename": str(_file(settings, DOCUMENT_NAME))},
+            },
+            "response_headers_to_add": headers(("content-type", "application/json")),
+        },
+        {
+            "name": "api_reference",
+            "match": {"safe_regex": {"regex": "/api/?"}, "headers": read_only},
+            "direct_response": {"status": 200, "body": {"filename": str(page)}},
+            "response_headers_to_add": headers(
+                ("content-type", "text/html; charset=utf-8"),
+                ("content-security-policy", content_security_policy(page.read_text("utf-8"))),
+            ),
+        },
+    ]
+
+
+def direct_response_limit(settings: GatewaySettings) -> int:
+    """Bytes Envoy may load for a direct response: the larger file, rounded up to 64 KiB."""
+    largest = max(_file(settings, name).stat().st_size for name in (DOCUMENT_NAME, PAGE_NAME))
+    return (largest // 65536 + 1) * 65536
 
 
 # gRPC method paths (/package.Service/Method): never the web pages, so an unrouted

@@ -87,6 +87,14 @@ class GatewaySettings(BaseSettings):
     # ETAX_OTEL_ENDPOINT, the services' setting; both empty: no tracing.
     otel_endpoint: str = Field(default_factory=lambda: os.environ.get("ETAX_OTEL_ENDPOINT", ""))
     output_dir: Path = REPO_ROOT / "build" / "envoy"
+    # The OpenAPI document and its reference page that `make protos` writes; the public
+    # listener serves them (GET /openapi.json, GET /api/).
+    openapi_dir: Path = REPO_ROOT / "gen" / "openapi"
+    # Web origins whose pages may call the public API from a browser (CORS): exact
+    # origins, comma-separated ("https://etax.example.gov.cn"). Empty: no CORS headers,
+    # and preflights are refused.
+    cors_origins: str = ""
+    cors_max_age_seconds: int = Field(default=600, ge=0, le=86400)
 
     @model_validator(mode="after")
     def _trusted_issuer_has_keys(self) -> GatewaySettings:
@@ -110,6 +118,16 @@ class GatewaySettings(BaseSettings):
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("the OTLP endpoint is http://host:port (gRPC)")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _items(value):
+            parts = urlsplit(origin)
+            exact = f"{parts.scheme}://{parts.netloc}"
+            if parts.scheme not in ("http", "https") or not parts.hostname or origin != exact:
+                raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
         return value
 
     @field_validator("trusted_proxies")
@@ -144,6 +162,9 @@ class GatewaySettings(BaseSettings):
 
     def trusted_proxy_cidrs(self) -> list[str]:
         return _items(self.trusted_proxies)
+
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
 
 
 def _items(value: str) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,11 +45,14 @@ _WRONG_CREDENTIAL = frozenset(
 
 def mask_account(account: str) -> str:
     """A login account as it may appear in the audit trail: a phone as 138****1234,
-    anything else (document number, username) as 3701**********123X."""
+    anything else (document number, username) as 3701**********123X. Control and format
+    characters are dropped first: what a client typed must not stop the row being written
+    (PostgreSQL text holds no NUL)."""
+    printable = "".join(ch for ch in account if not unicodedata.category(ch).startswith("C"))
     try:
-        return mask_phone(normalize_phone(account))
+        return mask_phone(normalize_phone(printable))
     except DomainError:
-        return mask_document("".join(account.split()).upper())[:64]
+        return mask_document("".join(printable.split()).upper())[:64]
 
 
 @dataclass

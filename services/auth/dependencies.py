@@ -95,11 +95,13 @@ class SmsCodes:
             verified_at=optional_instant(response, "verified_at"),
         )
 
-    def send(self, phone: str, purpose: Purpose) -> SentCode:
-        """InternalSmsService.SendAccountCode: a code to a phone auth chose (E2 applies)."""
+    def send(self, recipient: str, purpose: Purpose) -> SentCode:
+        """InternalSmsService.SendAccountCode: a code to a phone (or, B6, an email) auth
+        chose from the account (E2 applies)."""
+        contact = {"email": recipient} if "@" in recipient else {"phone": recipient}
         response: sms_pb2.SendAccountCodeResponse = call(
             self._stub.SendAccountCode,
-            sms_pb2.SendAccountCodeRequest(phone=phone, purpose=int(purpose)),  # type: ignore[arg-type]
+            sms_pb2.SendAccountCodeRequest(purpose=int(purpose), **contact),  # type: ignore[arg-type]
             timeout=self._timeout,
             dependency="sms",
         )
@@ -190,6 +192,23 @@ class Bindings:
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._stub = binding_pb2_grpc.InternalBindingServiceStub(channel)
         self._timeout = timeout
+
+    def search_subjects(
+        self, person_id: str, subject_type: int, query: str, province: str
+    ) -> list[binding_pb2.CrossRegionProject]:
+        """D5 during login: the person's related subjects matching the query."""
+        response: binding_pb2.SearchPersonSubjectsResponse = call(
+            self._stub.SearchPersonSubjects,
+            binding_pb2.SearchPersonSubjectsRequest(
+                person_id=person_id,
+                subject_type=subject_type,  # type: ignore[arg-type]
+                query=query,
+                province=province,
+            ),
+            timeout=self._timeout,
+            dependency="binding",
+        )
+        return list(response.subjects)
 
     def check_access(self, person_id: str, target: binding_pb2.Target) -> binding_pb2.Identity:
         response: binding_pb2.CheckAccessResponse = call(

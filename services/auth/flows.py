@@ -40,9 +40,10 @@ class Flow:
     # check of a subject face login), serialized, base64.
     identity: str = ""
     target: str = ""
-    # The SMS code sent for this flow and the blind index of the phone it went to.
+    # The code sent for this flow and the blind index of the phone (or, B6, the email) it
+    # went to.
     verification_id: str = ""
-    phone_index: str = ""
+    recipient_index: str = ""
     face_ticket_id: str = ""
     # Forgot password: the proof already passed ("sms" or "face"), so a retry after a
     # later failure does not need another one.

@@ -26,7 +26,7 @@ from etax_platform.clock import Clock
 from etax_platform.enterprise_codes import normalize_enterprise_code
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_subject_number
-from etax_platform.pii import mask_name, mask_phone
+from etax_platform.pii import mask_name
 from etax_platform.tokens import AccessClaims
 from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog, detail_of, mask_account
@@ -43,18 +43,17 @@ from services.auth.sessions import (
     decode_identity,
     encode_identity,
 )
-from services.auth.steps import PersonSteps, SentToPhone
+from services.auth.steps import CodeContact, PersonSteps, SentToPhone
 from services.auth.storage import AccountStore, PersonRecord, PhoneClaim
 
 # Authentication methods as the access token's amr claim names them (RFC 8176 where it
 # has a name).
 PASSWORD_METHOD = "pwd"  # noqa: S105 - a method name, not a password
 SMS_METHOD = "sms"
+EMAIL_METHOD = "email"
 FACE_METHOD = "face"
 QR_METHOD = "qr"
 
-SMS_STEP = "sms"
-SCAN_STEP = "scan"
 
 NATURAL_PERSON = types_pb2.ENTRY_NATURAL_PERSON
 ENTERPRISE = types_pb2.ENTRY_ENTERPRISE
@@ -103,6 +102,14 @@ def subject_number(raw: str, field_name: str = "subject_number") -> str:
     )
 
 
+def subject_query(raw: str, field_name: str = "query") -> str:
+    """Part of a subject number for the fuzzy search (D5): upper case, no wildcards."""
+    value = raw.strip().upper()
+    if len(value) > 64 or not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in value):
+        raise invalid(field_name, message="请输入统一社会信用代码、纳税人识别号或项目编号的一部分")
+    return value
+
+
 def parse_target(
     entry: int,
     enterprise_code: str,
@@ -112,9 +119,12 @@ def parse_target(
     *,
     client_code: str = "",
     prefix: str = "",
+    subject_pending: bool = False,
+    number_field: str = "subject_number",
 ) -> LoginTarget:
     """The fields each entry needs (field names of StartLoginRequest, or of
-    SwitchIdentityRequest.target with prefix "target.")."""
+    SwitchIdentityRequest.identity with prefix "identity."). subject_pending: a specific
+    subject's number may come later (D5 login)."""
     if entry == NATURAL_PERSON:
         return LoginTarget(NATURAL_PERSON)
     if entry == ENTERPRISE:
@@ -123,7 +133,7 @@ def parse_target(
             ENTERPRISE,
             enterprise_code=normalize_enterprise_code(enterprise_code, f"{prefix}enterprise_code"),
             subject_type=subject_type(kind, f"{prefix}subject_type") if kind else 0,
-            subject_number=subject_number(number, f"{prefix}subject_number")
+            subject_number=subject_number(number, f"{prefix}{number_field}")
             if number.strip()
             else "",
         )
@@ -136,14 +146,17 @@ def parse_target(
             client_code=normalize_enterprise_code(client, f"{prefix}client_code") if client else "",
         )
     if entry == SPECIFIC_SUBJECT:
-        # D5: the subject's USCC/TIN or project number (enterprise_code is accepted too).
+        # D5: the subject's USCC/TIN or project number (enterprise_code is accepted too);
+        # none yet at login: chosen after the password, from the person's own subjects.
         if number.strip():
-            chosen = subject_number(number, f"{prefix}subject_number")
+            chosen = subject_number(number, f"{prefix}{number_field}")
         elif enterprise_code.strip():
             chosen = normalize_enterprise_code(enterprise_code, f"{prefix}enterprise_code")
+        elif subject_pending:
+            chosen = ""
         else:
             raise invalid(
-                f"{prefix}subject_number",
+                f"{prefix}{number_field}",
                 message="请输入统一社会信用代码、纳税人识别号或项目编号",
             )
         return LoginTarget(
@@ -165,13 +178,46 @@ def identity_for(
     return bindings.check_access(person.person_id, target.to_target(province))
 
 
+def target_of_identity(identity: binding_pb2.Identity) -> LoginTarget:
+    """What SwitchIdentity asks for when given an item of ListMyIdentities back as is."""
+    return parse_target(
+        identity.entry,
+        identity.enterprise_code,
+        identity.agency_code,
+        identity.subject_type,
+        identity.project_number,
+        client_code=identity.client_code,
+        prefix="identity.",
+        number_field="project_number",
+    )
+
+
+@dataclass(frozen=True)
+class SecondSteps:
+    """What step 2 may be, as the page offers it (D2, D4, B6)."""
+
+    steps: tuple[str, ...]
+    masked_phone: str
+    phone_empty: bool
+    masked_email: str
+
+    @staticmethod
+    def of(contact: CodeContact) -> SecondSteps:
+        return SecondSteps(
+            contact.second_steps,
+            contact.masked_phone,
+            contact.phone is None,
+            contact.masked_email,
+        )
+
+
 @dataclass(frozen=True)
 class StartedLogin:
     challenge_id: str
-    second_steps: tuple[str, ...]
-    masked_phone: str
-    phone_empty: bool
+    # Empty while the specific subject is still to be chosen (D5).
+    second: SecondSteps
     expires_at: datetime
+    subject_required: bool = False
 
 
 class Logins:
@@ -222,8 +268,15 @@ class Logins:
             self._checks.password(
                 person.person_id, lambda: self._passwords.matches(person, password), event
             )
-            identity = identity_for(self._bindings, person, target, province)
-            event.detail.update(detail_of(identity))
+            pending = target.entry == SPECIFIC_SUBJECT and not target.subject_number
+            if pending:
+                # D5: the person chooses among their own subjects first.
+                require_enterprise_business(person.overseas_restricted)
+                identity = ""
+            else:
+                chosen = identity_for(self._bindings, person, target, province)
+                event.detail.update(detail_of(chosen))
+                identity = encode_identity(chosen)
             challenge = self._challenges.create(
                 person_id=person.person_id,
                 province=province,
@@ -232,23 +285,61 @@ class Logins:
                 masked_name=mask_name(person.name),
                 real_name_level=person.real_name_level,
                 masked_account=event.masked_account or "",
-                identity=encode_identity(identity),
+                identity=identity,
+                target=encode_target(target.to_target(province)) if pending else "",
             )
-        phone = found.default_phone
+        second = SecondSteps.of(CodeContact.of(found))
         return StartedLogin(
             challenge_id=challenge.flow_id,
-            # D4, Q19: an empty phone offers scan verification only.
-            second_steps=(SCAN_STEP,) if phone is None else (SMS_STEP, SCAN_STEP),
-            masked_phone="" if phone is None else mask_phone(phone),
-            phone_empty=phone is None,
+            second=SecondSteps((), "", False, "") if pending else second,
             expires_at=challenge.expires_at,
+            subject_required=pending,
         )
+
+    # --- D5: the subject, chosen after the password ----------------------------------------
+
+    def _choosing_subject(self, challenge_id: str) -> tuple[Flow, binding_pb2.Target]:
+        challenge = self._challenges.load(challenge_id)
+        if not challenge.person_id or challenge.identity or not challenge.target:
+            raise DomainError(
+                Reason.STATE_CONFLICT, "本次登录无需选择特定主体", {"field": "challenge_id"}
+            )
+        return challenge, decode_target(challenge.target)
+
+    def search_subjects(
+        self, challenge_id: str, query: str
+    ) -> list[binding_pb2.CrossRegionProject]:
+        """D5, Q23: the fuzzy search of the subject number during login, over the subjects
+        the person whose password was verified is related to, in the bureau's province.
+        Empty: no relation (the page's "required" prompt)."""
+        wanted = subject_query(query)
+        challenge, target = self._choosing_subject(challenge_id)
+        return self._bindings.search_subjects(
+            challenge.person_id, target.subject_type, wanted, challenge.province
+        )
+
+    def select_subject(self, challenge_id: str, number: str) -> SecondSteps:
+        """D5: the chosen subject, if the person may act for it (RELATION_NOT_FOUND)."""
+        chosen = subject_number(number)
+        challenge, target = self._choosing_subject(challenge_id)
+        with self._audit.attempt(
+            "login.select_subject", **self._event(challenge, "password")
+        ) as event:
+            target.subject_number = chosen
+            identity = self._bindings.check_access(challenge.person_id, target)
+            event.detail.update(detail_of(identity))
+            self._challenges.set(challenge_id, identity=encode_identity(identity), target="")
+        return SecondSteps.of(self._steps.contact(challenge.person_id))
 
     def _person_challenge(self, challenge_id: str) -> Flow:
         challenge = self._challenges.load(challenge_id)
         if not challenge.person_id:
             raise DomainError(
                 Reason.STATE_CONFLICT, "请使用税务APP扫码完成人脸识别", {"field": "challenge_id"}
+            )
+        if not challenge.identity:
+            raise DomainError(
+                Reason.STATE_CONFLICT, "请先选择特定主体编号", {"field": "subject_number"}
             )
         return challenge
 
@@ -278,10 +369,12 @@ class Logins:
             verified = self._checks.sms_code(
                 challenge.person_id, challenge.verification_id, code, Purpose.LOGIN, event
             )
-            if self._accounts.phone_index(verified.recipient) != challenge.phone_index:
+            if self._accounts.recipient_index(verified.recipient) != challenge.recipient_index:
                 raise self._challenges.invalid()
             challenge = self._challenges.consume(challenge_id)
             now = self._clock.now()
+            if "@" in verified.recipient:  # B6: an email code
+                return self._open(challenge, EMAIL_METHOD, event)
             # C4: passing an SMS check re-affirms the person's hold on that phone.
             claim = PhoneClaim(verified.recipient, verified.verified_at or now)
             return self._open(

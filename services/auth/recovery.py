@@ -34,7 +34,7 @@ from services.auth.lockout import FACE, PASSWORD, Lockout
 from services.auth.lookup import AccountLookup
 from services.auth.passwords import PasswordHasher, check_policy
 from services.auth.sessions import Sessions
-from services.auth.steps import PersonSteps, SentToPhone
+from services.auth.steps import CodeContact, PersonSteps, SentToPhone
 from services.auth.storage import AccountStore, PhoneClaim
 
 
@@ -44,6 +44,8 @@ class StartedReset:
     masked_phone: str
     phone_empty: bool
     expires_at: datetime
+    # B6: no phone, the code goes to this email.
+    masked_email: str = ""
 
 
 def _event(flow: Flow, method: str | None = None) -> dict[str, object]:
@@ -105,12 +107,13 @@ class Recovery:
                 masked_name=mask_name(found.person.name),
                 masked_account=event.masked_account or "",
             )
-        phone = found.default_phone
+        contact = CodeContact.of(found)
         return StartedReset(
             flow.flow_id,
-            "" if phone is None else mask_phone(phone),
-            phone is None,
+            contact.masked_phone,
+            contact.phone is None,
             flow.expires_at,
+            contact.masked_email,
         )
 
     def send_reset_code(self, reset_id: str) -> SentToPhone:
@@ -171,15 +174,17 @@ class Recovery:
                     )
                 )
 
-    def _prove_code(self, flow: Flow, code: str, event: AuditEvent) -> PhoneClaim:
+    def _prove_code(self, flow: Flow, code: str, event: AuditEvent) -> PhoneClaim | None:
         require_code(code)
         if not flow.verification_id:
             raise DomainError(Reason.STATE_CONFLICT, "请先获取验证码", {"field": "code"})
         verified = self._checks.sms_code(
             flow.person_id, flow.verification_id, code, Purpose.PASSWORD_RESET, event
         )
-        if self._accounts.phone_index(verified.recipient) != flow.phone_index:
+        if self._accounts.recipient_index(verified.recipient) != flow.recipient_index:
             raise self._resets.invalid()
+        if "@" in verified.recipient:  # B6: an email code claims no phone
+            return None
         # C4: the SMS check re-affirms the person's hold on the phone.
         return PhoneClaim(verified.recipient, verified.verified_at or self._clock.now())
 

@@ -27,16 +27,28 @@ from services.auth.domain import (
 from services.auth.internal import InternalAccounts
 from services.auth.keys import SigningKeys
 from services.auth.legacy import LegacyLogins
-from services.auth.login import SCAN_STEP, SMS_STEP, Logins, Switching, parse_target
+from services.auth.login import (
+    Logins,
+    SecondSteps,
+    Switching,
+    parse_target,
+    target_of_identity,
+)
 from services.auth.qr_login import QrLogins
 from services.auth.recovery import Recovery
 from services.auth.registration import Completion, Registrations
 from services.auth.sessions import IssuedSession, Sessions
+from services.auth.steps import EMAIL_STEP, SCAN_STEP, SMS_STEP
 
 _SECOND_STEPS = {
     SMS_STEP: auth_pb2.SECOND_STEP_SMS_CODE,
     SCAN_STEP: auth_pb2.SECOND_STEP_SCAN_VERIFICATION,
+    EMAIL_STEP: auth_pb2.SECOND_STEP_EMAIL_CODE,
 }
+
+
+def _steps(second: SecondSteps) -> list[auth_pb2.SecondStep]:
+    return [_SECOND_STEPS[step] for step in second.steps]
 
 
 def _timestamp(instant: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -126,6 +138,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
             request.agency_code,
             request.subject_type,
             request.subject_number,
+            subject_pending=True,
         )
         started = self._logins.start(
             request.account,
@@ -135,10 +148,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         )
         return auth_pb2.StartLoginResponse(
             challenge_id=started.challenge_id,
-            second_steps=[_SECOND_STEPS[step] for step in started.second_steps],
-            masked_phone=started.masked_phone,
-            phone_empty=started.phone_empty,
+            second_steps=_steps(started.second),
+            masked_phone=started.second.masked_phone,
+            phone_empty=started.second.phone_empty,
+            masked_email=started.second.masked_email,
             expires_at=to_timestamp(started.expires_at),
+            subject_required=started.subject_required,
+        )
+
+    def SearchLoginSubjects(
+        self, request: auth_pb2.SearchLoginSubjectsRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.SearchLoginSubjectsResponse:
+        subjects = self._logins.search_subjects(request.challenge_id, request.query)
+        return auth_pb2.SearchLoginSubjectsResponse(subjects=subjects)
+
+    def SelectLoginSubject(
+        self, request: auth_pb2.SelectLoginSubjectRequest, context: grpc.ServicerContext
+    ) -> auth_pb2.SelectLoginSubjectResponse:
+        second = self._logins.select_subject(request.challenge_id, request.subject_number)
+        return auth_pb2.SelectLoginSubjectResponse(
+            second_steps=_steps(second),
+            masked_phone=second.masked_phone,
+            phone_empty=second.phone_empty,
+            masked_email=second.masked_email,
         )
 
     def SendLoginCode(
@@ -146,7 +178,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> auth_pb2.SendLoginCodeResponse:
         sent = self._logins.send_code(request.challenge_id)
         return auth_pb2.SendLoginCodeResponse(
-            masked_phone=sent.masked_phone, code_expires_at=_timestamp(sent.code_expires_at)
+            masked_phone=sent.masked_phone,
+            code_expires_at=_timestamp(sent.code_expires_at),
+            masked_email=sent.masked_email,
         )
 
     def CompleteLoginWithCode(
@@ -232,20 +266,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     def SwitchIdentity(
         self, request: auth_pb2.SwitchIdentityRequest, context: grpc.ServicerContext
     ) -> auth_pb2.SwitchIdentityResponse:
-        claims = caller()
-        requested = request.target
-        if requested.province.strip() and requested.province.strip() != claims.province:
-            raise invalid("target.province", message="只能切换到本次登录省份的身份")
-        target = parse_target(
-            requested.entry,
-            requested.enterprise_code,
-            requested.agency_code,
-            requested.subject_type,
-            requested.subject_number,
-            client_code=requested.client_code,
-            prefix="target.",
-        )
-        issued = self._switching.switch(claims, target)
+        if not request.HasField("identity"):
+            raise invalid("identity", message="请选择要切换的身份")
+        issued = self._switching.switch(caller(), target_of_identity(request.identity))
         return auth_pb2.SwitchIdentityResponse(session=_session(issued))
 
     def GetPublicKeys(
@@ -268,6 +291,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
             masked_phone=started.masked_phone,
             phone_empty=started.phone_empty,
             expires_at=to_timestamp(started.expires_at),
+            masked_email=started.masked_email,
         )
 
     def SendPasswordResetCode(
@@ -275,7 +299,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
     ) -> auth_pb2.SendPasswordResetCodeResponse:
         sent = self._recovery.send_reset_code(request.reset_id)
         return auth_pb2.SendPasswordResetCodeResponse(
-            masked_phone=sent.masked_phone, code_expires_at=_timestamp(sent.code_expires_at)
+            masked_phone=sent.masked_phone,
+            code_expires_at=_timestamp(sent.code_expires_at),
+            masked_email=sent.masked_email,
         )
 
     def StartPasswordResetFace(
@@ -349,7 +375,7 @@ class AccountServicer(auth_pb2_grpc.AccountServiceServicer):  # type: ignore[mis
             document,
             name,
             overseas=request.overseas,
-            province=require_province(request.province),
+            province=province_for(request.province, required=True),
         )
         return auth_pb2.StartRegistrationResponse(
             registration_id=started.registration_id,

@@ -1,5 +1,6 @@
 """The second steps every flow of a known person shares (login, password reset, unlock):
-a code to the person's default phone, a face ticket bound to the flow and its proof."""
+a code to the person's default phone (or, B6, their email when they have no phone), a face
+ticket bound to the flow and its proof."""
 
 from __future__ import annotations
 
@@ -7,20 +8,60 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from etax_platform.errors import DomainError, Reason
-from etax_platform.pii import mask_phone
+from etax_platform.pii import mask_email, mask_phone
 from services.auth.audit import AuditEvent
 from services.auth.checks import Checks
 from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
 from services.auth.domain import Purpose
 from services.auth.flows import Flow, Flows
 from services.auth.lockout import FACE, SMS_CODE
-from services.auth.storage import AccountStore
+from services.auth.storage import AccountStore, LoginCandidate
+
+SMS_STEP = "sms"
+SCAN_STEP = "scan"
+EMAIL_STEP = "email"
+
+
+@dataclass(frozen=True)
+class CodeContact:
+    """Where a person's login and reset codes go: the default phone (D2, C3) or, for an
+    overseas person registered by email without a phone, that email (B6)."""
+
+    phone: str | None
+    email: str | None
+
+    @staticmethod
+    def of(candidate: LoginCandidate) -> CodeContact:
+        return CodeContact(candidate.default_phone, candidate.person.email)
+
+    @property
+    def recipient(self) -> str | None:
+        return self.phone or self.email
+
+    @property
+    def second_steps(self) -> tuple[str, ...]:
+        """D4, Q19: no phone (and no email) offers scan verification only."""
+        if self.phone is not None:
+            return (SMS_STEP, SCAN_STEP)
+        if self.email is not None:
+            return (EMAIL_STEP, SCAN_STEP)
+        return (SCAN_STEP,)
+
+    @property
+    def masked_phone(self) -> str:
+        return "" if self.phone is None else mask_phone(self.phone)
+
+    @property
+    def masked_email(self) -> str:
+        return "" if self.phone is not None or self.email is None else mask_email(self.email)
 
 
 @dataclass(frozen=True)
 class SentToPhone:
     masked_phone: str
     code_expires_at: datetime | None
+    # B6: the code went to this email instead (no phone).
+    masked_email: str = ""
 
 
 class PersonSteps:
@@ -32,20 +73,29 @@ class PersonSteps:
         self._sms = sms
         self._face = face
 
+    def contact(self, person_id: str) -> CodeContact:
+        person = self._accounts.person(person_id)
+        return CodeContact(
+            self._accounts.default_phone(person_id), None if person is None else person.email
+        )
+
     def send_code(self, flows: Flows, flow: Flow, purpose: Purpose, field: str) -> SentToPhone:
-        """A code to the person's default phone, remembered in the flow with that phone."""
-        phone = self._accounts.default_phone(flow.person_id)
-        if phone is None:
+        """A code to the person's default phone (B6: or email), remembered in the flow with
+        where it went. E1 and E2 are the same for both: the code level, the sends per
+        recipient."""
+        contact = self.contact(flow.person_id)
+        recipient = contact.recipient
+        if recipient is None:
             # C4: the phone went to another person; scan verification instead (D4, Q17).
             raise DomainError(Reason.PHONE_EMPTY, metadata={"field": field})
         self._checks.ensure_open(flow.person_id, SMS_CODE)
-        sent = self._sms.send(phone, purpose)
+        sent = self._sms.send(recipient, purpose)
         flows.set(
             flow.flow_id,
             verification_id=sent.verification_id,
-            phone_index=self._accounts.phone_index(phone),
+            recipient_index=self._accounts.recipient_index(recipient),
         )
-        return SentToPhone(mask_phone(phone), sent.expires_at)
+        return SentToPhone(contact.masked_phone, sent.expires_at, contact.masked_email)
 
     def face_ticket(self, flows: Flows, flow: Flow, purpose: Purpose) -> FaceChallenge:
         """A face ticket for the flow; the one it replaces has its mismatches counted first.

@@ -118,6 +118,10 @@ class AccountStore:
     def email_index(self, email: str) -> str:
         return self._pd.blind_index(email, "email")
 
+    def recipient_index(self, recipient: str) -> str:
+        """The blind index of a code's recipient: an email (B6) or a phone."""
+        return self.email_index(recipient) if "@" in recipient else self.phone_index(recipient)
+
     # --- reading -----------------------------------------------------------------------------
 
     def person(self, person_id: str) -> PersonRecord | None:

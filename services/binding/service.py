@@ -798,8 +798,9 @@ class BindingService:
             return domain.subject_identity(accesses, target)
 
     def identities(self, person_id: str, province: str) -> list[Identity]:
-        """Everything the person may act as (F3, F4, F5): enterprises with their role,
-        cross-region projects in the province (all provinces if empty), agent clients."""
+        """Everything the person may act as (F3, F4, F5): the natural person first, then
+        enterprises with their role, cross-region projects in the province (all provinces if
+        empty), agent clients."""
         index = self._directory.index_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
@@ -809,7 +810,8 @@ class BindingService:
                 .where(enterprises.c.code.in_(roles))
                 .order_by(enterprises.c.code)
             ).all()
-            found = [domain.enterprise_identity(_enterprise(r), roles[r.code]) for r in rows]
+            found = [Identity(Entry.ENTRY_NATURAL_PERSON)]
+            found += [domain.enterprise_identity(_enterprise(r), roles[r.code]) for r in rows]
             found += [
                 access.listed_identity()
                 for access in self._project_access(session, index, roles, province)

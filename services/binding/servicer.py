@@ -306,6 +306,17 @@ class InternalBindingServicer(binding_pb2_grpc.InternalBindingServiceServicer): 
         )
         return pb.CheckAccessResponse(identity=_identity_pb(identity))
 
+    def SearchPersonSubjects(
+        self, request: pb.SearchPersonSubjectsRequest, context: grpc.ServicerContext
+    ) -> pb.SearchPersonSubjectsResponse:
+        subjects = self._service.search_subjects(
+            domain.opaque_id(request.person_id, "person_id"),
+            domain.subject_type(request.subject_type, "subject_type", required=False),
+            domain.search_query(request.query, "query"),
+            domain.province(request.province, "province"),
+        )
+        return pb.SearchPersonSubjectsResponse(subjects=map(_project_pb, subjects))
+
     def ListIdentities(
         self, request: pb.ListIdentitiesRequest, context: grpc.ServicerContext
     ) -> pb.ListIdentitiesResponse:

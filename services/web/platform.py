@@ -15,9 +15,8 @@ What is known to change in the platform's API lands here and nowhere else:
   challenge; until then `search_login_subjects` returns nothing.
 - A new SecondStep (an email code for overseas persons) will appear in `second_steps`;
   `LoginStart.second_steps` carries the names as the platform sends them.
-- ListMyIdentities will include the natural-person identity and SwitchIdentity will take
-  back exactly an item of that list; today `identities` adds the natural person itself
-  and `_target_of` turns an item into a Target.
+- ListMyIdentities includes the natural-person identity and SwitchIdentity takes back an
+  item of that list (`_identity_pb`).
 - Flood guards will be per client address: every call carries the browser's address in
   X-Forwarded-For (`Caller.address`).
 """
@@ -181,22 +180,19 @@ def _identity(message: binding_pb2.Identity) -> Identity:
     )
 
 
-def _target_of(identity: Identity) -> binding_pb2.Target:
-    """An item of the identity list as SwitchIdentity takes it."""
-    target = binding_pb2.Target(entry=_enum(types_pb2.Entry, identity.entry, "entry"))
-    if identity.entry == "ENTRY_AGENT":
-        target.agency_code = identity.agency_code
-        target.client_code = identity.client_code
-        return target
-    if identity.entry in ("ENTRY_ENTERPRISE", "ENTRY_SPECIFIC_SUBJECT"):
-        if identity.entry == "ENTRY_ENTERPRISE" or not identity.project_number:
-            target.enterprise_code = identity.enterprise_code
-        if identity.project_number:
-            target.subject_type = _enum(
-                types_pb2.SubjectType, identity.subject_type, "subject_type"
-            )
-            target.subject_number = identity.project_number
-    return target
+def _identity_pb(identity: Identity) -> binding_pb2.Identity:
+    """An item of the identity list back as SwitchIdentity takes it (the fields that name
+    it; auth and binding decide the rest)."""
+    message = binding_pb2.Identity(
+        entry=_enum(types_pb2.Entry, identity.entry, "entry"),
+        enterprise_code=identity.enterprise_code,
+        project_number=identity.project_number,
+        agency_code=identity.agency_code,
+        client_code=identity.client_code,
+    )
+    if identity.subject_type:
+        message.subject_type = _enum(types_pb2.SubjectType, identity.subject_type, "subject_type")
+    return message
 
 
 @dataclass(frozen=True)
@@ -619,15 +615,12 @@ class Platform:
         listed = self._call(
             self._binding.ListMyIdentities, binding_pb2.ListMyIdentitiesRequest(), caller, token
         )
-        found = [_identity(i) for i in listed.identities]
-        if not any(i.entry == "ENTRY_NATURAL_PERSON" for i in found):
-            found.insert(0, Identity(entry="ENTRY_NATURAL_PERSON"))
-        return found
+        return [_identity(i) for i in listed.identities]
 
     def switch_identity(self, caller: Caller, token: str, identity: Identity) -> SignedIn:
         switched = self._call(
             self._auth.SwitchIdentity,
-            auth_pb2.SwitchIdentityRequest(target=_target_of(identity)),
+            auth_pb2.SwitchIdentityRequest(identity=_identity_pb(identity)),
             caller,
             token,
         )

@@ -265,15 +265,21 @@ class Auth:
             auth_pb2.GetProfileRequest(), metadata=self.as_person(person_id), timeout=10
         ).profile
 
-    def add_phone(self, person_id: str, phone: str, make_default: bool = False) -> auth_pb2.Phone:
+    def add_phone(self, person_id: str, phone: str) -> auth_pb2.Phone:
+        """C3: a phone added (verified by SMS) becomes the default."""
         verification_id, code = self.sms.issue(phone, PHONE_ADD)
         return self.account.AddPhone(
-            auth_pb2.AddPhoneRequest(
-                phone=phone, verification_id=verification_id, code=code, make_default=make_default
-            ),
+            auth_pb2.AddPhoneRequest(phone=phone, verification_id=verification_id, code=code),
             metadata=self.as_person(person_id),
             timeout=10,
         ).phone
+
+    def set_default_phone(self, person_id: str, phone_id: str) -> None:
+        self.account.SetDefaultPhone(
+            auth_pb2.SetDefaultPhoneRequest(phone_id=phone_id),
+            metadata=self.as_person(person_id),
+            timeout=10,
+        )
 
 
 def auth_settings(tmp_path: Path, database_url: str, **overrides: object) -> AuthSettings:

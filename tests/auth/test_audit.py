@@ -34,7 +34,7 @@ def test_every_kind_of_event_is_recorded_with_masked_accounts(platform: Platform
         auth_pb2.RefreshSessionRequest(refresh_token=session.refresh_token), timeout=10
     ).session
     platform.auth.SwitchIdentity(
-        auth_pb2.SwitchIdentityRequest(target=binding_pb2.Target(entry=1)),
+        auth_pb2.SwitchIdentityRequest(identity=binding_pb2.Identity(entry=1)),
         metadata=bearer(refreshed),
         timeout=10,
     )
@@ -123,6 +123,18 @@ def test_accounts_are_masked_whatever_their_shape() -> None:
     assert mask_account("+86 138 1234 5678") == "138****5678"
     assert mask_account("370102199001011234") == "3701**********1234"
     assert mask_account("zhangsan88") == "Z*******88"
+    # Found by the fuzzer: NUL and other control characters never reach the audit row
+    # (PostgreSQL refused it, and the attempt went unrecorded).
+    assert mask_account("1\x00381234\x005678") == "138****5678"
+    assert "\x00" not in mask_account("\x00\x00abc\u200b\x01def\x00")
+
+
+def test_an_attempt_with_control_characters_is_recorded(platform: Platform) -> None:
+    """The refused attempt of an account full of NULs is in the trail, on every database."""
+    failure = failure_of(platform.start, "\x00\x0012345\x00")
+    assert failure.reason in ("USER_NOT_REGISTERED", "INVALID_ARGUMENT", "PHONE_NOT_FOUND")
+    events = platform.audit(action="login.password")
+    assert events and "\x00" not in (events[-1]["masked_account"] or "")
 
 
 def test_batched_events_are_written_off_the_request_path(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ def claims(session: auth_pb2.Session) -> dict[str, Any]:
 def test_d1_a1_c2_c3_a_person_logs_in_by_document_any_phone_or_username(platform: Platform) -> None:
     person = platform.person(username="Zhangsan88")
     other_phone = new_phone()
+    # C3: the phone verified last is the default: the codes go there, whichever logs in.
     platform.accounts.add_phone(person.person_id, other_phone)
     for account in (
         person.document,
@@ -53,9 +54,7 @@ def test_d1_a1_c2_c3_a_person_logs_in_by_document_any_phone_or_username(platform
         started = platform.start(account)
         assert list(started.second_steps) == [SMS_STEP, SCAN_STEP]
         platform.send_code(started.challenge_id)
-        session = platform.complete_with_code(
-            started.challenge_id, platform.last_code(person.phone)
-        )
+        session = platform.complete_with_code(started.challenge_id, platform.last_code(other_phone))
         assert session.person_id == person.person_id
         assert session.identity.entry == NATURAL
     token = claims(session)
@@ -101,8 +100,12 @@ def test_e1_wrong_password_says_how_many_attempts_are_left(platform: Platform) -
 
 
 def test_d2_the_code_goes_to_the_phone_shown_masked(platform: Platform) -> None:
+    """D2, C3: the default phone, here the one the person chose after adding another."""
     person = platform.person()
-    platform.accounts.add_phone(person.person_id, new_phone())  # not the default
+    added = platform.accounts.add_phone(person.person_id, new_phone())  # now the default
+    first = next(p for p in platform.accounts.profile(person.person_id).phones if not p.is_default)
+    assert added.is_default
+    platform.accounts.set_default_phone(person.person_id, first.phone_id)
     started = platform.start(person.document)
     assert (started.masked_phone, started.phone_empty) == (mask_phone(person.phone), False)
     sent = platform.send_code(started.challenge_id)
@@ -284,7 +287,7 @@ def test_d6_an_agent_logs_in_for_the_agency_then_acts_for_a_client(platform: Pla
     assert session.identity.role == types_pb2.ROLE_TAX_AGENT
     switched = platform.auth.SwitchIdentity(
         auth_pb2.SwitchIdentityRequest(
-            target=binding_pb2.Target(entry=AGENT, agency_code=agency, client_code=client)
+            identity=binding_pb2.Identity(entry=AGENT, agency_code=agency, client_code=client)
         ),
         metadata=bearer(session),
         timeout=10,
@@ -403,7 +406,7 @@ def test_f3_switching_between_enterprises_keeps_the_session(platform: Platform) 
     session = platform.login(officer, entry=ENTERPRISE, enterprise_code=code_a)
     switched = platform.auth.SwitchIdentity(
         auth_pb2.SwitchIdentityRequest(
-            target=binding_pb2.Target(entry=ENTERPRISE, enterprise_code=code_b)
+            identity=binding_pb2.Identity(entry=ENTERPRISE, enterprise_code=code_b)
         ),
         metadata=bearer(session),
         timeout=10,
@@ -419,7 +422,7 @@ def test_f3_switching_between_enterprises_keeps_the_session(platform: Platform) 
     refused = failure_of(
         platform.auth.SwitchIdentity,
         auth_pb2.SwitchIdentityRequest(
-            target=binding_pb2.Target(entry=ENTERPRISE, enterprise_code=stranger_code)
+            identity=binding_pb2.Identity(entry=ENTERPRISE, enterprise_code=stranger_code)
         ),
         metadata=bearer(switched),
         timeout=10,
@@ -427,7 +430,7 @@ def test_f3_switching_between_enterprises_keeps_the_session(platform: Platform) 
     assert refused.reason == "RELATION_NOT_FOUND"
     # Back to natural-person business, same session.
     natural = platform.auth.SwitchIdentity(
-        auth_pb2.SwitchIdentityRequest(target=binding_pb2.Target(entry=NATURAL)),
+        auth_pb2.SwitchIdentityRequest(identity=binding_pb2.Identity(entry=NATURAL)),
         metadata=bearer(switched),
         timeout=10,
     ).session
@@ -441,8 +444,8 @@ def test_f5_a_home_province_project_appears_under_identity_switching(platform: P
     session = platform.login(boss, entry=ENTERPRISE, enterprise_code=code)
     switched = platform.auth.SwitchIdentity(
         auth_pb2.SwitchIdentityRequest(
-            target=binding_pb2.Target(
-                entry=ENTERPRISE, enterprise_code=code, subject_number="SDXM-2026-007"
+            identity=binding_pb2.Identity(
+                entry=ENTERPRISE, enterprise_code=code, project_number="SDXM-2026-007"
             )
         ),
         metadata=bearer(session),
@@ -452,16 +455,20 @@ def test_f5_a_home_province_project_appears_under_identity_switching(platform: P
         ENTERPRISE,
         "SDXM-2026-007",
     )
-    other_province = failure_of(
-        platform.auth.SwitchIdentity,
-        auth_pb2.SwitchIdentityRequest(target=binding_pb2.Target(entry=NATURAL, province=BEIJING)),
-        metadata=bearer(session),
-        timeout=10,
-    )
-    assert (other_province.reason, other_province.metadata["field"]) == (
-        "INVALID_ARGUMENT",
-        "target.province",
-    )
+    # What the list offers is what the switch takes back, as is (issue 12: one shape).
+    listed = platform.binding.ListMyIdentities(
+        binding_pb2.ListMyIdentitiesRequest(), metadata=bearer(switched), timeout=10
+    ).identities
+    assert listed[0] == binding_pb2.Identity(entry=NATURAL)
+    assert switched.identity in listed
+    for identity in listed:
+        again = platform.auth.SwitchIdentity(
+            auth_pb2.SwitchIdentityRequest(identity=identity),
+            metadata=bearer(switched),
+            timeout=10,
+        ).session
+        assert again.identity == identity
+        switched = again
 
 
 def test_binding_accepts_the_sessions_tokens(platform: Platform) -> None:
@@ -471,4 +478,4 @@ def test_binding_accepts_the_sessions_tokens(platform: Platform) -> None:
     identities = platform.binding.ListMyIdentities(
         binding_pb2.ListMyIdentitiesRequest(), metadata=bearer(session), timeout=10
     ).identities
-    assert [i.enterprise_code for i in identities] == [code]
+    assert [(i.entry, i.enterprise_code) for i in identities] == [(NATURAL, ""), (ENTERPRISE, code)]

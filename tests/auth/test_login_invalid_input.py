@@ -53,9 +53,9 @@ def _login(**fields: Any) -> Callable[[Context], Any]:
     return call
 
 
-def _switch(**target: Any) -> Callable[[Context], Any]:
+def _switch(**identity: Any) -> Callable[[Context], Any]:
     return lambda c: c.platform.auth.SwitchIdentity(
-        auth_pb2.SwitchIdentityRequest(target=binding_pb2.Target(**target)),
+        auth_pb2.SwitchIdentityRequest(identity=binding_pb2.Identity(**identity)),
         metadata=bearer(c.session),
         timeout=10,
     )
@@ -106,10 +106,33 @@ CASES: list[tuple[str, str, str, Callable[[Context], Any]]] = [
         _login(entry=SUBJECT, subject_type=1, subject_number="a b"),
     ),
     (
-        "subject number missing",
+        "subject search: challenge id",
+        "INVALID_ARGUMENT",
+        "challenge_id",
+        _auth(
+            "SearchLoginSubjects",
+            lambda c: auth_pb2.SearchLoginSubjectsRequest(challenge_id="../x", query="KQ"),
+        ),
+    ),
+    (
+        "subject search: query",
+        "INVALID_ARGUMENT",
+        "query",
+        _auth(
+            "SearchLoginSubjects",
+            lambda c: auth_pb2.SearchLoginSubjectsRequest(challenge_id="a" * 32, query="K%"),
+        ),
+    ),
+    (
+        "subject choice: number",
         "INVALID_ARGUMENT",
         "subject_number",
-        _login(entry=SUBJECT, subject_type=1),
+        _auth(
+            "SelectLoginSubject",
+            lambda c: auth_pb2.SelectLoginSubjectRequest(
+                challenge_id="a" * 32, subject_number="a b"
+            ),
+        ),
     ),
     (
         "send code: challenge id",
@@ -252,42 +275,36 @@ CASES: list[tuple[str, str, str, Callable[[Context], Any]]] = [
         "refresh_token",
         _auth("Logout", lambda c: auth_pb2.LogoutRequest(refresh_token="r" * 200)),
     ),
-    ("switch: entry", "INVALID_ARGUMENT", "target.entry", _switch()),
+    ("switch: entry", "INVALID_ARGUMENT", "identity.entry", _switch()),
     (
         "switch: enterprise code",
         "INVALID_ENTERPRISE_CODE",
-        "target.enterprise_code",
+        "identity.enterprise_code",
         _switch(entry=ENTERPRISE, enterprise_code=BAD_CODE),
     ),
     (
         "switch: agency code",
         "INVALID_ENTERPRISE_CODE",
-        "target.agency_code",
+        "identity.agency_code",
         _switch(entry=AGENT),
     ),
     (
         "switch: client code",
         "INVALID_ENTERPRISE_CODE",
-        "target.client_code",
+        "identity.client_code",
         _switch(entry=AGENT, agency_code=GOOD_CODE, client_code="??"),
     ),
     (
         "switch: subject type",
         "INVALID_ARGUMENT",
-        "target.subject_type",
-        _switch(entry=SUBJECT, subject_type=7, subject_number="BJXM-001"),
+        "identity.subject_type",
+        _switch(entry=SUBJECT, subject_type=7, project_number="BJXM-001"),
     ),
     (
         "switch: subject number",
         "INVALID_ARGUMENT",
-        "target.subject_number",
-        _switch(entry=SUBJECT, subject_type=1, subject_number="#"),
-    ),
-    (
-        "switch: province",
-        "INVALID_ARGUMENT",
-        "target.province",
-        _switch(entry=NATURAL, province="11"),
+        "identity.project_number",
+        _switch(entry=SUBJECT, subject_type=1, project_number="#"),
     ),
     (
         "reset: account",

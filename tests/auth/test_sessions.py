@@ -102,7 +102,7 @@ def test_f3_switching_identity_retires_the_earlier_refresh_token(platform: Platf
     session = platform.login(platform.person())
     switched = platform.auth.SwitchIdentity(
         auth_pb2.SwitchIdentityRequest(
-            target=binding_pb2.Target(entry=types_pb2.ENTRY_NATURAL_PERSON)
+            identity=binding_pb2.Identity(entry=types_pb2.ENTRY_NATURAL_PERSON)
         ),
         metadata=bearer(session),
         timeout=10,

@@ -266,10 +266,14 @@ class Binding:
         return self.check(person, entry=Entry.ENTRY_ENTERPRISE, enterprise_code=code)
 
     def identities(self, person: Person, province: str = "") -> list[pb.Identity]:
+        """What the person may switch to beyond the natural person, which ListMyIdentities
+        always lists first (F3, issue 12: every identity the person can switch to)."""
         response = self.public.ListMyIdentities(
             pb.ListMyIdentitiesRequest(province=province), metadata=self.token(person), timeout=10
         )
-        return list(response.identities)
+        natural, *rest = response.identities
+        assert natural == pb.Identity(entry=Entry.ENTRY_NATURAL_PERSON)
+        return rest
 
 
 def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, DomainError]:

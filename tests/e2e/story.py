@@ -332,7 +332,8 @@ class Bureau:
     ) -> Reply:
         return (via or self.web).call(
             "AccountService.StartRegistration",
-            {"identity": person.identity, "overseas": overseas, "province": self.province},
+            # A3: the gateway's province decides; a client names none.
+            {"identity": person.identity, "overseas": overseas},
         )
 
     def register(self, person: Person, *, overseas: bool = False, username: str = "") -> Person:

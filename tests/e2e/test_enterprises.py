@@ -33,8 +33,10 @@ CONFIRMERS_TEXT = "仅企业法定代表人或财务负责人可以办理此业�
 INSPECTION = "SUBJECT_TYPE_CROSS_REGION_INSPECTION"
 
 
-def _switch(bureau: Bureau, session: Session, **target: str) -> Reply:
-    return bureau.web.call("AuthService.SwitchIdentity", {"target": target}, token=session.token)
+def _switch(bureau: Bureau, session: Session, **identity: str) -> Reply:
+    return bureau.web.call(
+        "AuthService.SwitchIdentity", {"identity": identity}, token=session.token
+    )
 
 
 # --- Q1, Q26: enterprises appear through the core tax system -------------------------------

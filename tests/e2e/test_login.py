@@ -328,20 +328,20 @@ def test_q14_qr_login_takes_the_business_the_app_is_logged_in_to(bureau: Bureau)
 
 def test_q21_several_phones_and_any_of_them_logs_in(bureau: Bureau) -> None:
     """Q21, C3: a person may hold several phones, added in the account center; default or
-    not, each one logs in; step two goes to the default."""
+    not, each one logs in; step two goes to the default, the phone verified last."""
     person = bureau.register(Person("韩多号"))
     session = bureau.login_by_face(person)
     second = new_phone()
     added = bureau.add_phone(session, second)["phone"]
-    assert added["is_default"] is False
+    assert added["is_default"] is True
     phones = {p["masked_number"]: p for p in bureau.profile(session)["phones"]}
     assert set(phones) == {masked(person.phone), masked(second)}
-    assert phones[masked(person.phone)]["is_default"] is True
+    assert phones[masked(person.phone)]["is_default"] is False
 
     for account in (person.phone, second):
         started = bureau.start_login(person, account=account)
-        assert started["masked_phone"] == masked(person.phone)
-        assert bureau.login(person, account=account).person_id == person.person_id
+        assert started["masked_phone"] == masked(second)
+        assert bureau.login(person, account=account, phone=second).person_id == person.person_id
 
     assert bureau.web.call(
         "AccountService.SetDefaultPhone", {"phone_id": added["phone_id"]}, token=session.token
@@ -611,3 +611,24 @@ def test_q15_document_number_phone_or_username_and_the_username_changes_once_a_y
     session = bureau.login_by_face(person)
     assert set_username("He_Yonghu2", session).ok
     assert bureau.profile(session)["username"] == "He_Yonghu2"
+
+
+def test_e2_one_rule_for_codes_typed_in_numbers_public_account_contacts_by_auth(
+    bureau: Bureau,
+) -> None:
+    """Issue 12, item 6 (docs/api.md, Conventions): a code to a number the person types in
+    comes from the public SendCode; a code to the account's own phone is sent by auth and
+    cannot be asked for publicly (the caller must neither learn nor choose that phone)."""
+    person = bureau.register(Person("规则一"))
+    for purpose in ("VERIFICATION_PURPOSE_LOGIN", "VERIFICATION_PURPOSE_PASSWORD_RESET"):
+        bureau.app.call("SmsService.SendCode", {"phone": person.phone, "purpose": purpose}).expect(
+            "PERMISSION_DENIED", "该业务的验证码请在对应页面获取"
+        )
+    typed_in = bureau.app.call(
+        "SmsService.SendCode",
+        {"phone": new_phone(), "purpose": "VERIFICATION_PURPOSE_PHONE_RECOVERY"},
+    )
+    assert typed_in["verification_id"]
+    started = bureau.start_login(person)
+    sent = bureau.app.call("AuthService.SendLoginCode", {"challenge_id": started["challenge_id"]})
+    assert sent["masked_phone"] == masked(person.phone) and "verification_id" not in sent.body

@@ -22,6 +22,7 @@ from tests.e2e.story import (
     Bureau,
     Person,
     Session,
+    masked,
     new_uscc,
 )
 from tests.harness.gateway import wait_until
@@ -103,6 +104,21 @@ def test_a3_registered_through_shandong_logs_in_through_beijing(
     assert shandong.login_by_face(person).province == "37"
 
 
+def test_a3_registration_takes_the_province_of_the_gateway(
+    shandong: Bureau, beijing: Bureau
+) -> None:
+    """A3 (issue 12): registration does what login does: through a province's gateway the
+    gateway's province decides (the JSON client names none), and naming another is refused."""
+    person = Person("京登记")
+    started = beijing.app.call(
+        "AccountService.StartRegistration", {"identity": person.identity, "province": "37"}
+    )
+    started.expect("INVALID_ARGUMENT", "请在所选省份的电子税务局办理")
+    beijing.register(person)
+    session = beijing.login(person)
+    assert beijing.profile(session)["registered_province"] == "11"
+
+
 def test_q25_the_person_is_the_identity_everywhere_and_recovery_needs_no_login(
     shandong: Bureau, beijing: Bureau
 ) -> None:
@@ -161,19 +177,13 @@ def test_q23_construction_company_switches_to_home_projects_and_logs_in_where_th
     session = shandong.login(officer, ENTERPRISE, enterprise_code=code)
     projects = {i["project_number"] for i in shandong.identities(session) if i["project_number"]}
     assert projects == {at_home}
+    # The client passes back exactly what the list gave it (issue 12).
+    listed = next(i for i in shandong.identities(session) if i["project_number"] == at_home)
+    assert (listed["entry"], listed["subject_type"]) == (ENTERPRISE, TAX_SOURCE)
     switched = Session(
-        shandong.web.call(
-            "AuthService.SwitchIdentity",
-            {
-                "target": {
-                    "entry": ENTERPRISE,
-                    "enterprise_code": code,
-                    "subject_type": TAX_SOURCE,
-                    "subject_number": at_home,
-                }
-            },
-            token=session.token,
-        )["session"]
+        shandong.web.call("AuthService.SwitchIdentity", {"identity": listed}, token=session.token)[
+            "session"
+        ]
     )
     assert switched.identity["project_number"] == at_home
 
@@ -197,18 +207,85 @@ def test_q23_construction_company_switches_to_home_projects_and_logs_in_where_th
     )["projects"]
     assert {p["project_number"] for p in related} == {in_beijing, in_beijing_too}
     other = next(n for n in (in_beijing, in_beijing_too) if n != session.identity["project_number"])
+    listed = next(i for i in beijing.identities(session) if i["project_number"] == other)
+    assert listed["entry"] == SPECIFIC_SUBJECT
     switched = Session(
-        beijing.web.call(
-            "AuthService.SwitchIdentity",
-            {
-                "target": {
-                    "entry": SPECIFIC_SUBJECT,
-                    "subject_type": INSPECTION,
-                    "subject_number": other,
-                    "province": "11",
-                }
-            },
-            token=session.token,
-        )["session"]
+        beijing.web.call("AuthService.SwitchIdentity", {"identity": listed}, token=session.token)[
+            "session"
+        ]
     )
     assert switched.identity["project_number"] == other
+
+
+def test_q23_d5_the_subject_number_is_searched_during_login_among_the_persons_subjects(
+    shandong: Bureau, beijing: Bureau
+) -> None:
+    """Q23, D5 (issue 12): 登录时，编号支持模糊查询 — before a session, once the password is
+    verified, and only over the subjects that person is related to; a person with none gets
+    the "required" prompt (an empty list), and a stranger learns nothing of anyone's."""
+    legal_representative = shandong.register(Person("鲁搜索"))
+    stranger = shandong.register(Person("无关联人"))
+    code = new_uscc("37")
+    shandong.new_enterprise(code, legal_representative, name="山东模糊查询有限公司")
+    first, second = "KQ110105202700011", "KQ110105202700012"
+    shandong.record_project(code, first, "11", INSPECTION)
+    shandong.record_project(code, second, "11", INSPECTION)
+
+    def start(person: Person) -> str:
+        started = beijing.start_login(person, SPECIFIC_SUBJECT, subject_type=INSPECTION)
+        assert (started["subject_required"], started["second_steps"]) == (True, [])
+        return str(started["challenge_id"])
+
+    challenge = start(legal_representative)
+    # Step 2 waits for the subject.
+    beijing.web.call("AuthService.SendLoginCode", {"challenge_id": challenge}).expect(
+        "STATE_CONFLICT", "请先选择特定主体编号"
+    )
+    found = beijing.app.call(
+        "AuthService.SearchLoginSubjects", {"challenge_id": challenge, "query": "2027000"}
+    )["subjects"]
+    assert {s["project_number"] for s in found} == {first, second}
+    assert {s["enterprise_name"] for s in found} == {"山东模糊查询有限公司"}
+    narrowed = beijing.app.call(
+        "AuthService.SearchLoginSubjects", {"challenge_id": challenge, "query": "0012"}
+    )["subjects"]
+    assert [s["project_number"] for s in narrowed] == [second]
+    selected = beijing.app.call(
+        "AuthService.SelectLoginSubject", {"challenge_id": challenge, "subject_number": second}
+    )
+    assert selected["second_steps"] == ["SECOND_STEP_SMS_CODE", "SECOND_STEP_SCAN_VERIFICATION"]
+    assert selected["masked_phone"] == masked(legal_representative.phone)
+    beijing.web.call("AuthService.SendLoginCode", {"challenge_id": challenge})
+    code_sent = beijing.phones.code(
+        legal_representative.phone, purpose="VERIFICATION_PURPOSE_LOGIN"
+    )
+    session = Session(
+        beijing.web.call(
+            "AuthService.CompleteLoginWithCode", {"challenge_id": challenge, "code": code_sent}
+        )["session"]
+    )
+    assert (session.identity["entry"], session.identity["project_number"]) == (
+        SPECIFIC_SUBJECT,
+        second,
+    )
+
+    # A stranger: their own password, and nothing to find (the page's "required" prompt).
+    theirs = start(stranger)
+    for query in ("", "KQ", first, code):
+        assert (
+            beijing.app.call(
+                "AuthService.SearchLoginSubjects", {"challenge_id": theirs, "query": query}
+            )["subjects"]
+            == []
+        )
+    beijing.app.call(
+        "AuthService.SelectLoginSubject", {"challenge_id": theirs, "subject_number": first}
+    ).expect("RELATION_NOT_FOUND", RELATION_TEXT)
+    # Without a verified password there is no search at all.
+    beijing.app.call(
+        "AuthService.SearchLoginSubjects", {"challenge_id": "0" * 32, "query": "KQ"}
+    ).expect("TICKET_INVALID")
+    wrong = beijing.start_login(
+        stranger, SPECIFIC_SUBJECT, password="Wrong.pass1", subject_type=INSPECTION
+    )
+    wrong.expect("CREDENTIALS_INVALID")

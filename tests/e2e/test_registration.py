@@ -349,6 +349,57 @@ def test_q07_overseas_registration_by_email_is_restricted_until_the_hall(bureau:
         assert not found.overseas_restricted
 
 
+def test_q07_b6_an_overseas_person_without_a_phone_logs_in_with_an_email_code(
+    bureau: Bureau,
+) -> None:
+    """B6 (issue 12): besides scan verification, the second step is a code to the email
+    the person registered with, through the SMS service's email provider, under the same
+    E1 lockout and E2 throttle as SMS codes."""
+    person = _foreigner("DOCUMENT_TYPE_FOREIGN_PASSPORT", "ANNA KOWALSKA")
+    person.email = new_email("anna")
+    bureau.register(person, overseas=True)
+    started = bureau.start_login(person)
+    assert started["second_steps"] == ["SECOND_STEP_EMAIL_CODE", "SECOND_STEP_SCAN_VERIFICATION"]
+    assert (started["phone_empty"], started["masked_phone"]) == (True, "")
+    assert started["masked_email"].startswith("a") and "@" in started["masked_email"]
+    sent = bureau.web.call("AuthService.SendLoginCode", {"challenge_id": started["challenge_id"]})
+    assert sent["masked_email"] == started["masked_email"]
+    code = bureau.phones.code(person.email, purpose="VERIFICATION_PURPOSE_LOGIN")
+    session = bureau.web.call(
+        "AuthService.CompleteLoginWithCode",
+        {"challenge_id": started["challenge_id"], "code": code},
+    )["session"]
+    assert session["person_id"] == person.person_id
+
+    # E1: five wrong email codes lock the code level, as five wrong SMS codes do.
+    challenge = bureau.start_login(person)["challenge_id"]
+    bureau.web.call("AuthService.SendLoginCode", {"challenge_id": challenge})
+    for left in (4, 3, 2, 1):
+        bureau.web.call(
+            "AuthService.CompleteLoginWithCode", {"challenge_id": challenge, "code": "000000"}
+        ).expect("CREDENTIALS_INVALID", f"验证码错误，您还可以尝试{left}次")
+    locked = bureau.web.call(
+        "AuthService.CompleteLoginWithCode", {"challenge_id": challenge, "code": "000000"}
+    )
+    assert locked.reason == "AUTH_METHOD_LOCKED", locked
+    bureau.web.call("AuthService.SendLoginCode", {"challenge_id": challenge}).expect(
+        "AUTH_METHOD_LOCKED"
+    )
+
+
+def test_q07_b6_email_login_codes_are_throttled_as_sms_codes_are(bureau: Bureau) -> None:
+    """E2 for email: at most 5 codes to one address in 10 minutes."""
+    person = _foreigner("DOCUMENT_TYPE_FOREIGN_PASSPORT", "OLE HANSEN")
+    person.email = new_email("ole")
+    bureau.register(person, overseas=True)  # the registration code was the first send
+    challenge = bureau.start_login(person)["challenge_id"]
+    for _ in range(4):
+        assert bureau.web.call("AuthService.SendLoginCode", {"challenge_id": challenge}).ok
+    refused = bureau.web.call("AuthService.SendLoginCode", {"challenge_id": challenge})
+    refused.expect("SMS_RATE_LIMITED", "短信验证码获取频繁，请稍后重试")
+    assert refused.retry_delay is not None
+
+
 def test_q07_overseas_person_has_no_enterprise_business_until_the_hall(bureau: Bureau) -> None:
     """Q7 (3), B6: 非居民(境外自然人)权限有所限制: the natural-person entry works, the
     enterprise entry is refused until the hall collects the person."""

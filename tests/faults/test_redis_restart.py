@@ -147,3 +147,25 @@ def test_a_logged_out_access_token_stays_refused_after_a_redis_sigkill_and_resta
 
     after = failure_of(call, profile, metadata=bearer(session), timeout=10)
     assert (after.code, after.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+def test_logout_during_a_redis_outage_is_all_or_nothing(durable: Durable) -> None:
+    """Issue 11.8: a logout while Redis is away revoked the session in PostgreSQL and then
+    answered UNAVAILABLE. Revocation needs no Redis now: the logout succeeds, the token is
+    refused, and after Redis is back it stays refused."""
+    platform = durable.platform
+    session = platform.login(platform.person())
+    profile = auth_pb2.GetProfileRequest()
+    call = platform.accounts.account.GetProfile
+    durable.redis.kill()
+    try:
+        platform.auth.Logout(auth_pb2.LogoutRequest(), metadata=bearer(session), timeout=10)
+        refused = failure_of(call, profile, metadata=bearer(session), timeout=10)
+        assert (refused.code, refused.reason) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "UNAUTHENTICATED",
+        )
+    finally:
+        durable.redis.start()
+    refused = failure_of(call, profile, metadata=bearer(session), timeout=10)
+    assert refused.reason == "UNAUTHENTICATED"
