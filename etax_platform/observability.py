@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -42,12 +43,28 @@ class MaskingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def _timestamp(created: float) -> str:
-    """ISO 8601 with milliseconds and the offset (local time, as the bureau reads it)."""
-    seconds = int(created)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
-    offset = time.strftime("%z", time.localtime(seconds))
-    return f"{stamp}.{int((created - seconds) * 1000):03d}{offset[:3]}:{offset[3:]}"
+class _Clock:
+    """ISO 8601 with milliseconds and the offset, in local time (as the bureau reads it);
+    the seconds part is formatted once per second, not per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+        self._offset = ""
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            local = time.localtime(second)
+            offset = time.strftime("%z", local)
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            self._offset = f"{offset[:3]}:{offset[3:]}"
+            self._second = second
+        return f"{self._prefix}.{int((created - second) * 1000):03d}{self._offset}"
+
+
+# A request id worth masking has a long run of digits or an @ (a caller's own header).
+_MAYBE_PERSONAL = re.compile(r"\d{11}|@")
 
 
 class JsonFormatter(logging.Formatter):
@@ -56,10 +73,11 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
         self._service = service
+        self._clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": _timestamp(record.created),
+            "time": self._clock.stamp(record.created),
             "level": record.levelname,
             "service": self._service,
             "logger": record.name,
@@ -76,7 +94,9 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         if fields.get(PLAIN):
-            entry["request_id"] = redact(str(entry["request_id"]))
+            rid = str(entry["request_id"])
+            if _MAYBE_PERSONAL.search(rid):
+                entry["request_id"] = redact(rid)
             return json.dumps(entry, ensure_ascii=False)
         return redact(json.dumps(entry, ensure_ascii=False))
 
@@ -106,6 +126,12 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Neither format shows the source line, thread or process: the logging module's
+    # documented switches skip finding them for every record (a stack walk per RPC line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def start_process(settings: ServiceSettings, service: str) -> Callable[[], None]:
