@@ -349,6 +349,7 @@ class RedisStore(_CompareAndSet):
 
     def __init__(self, url: str, *, prefix: str = "etax:", max_connections: int = 128) -> None:
         self._redis = _redis_client(url, max_connections)
+        metrics.REDIS_POOLS.add(self._redis)
         self._prefix = check_prefix(prefix)
         self._create = self._redis.register_script(_CREATE)
         self._replace = self._redis.register_script(_REPLACE)

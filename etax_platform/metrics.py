@@ -249,6 +249,49 @@ POOLS = PoolCollector()
 REGISTRY.register(POOLS)
 
 
+class RedisPoolCollector(Collector):
+    """Connections of this process's Redis pools (every node's, on a cluster), read at
+    scrape time the way redis-py counts them: opened minus idle in the queue."""
+
+    def __init__(self) -> None:
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def add(self, client: Any) -> None:
+        self._clients.add(client)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        in_use = GaugeMetricFamily(
+            "etax_store_pool_in_use", "Redis connections checked out now.", labels=["store"]
+        )
+        size = GaugeMetricFamily(
+            "etax_store_pool_size",
+            "Redis connections the pools may open (max_connections, per node on a cluster).",
+            labels=["store"],
+        )
+        busy = limit = 0
+        for client in list(self._clients):
+            for pool in _redis_pools(client):
+                opened = list(getattr(pool, "_connections", ()))
+                idle = [c for c in list(getattr(getattr(pool, "pool", None), "queue", ())) if c]
+                busy += max(0, len(opened) - len(idle))
+                limit += int(getattr(pool, "max_connections", 0) or 0)
+        in_use.add_metric(["redis"], busy)
+        size.add_metric(["redis"], limit)
+        yield in_use
+        yield size
+
+
+def _redis_pools(client: Any) -> list[Any]:
+    if hasattr(client, "connection_pool"):
+        return [client.connection_pool]
+    nodes = client.get_nodes() if hasattr(client, "get_nodes") else []
+    return [n.redis_connection.connection_pool for n in nodes if n.redis_connection is not None]
+
+
+REDIS_POOLS = RedisPoolCollector()
+REGISTRY.register(REDIS_POOLS)
+
+
 # --- the exporter ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from etax_platform import metrics, tracing
 from etax_platform.clients import call
 from etax_platform.errors import DomainError, Reason
+from etax_platform.kv import RedisStore
 from etax_platform.observability import JsonFormatter, request_id, resolve_format, text_formatter
 from etax_platform.observe import DEFAULT_CONFIG
 from etax_platform.observe import main as observe_main
@@ -166,6 +167,18 @@ def test_the_exporter_serves_the_registry_on_its_port() -> None:
         assert "etax_db_pool_in_use" in text
     finally:
         exporter.close()
+
+
+def test_redis_pools_and_calls_are_measured(redis_url: str) -> None:
+    store = RedisStore(redis_url, prefix="metrics-test:")
+    try:
+        calls = _value("etax_store_call_seconds_count", store="redis", op="get")
+        assert store.get("nothing") is None
+        assert _value("etax_store_call_seconds_count", store="redis", op="get") == calls + 1
+        assert _value("etax_store_pool_size", store="redis") >= 128
+        assert _value("etax_store_pool_in_use", store="redis") == 0
+    finally:
+        store.close()
 
 
 def test_a_busy_metrics_port_stops_the_service_with_a_clear_message() -> None:
