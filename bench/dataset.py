@@ -40,6 +40,7 @@ from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from etax_platform import topology
 from etax_platform.documents import gb11643_check_character
 from etax_platform.enterprise_codes import USCC_ALPHABET, uscc_check_character
 from etax_platform.errors import Reason, from_rpc_error
@@ -420,10 +421,8 @@ def write_load_files(data: LoadData, out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--auth", default="127.0.0.1:50051")
-    parser.add_argument("--binding", default="127.0.0.1:50052")
-    parser.add_argument("--sms", default="127.0.0.1:50053")
-    parser.add_argument("--face", default="127.0.0.1:50054")
+    for name in topology.GRPC_SERVICES:
+        parser.add_argument(f"--{name}", default=topology.default_address(name))
     parser.add_argument("--internal", help="the gateway's internal listener (mTLS) instead")
     parser.add_argument("--certs", type=Path, default=REPO_ROOT / "deploy" / "certs")
     parser.add_argument("--persons", type=int, default=1000)

@@ -20,20 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from etax_platform import topology
 from etax_platform.certs import ensure_certificates
 from etax_platform.pii import Keyring
 from tests.harness.gateway import RunningGateway, running_gateway
 from tests.harness.processes import ServiceProcess
 from tests.harness.servers import free_port, postgres_server, redis_server
 
-SERVICES = ("sms", "face", "binding", "auth")
-# The health-checked name of each service's process (auth's AuthService comes with login).
-HEALTH_NAMES = {
-    "sms": "etax.sms.v1.SmsService",
-    "face": "etax.face.v1.FaceService",
-    "binding": "etax.binding.v1.BindingService",
-    "auth": "etax.auth.v1.AccountService",
-}
+SERVICES = topology.GRPC_SERVICES
 Configuration = Literal["production", "embedded"]
 
 _ALL = frozenset(os.sched_getaffinity(0))
@@ -147,29 +141,22 @@ def running_platform(
         if configuration == "production":
             env["ETAX_KV_URL"] = redis_url = stack.enter_context(redis_server())
             postgres = stack.enter_context(postgres_server())
-            for service in ("auth", "binding", "sms"):
-                env[f"ETAX_{service.upper()}_DATABASE_URL"] = postgres.url(
-                    postgres.create_database()
-                )
+            for service in (s for s in topology.SERVICES.values() if s.database):
+                env[f"{service.env_prefix}DATABASE_URL"] = postgres.url(postgres.create_database())
             redis_port = f":{urlsplit(redis_url).port}"
             platform.database_pids = [
                 pid for pid in _pids_of("redis-server") if redis_port in _cmdline(pid)
             ] + [pid for pid in _pids_of("postgres") if str(postgres.workdir) in _cmdline(pid)]
         ports = {service: free_port() for service in SERVICES}
         targets = {service: f"127.0.0.1:{port}" for service, port in ports.items()}
-        env |= {
-            "ETAX_AUTH_SMS_TARGET": targets["sms"],
-            "ETAX_AUTH_FACE_TARGET": targets["face"],
-            "ETAX_AUTH_BINDING_TARGET": targets["binding"],
-            "ETAX_BINDING_AUTH_TARGET": targets["auth"],
-        }
+        env |= topology.target_env({name: [target] for name, target in targets.items()})
         platform.env = env
         for service in SERVICES:
             process = ServiceProcess(service, env, workdir / f"{service}.log", port=ports[service])
             stack.callback(process.terminate)
             platform.services[service] = process
-        for service, process in platform.services.items():
-            process.wait_serving(HEALTH_NAMES[service])
+        for process in platform.services.values():
+            process.wait_serving()
         certificates = ensure_certificates(workdir / "certs")
         platform.gateway = stack.enter_context(
             running_gateway(

@@ -54,6 +54,7 @@ from bench.platform import (
     cpu_seconds,
     running_platform,
 )
+from etax_platform import topology
 from etax_platform.clock import CST
 from etax_platform.settings import REPO_ROOT
 
@@ -666,13 +667,13 @@ def profiled_replica(
         port = sock.getsockname()[1]
     log = (workdir / f"profiled-{service}.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - our modules
-        [sys.executable, "-m", "bench.profiled", f"services.{service}", str(out)],
+        [sys.executable, "-m", "bench.profiled", topology.service(service).module, str(out)],
         cwd=REPO_ROOT,
         env={
             **os.environ,
             **platform.env,
-            f"ETAX_{service.upper()}_PORT": str(port),
-            f"ETAX_{service.upper()}_METRICS_PORT": "0",
+            topology.service(service).port_variable: str(port),
+            topology.service(service).metrics_port_variable: "0",
             "PYTHONPATH": str(REPO_ROOT),
         },
         stdout=log,

@@ -7,6 +7,7 @@ UNAVAILABLE / PROVIDER_UNAVAILABLE, never INTERNAL.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,30 +18,40 @@ from etax_platform import tracing
 from etax_platform.errors import DomainError, Reason, from_rpc_error
 from etax_platform.observability import request_id
 from etax_platform.server import REQUEST_ID_HEADER
+from etax_platform.topology import grpc_target
 
 log = logging.getLogger("etax.clients")
 
 Response = TypeVar("Response")
 
 
+# Every channel balances its calls over all the addresses its target resolves to (the
+# replicas of a comma-separated list, or the records of a DNS name), not only the first.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
 def open_channel(target: str) -> grpc.Channel:
-    """A channel to another etax service, without a retry policy.
+    """A channel to another etax service (one address or a comma-separated list of its
+    replicas, see `grpc_target`), balancing round robin, without a retry policy.
 
     gRPC itself retries what never reached the server application (a call that never left
     the client, or one the server's transport refused before any handler saw it: gRFC A6,
     "transparent retries", on while `grpc.enable_retries` is, as by default). Any status a
     server answered, UNAVAILABLE included (FACE_SERVICE_BUSY, PROVIDER_UNAVAILABLE), is
     that service's decision after its own provider retries, so it is not asked again: a
-    channel retry policy would multiply the provider calls of one request.
+    channel retry policy would multiply the provider calls of one request. Round robin
+    picks only connected replicas: a stopped one gets no new calls once its connection is
+    gone, and calls that were on it fail UNAVAILABLE.
 
     A service that was down (or started after its caller) is connected again within a
     second: gRPC's reconnect backoff grows to two minutes by default.
     """
     return grpc.insecure_channel(
-        target,
+        grpc_target(target),
         options=[
             ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.service_config", _ROUND_ROBIN),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1_000),

@@ -27,12 +27,12 @@ from typing import Any
 
 import httpx
 
+from etax_platform import topology
 from etax_platform.settings import REPO_ROOT
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 DEFAULT_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES = PROMETHEUS_DIR / "rules"
-SERVICES = ("auth", "binding", "sms", "face", "web")
 
 
 def _yaml(value: Any, indent: int = 0) -> list[str]:
@@ -104,8 +104,9 @@ def config(
     return header + "\n".join(_yaml(document)) + "\n"
 
 
-def run_targets() -> tuple[dict[str, list[str]], list[str]]:
-    """The metrics addresses of `make run`'s processes, from their settings."""
+def run_targets(replicas: int = 1, gateways: int = 1) -> tuple[dict[str, list[str]], list[str]]:
+    """The metrics addresses of `make run`'s processes (`make run-shared`'s: `replicas`
+    per service, one gateway and web service per province), from their settings."""
     from etax_platform.gateway.settings import GatewaySettings  # noqa: PLC0415
     from services.auth.settings import AuthSettings  # noqa: PLC0415
     from services.binding.settings import BindingSettings  # noqa: PLC0415
@@ -123,9 +124,14 @@ def run_targets() -> tuple[dict[str, list[str]], list[str]]:
     targets = {}
     for service, settings_class in classes.items():
         settings = settings_class()
-        targets[service] = [f"{settings.metrics_host}:{settings.metrics_port}"]
-    gateway = GatewaySettings()
-    return targets, [f"127.0.0.1:{gateway.admin_port}"]
+        # Replica i's port is the base + 100 * i; the n-th province's web service's + n.
+        count, step = (gateways, 1) if service == "web" else (replicas, topology.REPLICA_PORT_STEP)
+        targets[service] = [
+            topology.address(settings.metrics_port + step * i, settings.metrics_host)
+            for i in range(count)
+        ]
+    admin = GatewaySettings().admin_port
+    return targets, [topology.address(admin + i) for i in range(gateways)]
 
 
 def prometheus_binary() -> str:
@@ -182,6 +188,8 @@ class PrometheusProcess:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-default", action="store_true")
+    parser.add_argument("--replicas", type=int, default=1, help="per service (make run-shared)")
+    parser.add_argument("--gateways", type=int, default=1, help="provinces (make run-shared: 2)")
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("ETAX_OBSERVE_PORT", "9090"))
     )
@@ -189,18 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     rule_files = sorted(str(path.relative_to(PROMETHEUS_DIR)) for path in RULES.glob("*.yml"))
     if args.write_default:
         targets = {
-            "auth": ["127.0.0.1:9151"],
-            "binding": ["127.0.0.1:9152"],
-            "sms": ["127.0.0.1:9153"],
-            "face": ["127.0.0.1:9154"],
-            "web": ["127.0.0.1:9160"],
+            name: [topology.address(service.metrics_port)]
+            for name, service in topology.SERVICES.items()
         }
-        DEFAULT_CONFIG.write_text(config(targets, ["127.0.0.1:9901"], rule_files=rule_files))
+        gateway = [topology.address(topology.GATEWAY_PORTS.admin)]
+        DEFAULT_CONFIG.write_text(config(targets, gateway, rule_files=rule_files))
         print(f"wrote {DEFAULT_CONFIG.relative_to(REPO_ROOT)}")
         return 0
     workdir = REPO_ROOT / "var" / "prometheus"
     workdir.mkdir(parents=True, exist_ok=True)
-    targets, gateways = run_targets()
+    targets, gateways = run_targets(args.replicas, args.gateways)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(
         config(targets, gateways, rule_files=[str(RULES / Path(f).name) for f in rule_files])
@@ -219,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         query = "sum+by+(job)(rate(grpc_server_handled_total[1m]))"
         print(
             f"Prometheus on {prometheus.url} (data in var/prometheus), scraping:\n"
-            + "".join(f"  {job:8} http://{t[0]}/metrics\n" for job, t in targets.items())
-            + f"  gateway  http://{gateways[0]}/stats/prometheus\n"
-            f"Targets: {prometheus.url}/targets   alerts: {prometheus.url}/alerts\n"
+            + "".join(f"  {job:8} http://{t}/metrics\n" for job, ts in targets.items() for t in ts)
+            + "".join(f"  gateway  http://{g}/stats/prometheus\n" for g in gateways)
+            + f"Targets: {prometheus.url}/targets   alerts: {prometheus.url}/alerts\n"
             f"Try: {prometheus.url}/graph?g0.expr={query}\n"
             "Dashboard for Grafana: deploy/grafana/etax-platform.json. Ctrl-C stops.",
             flush=True,

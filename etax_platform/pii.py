@@ -66,11 +66,12 @@ def redact(text: str) -> str:
 
 @dataclass(frozen=True)
 class Keyring:
-    """AES-256-GCM keys by id, the id new writes use, and the blind-index key."""
+    """AES-256-GCM keys by id, the id new writes use, and the blind-index key (None for a
+    service that only seals: it must not hold another service's index key)."""
 
     keys: Mapping[str, bytes]
     active_key_id: str
-    index_key: bytes
+    index_key: bytes | None
 
     def __post_init__(self) -> None:
         if self.active_key_id not in self.keys:
@@ -78,7 +79,7 @@ class Keyring:
         for key_id, key in self.keys.items():
             if len(key) != 32 or ":" in key_id or "." in key_id:
                 raise ValueError(f"PII key {key_id!r} must be 32 bytes with a plain id")
-        if len(self.index_key) < 32:
+        if self.index_key is not None and len(self.index_key) < 32:
             raise ValueError("the blind-index key must have at least 32 bytes")
 
     @staticmethod
@@ -86,20 +87,27 @@ class Keyring:
         return Keyring({"k1": AESGCM.generate_key(256)}, "k1", os.urandom(32))
 
     @staticmethod
-    def parse(keys: str, active_key_id: str, index_key: str) -> Keyring:
+    def parse(keys: str, active_key_id: str, index_key: str | None) -> Keyring:
         """keys: "k1:<base64>,k2:<base64>"; index_key: base64."""
         parsed = {}
         for item in keys.split(","):
             key_id, _, encoded = item.strip().partition(":")
             parsed[key_id] = base64.b64decode(encoded)
-        return Keyring(parsed, active_key_id, base64.b64decode(index_key))
+        index = None if index_key is None else base64.b64decode(index_key)
+        return Keyring(parsed, active_key_id, index)
 
     def dump(self) -> dict[str, str]:
-        return {
+        dumped = {
             "keys": ",".join(f"{k}:{base64.b64encode(v).decode()}" for k, v in self.keys.items()),
             "active_key_id": self.active_key_id,
-            "index_key": base64.b64encode(self.index_key).decode(),
         }
+        if self.index_key is not None:
+            dumped["index_key"] = base64.b64encode(self.index_key).decode()
+        return dumped
+
+    def sealing_only(self) -> Keyring:
+        """The same encryption keys without the blind-index key."""
+        return Keyring(self.keys, self.active_key_id, None)
 
 
 class PersonalData:
@@ -133,5 +141,7 @@ class PersonalData:
 
     def blind_index(self, value: str, kind: str) -> str:
         """Deterministic lookup key: HMAC-SHA256 over kind and the normalised value."""
+        if self._keyring.index_key is None:
+            raise RuntimeError("this keyring has no blind-index key")
         mac = hmac.new(self._keyring.index_key, f"{kind}\x00{value}".encode(), hashlib.sha256)
         return mac.hexdigest()

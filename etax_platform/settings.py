@@ -19,8 +19,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from etax_platform.db import PoolSettings
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.kv import CLUSTER_SCHEMES, KeyValueStore, check_prefix, cluster_nodes, open_store
 from etax_platform.pii import Keyring
+from etax_platform.topology import grpc_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +48,8 @@ class PlatformSettings(BaseSettings):
     # "k1:<base64 32 bytes>,k2:<...>"; development generates keys under data_dir.
     pii_keys: SecretStr | None = None
     pii_active_key_id: str = "k1"
+    # The blind index of auth's and sms's personal numbers (those services require it in
+    # production); binding keeps indexes of its own (ETAX_BINDING_INDEX_KEYS).
     pii_index_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Service logs: "json" (JSON lines, for collectors), "text" (for a person at a
@@ -87,8 +91,8 @@ class PlatformSettings(BaseSettings):
     @model_validator(mode="after")
     def _production_needs_real_keys(self) -> PlatformSettings:
         if self.environment == "production":
-            if self.pii_keys is None or self.pii_index_key is None:
-                raise ValueError("production needs ETAX_PII_KEYS and ETAX_PII_INDEX_KEY")
+            if self.pii_keys is None:
+                raise ValueError("production needs ETAX_PII_KEYS")
             if self.kv_url.startswith("memory://"):
                 raise ValueError("production needs a shared store: set ETAX_KV_URL to Redis")
         return self
@@ -105,15 +109,27 @@ class PlatformSettings(BaseSettings):
     def journal_path(self) -> Path:
         return self.journal_dir or self.data_dir / "journal"
 
-    def keyring(self) -> Keyring:
-        if self.pii_keys is not None and self.pii_index_key is not None:
+    def keyring(self, *, blind_index: bool = True) -> Keyring:
+        """The PII keys; blind_index=False: without the index key, for a service that only
+        seals (it then need not be set)."""
+        if self.pii_keys is not None:
+            if blind_index and self.pii_index_key is None:
+                raise ValueError("ETAX_PII_INDEX_KEY is not set")
             return Keyring.parse(
                 self.pii_keys.get_secret_value(),
                 self.pii_active_key_id,
-                self.pii_index_key.get_secret_value(),
+                self.pii_index_key.get_secret_value()
+                if blind_index and self.pii_index_key
+                else None,
             )
         stored = development_secret(self.data_dir, "pii-keys", lambda: Keyring.generate().dump())
-        return Keyring.parse(stored["keys"], stored["active_key_id"], stored["index_key"])
+        keyring = Keyring.parse(stored["keys"], stored["active_key_id"], stored["index_key"])
+        return keyring if blind_index else keyring.sealing_only()
+
+    def require_index_key(self) -> None:
+        """For the settings of a service that computes blind indexes (auth, sms)."""
+        if self.environment == "production" and self.pii_index_key is None:
+            raise ValueError("production needs ETAX_PII_INDEX_KEY")
 
 
 class ServiceSettings(BaseSettings):
@@ -152,6 +168,17 @@ class ServiceSettings(BaseSettings):
     # in transaction mode without prepared-statement support (PgBouncer < 1.21).
     db_prepared_statements: bool = True
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
+
+    @model_validator(mode="after")
+    def _targets_are_addresses(self) -> ServiceSettings:
+        # Every *_target (the services this one calls): host:port or replicas' addresses.
+        for name in type(self).model_fields:
+            if name.endswith("_target"):
+                try:
+                    grpc_target(getattr(self, name))
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        return self
 
     def database_pool(self) -> PoolSettings:
         """The PostgreSQL pool these settings describe."""
@@ -197,3 +224,19 @@ def development_secret(
             Path(temp_path).unlink()
     loaded: dict[str, str] = json.loads(target.read_text())
     return loaded
+
+
+def development_keyring(data_dir: Path, name: str, key_id: str) -> HmacKeyring:
+    """An HMAC keyring of one key generated once under data_dir (embedded default only;
+    production sets the keys, see etax_platform.keyrings)."""
+    stored = development_secret(data_dir, name, lambda: HmacKeyring.generate(key_id).dump())
+    return HmacKeyring.parse(stored["keys"], stored["active_key_id"])
+
+
+def keyring_setting(
+    keys: SecretStr | None, active_id: str, data_dir: Path, name: str
+) -> HmacKeyring:
+    """The keyring a pair of settings (keys, active id) names, or the development one."""
+    if keys is not None:
+        return HmacKeyring.parse(keys.get_secret_value(), active_id)
+    return development_keyring(data_dir, name, active_id)

@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from etax_platform import topology
+
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "deploy" / "ghz" / "scenarios.json"
 DESCRIPTOR = ROOT / "gen" / "etax_descriptor.pb"
@@ -138,9 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ghz", default=on_path if on_path and not pinned.exists() else str(pinned)
     )
-    parser.add_argument("--public", default="127.0.0.1:8080", help="public listener")
-    parser.add_argument("--internal", default="127.0.0.1:8443", help="internal listener (mTLS)")
-    parser.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin, for /ready")
+    ports = topology.GATEWAY_PORTS
+    parser.add_argument("--public", default=topology.address(ports.public), help="public listener")
+    parser.add_argument(
+        "--internal", default=topology.address(ports.internal), help="internal listener (mTLS)"
+    )
+    parser.add_argument(
+        "--admin", default=topology.address(ports.admin), help="Envoy admin, for /ready"
+    )
     parser.add_argument("--certs", default=str(ROOT / "deploy" / "certs"))
     parser.add_argument("--system", default="hall", help="client certificate for internal")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "load")

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf import descriptor_pb2
 
+from etax_platform import topology
 from etax_platform.certs import client_uri
 from etax_platform.gateway import routes
 from etax_platform.gateway.replies import local_reply_config
@@ -28,13 +29,8 @@ from etax_platform.settings import REPO_ROOT
 TEMPLATE = REPO_ROOT / "deploy" / "envoy" / "envoy.yaml.tmpl"
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
-# Upstream clusters: one per service, health-checked by its public service name.
-UPSTREAMS = {
-    "auth": "etax.auth.v1.AuthService",
-    "binding": "etax.binding.v1.BindingService",
-    "sms": "etax.sms.v1.SmsService",
-    "face": "etax.face.v1.FaceService",
-}
+# Upstream clusters: one per gRPC service, health-checked by the name the topology gives.
+UPSTREAMS = {name: topology.SERVICES[name].health for name in topology.GRPC_SERVICES}
 
 # Headers only the gateway sets; removed from every request before any filter runs.
 JWT_PAYLOAD_HEADER = "x-etax-jwt-payload"
@@ -177,6 +173,22 @@ def _upstream_cluster(
         # No panic routing: an unhealthy service answers UNAVAILABLE at once, and with
         # replicas only the healthy ones get traffic.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        # A replica that refuses connections (killed, restarting) leaves the rotation at
+        # its first refusal, not at its next failed health check; a passing health check
+        # brings it back. Answers (gRPC errors included) never eject a replica.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
+            "interval": "1s",
+            "base_ejection_time": "2s",
+            "max_ejection_time": "10s",
+            "max_ejection_percent": 100,
+        },
         "circuit_breakers": {
             "thresholds": [
                 {

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from etax_platform import topology
 from etax_platform.apidocs import DOCUMENT_NAME, PAGE_NAME
 from etax_platform.apidocs.page import content_security_policy
 from etax_platform.gateway.settings import GatewaySettings
@@ -36,8 +37,8 @@ def seconds(value: float) -> str:
 
 
 def cluster_of(service: str) -> str:
-    """etax.auth.v1.InternalAuthService -> auth."""
-    return service.split(".")[1]
+    """etax.auth.v1.InternalAuthService -> auth (its service in the topology)."""
+    return topology.service_of(service)
 
 
 def stream_cluster(policy: RpcPolicy) -> str:
@@ -101,7 +102,21 @@ def _route_action(settings: GatewaySettings, cluster: str, streaming: bool) -> d
     action: dict[str, Any] = {
         "cluster": cluster,
         # Retry only what never reached a service (safe for logins and code sends).
-        "retry_policy": {"retry_on": "connect-failure,refused-stream", "num_retries": 2},
+        "retry_policy": {
+            "retry_on": "connect-failure,refused-stream",
+            "num_retries": 2,
+            # A retry goes to another replica: least-request balancing would pick a dead
+            # one (no requests on it) again until its health check fails.
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {
+                        "@type": _type("retry.host.previous_hosts.v3.PreviousHostsPredicate")
+                    },
+                }
+            ],
+            "host_selection_retry_max_attempts": 3,
+        },
     }
     if streaming:
         # A watch lasts as long as its ticket: no route timeout, only an idle limit, and

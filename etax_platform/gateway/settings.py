@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.certs import CertificatePaths
 from etax_platform.settings import REPO_ROOT
 
@@ -20,23 +21,24 @@ class GatewaySettings(BaseSettings):
 
     # The bureau this gateway belongs to (GB/T 2260 two digits); sent to the services as
     # x-etax-province. Two provinces on one machine need distinct ports and base ids.
-    province: str = Field(default="37", pattern=r"^\d{2}$")
-    listen_host: str = "127.0.0.1"
-    public_port: int = Field(default=8080, ge=0, le=65535)
-    internal_port: int = Field(default=8443, ge=0, le=65535)
-    admin_port: int = Field(default=9901, ge=0, le=65535)
+    province: str = Field(default=topology.PROVINCE, pattern=r"^\d{2}$")
+    listen_host: str = topology.LOOPBACK
+    public_port: int = Field(default=topology.GATEWAY_PORTS.public, ge=0, le=65535)
+    internal_port: int = Field(default=topology.GATEWAY_PORTS.internal, ge=0, le=65535)
+    admin_port: int = Field(default=topology.GATEWAY_PORTS.admin, ge=0, le=65535)
     # Envoy's --base-id (shared memory and hot-restart socket); None: the province number.
     base_id: int | None = Field(default=None, ge=0)
     concurrency: int = Field(default=2, ge=1, le=64)
-    # host:port of each service; several, comma-separated, for replicas.
-    auth_address: str = "127.0.0.1:50051"
-    binding_address: str = "127.0.0.1:50052"
-    sms_address: str = "127.0.0.1:50053"
-    face_address: str = "127.0.0.1:50054"
+    # host:port of each service (topology.GRPC_SERVICES); several, comma-separated, for
+    # replicas.
+    auth_address: str = topology.default_address("auth")
+    binding_address: str = topology.default_address("binding")
+    sms_address: str = topology.default_address("sms")
+    face_address: str = topology.default_address("face")
     # The web login pages (services.web, HTTP/1.1): every public path that is not an API
     # route. Several, comma-separated, for replicas.
-    web_address: str = "127.0.0.1:50060"
-    web_health_path: str = "/healthz"
+    web_address: str = topology.default_address("web")
+    web_health_path: str = topology.service("web").health
     descriptor: Path = REPO_ROOT / "gen" / "etax_descriptor.pb"
     certs_dir: Path = REPO_ROOT / "deploy" / "certs"
     # Systems allowed on the internal listener (client certificate URI SANs).

@@ -156,7 +156,7 @@ def build(
     )
     qr = QrLogins(
         store=store,
-        personal_data=personal_data,
+        keyring=settings.qr_keyring(),
         accounts=accounts,
         bindings=bindings,
         sessions=sessions,

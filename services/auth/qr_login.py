@@ -2,9 +2,9 @@
 web page.
 
 1. The web page: CreateQrLogin(province) -> a ticket in the key-value store, WAITING for
-   `qr_login_ttl` (120 s), shown as `etaxqr1.<id>.<expiry ms>.<mac>` (the id has 128
-   random bits; the mac, an HMAC under the platform's blind-index key, lets garbage be
-   refused without a store read).
+   `qr_login_ttl` (120 s), shown as `etaxqr2.<id>.<expiry ms>.<key id>.<mac>` (the id has
+   128 random bits; the mac, an HMAC under auth's QR-login key named by the key id, lets
+   garbage be refused without a store read; ETAX_AUTH_QR_KEYS rotate on their own).
 2. The APP scans it and calls ConfirmQrLogin with its own access token: a session of the
    tax bureau (its entry, enterprise, role, project or agent client are copied; binding
    checks them again for the web page's province, so an ended relation does not pass), or
@@ -18,7 +18,6 @@ web page.
 from __future__ import annotations
 
 import enum
-import hmac
 import json
 import secrets
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ from etax.binding.v1 import binding_pb2
 from etax_platform.clock import Clock, from_millis, to_millis
 from etax_platform.documents import Document, parse_document
 from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.kv import KeyValueStore
-from etax_platform.pii import PersonalData, mask_name
+from etax_platform.pii import mask_name
 from etax_platform.tokens import ISSUER
 from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog, detail_of
@@ -49,7 +49,8 @@ from services.auth.sessions import (
 )
 from services.auth.storage import AccountStore
 
-_PREFIX = "etaxqr1"
+_PREFIX = "etaxqr2"
+_MAC_PURPOSE = "qr-login"
 _MAC_CHARS = 32
 _LEEWAY = timedelta(seconds=30)
 _TRUSTED_ALGORITHMS = ["EdDSA", "ES256", "RS256"]
@@ -134,7 +135,7 @@ class QrLogins:
         self,
         *,
         store: KeyValueStore,
-        personal_data: PersonalData,
+        keyring: HmacKeyring,
         accounts: AccountStore,
         bindings: Bindings,
         sessions: Sessions,
@@ -144,7 +145,7 @@ class QrLogins:
         trusted: TrustedIssuer | None,
     ) -> None:
         self._store = store
-        self._pd = personal_data
+        self._keyring = keyring
         self._accounts = accounts
         self._bindings = bindings
         self._sessions = sessions
@@ -161,8 +162,10 @@ class QrLogins:
     def _store_ttl(self) -> timedelta:
         return self._ttl * 2 + timedelta(minutes=1)
 
-    def _mac(self, qr_login_id: str, expires_ms: int) -> str:
-        return self._pd.blind_index(f"{qr_login_id}.{expires_ms}", "qr-login")[:_MAC_CHARS]
+    def _sign(self, qr_login_id: str, expires_ms: int) -> str:
+        """<key id>.<mac>, under the active key."""
+        key_id, mac = self._keyring.sign(_MAC_PURPOSE, f"{qr_login_id}.{expires_ms}")
+        return f"{key_id}.{mac[:_MAC_CHARS]}"
 
     def create(self, province: str) -> CreatedQrLogin:
         qr_login_id = secrets.token_hex(16)
@@ -170,7 +173,7 @@ class QrLogins:
         expires_ms = to_millis(expires_at)
         record = {"state": int(QrState.WAITING), "province": province, "expires_ms": expires_ms}
         self._store.create(self._key(qr_login_id), json.dumps(record).encode(), self._store_ttl)
-        payload = f"{_PREFIX}.{qr_login_id}.{expires_ms}.{self._mac(qr_login_id, expires_ms)}"
+        payload = f"{_PREFIX}.{qr_login_id}.{expires_ms}.{self._sign(qr_login_id, expires_ms)}"
         metrics.QR_LOGINS.labels("created", "ok", "").inc()
         return CreatedQrLogin(qr_login_id, payload, from_millis(expires_ms))
 
@@ -179,11 +182,13 @@ class QrLogins:
         parts = payload.strip().split(".")
         # ASCII digits, as many as a millisecond time has: str.isdigit() alone lets through
         # superscripts int() refuses and more digits than int() converts (found by the fuzzer).
-        expiry = parts[2] if len(parts) == 4 else ""
+        expiry = parts[2] if len(parts) == 5 else ""
         if parts[0] != _PREFIX or not (expiry.isascii() and expiry.isdigit() and len(expiry) <= 15):
             raise bad
-        qr_login_id, expires_ms = parts[1], int(parts[2])
-        if not hmac.compare_digest(parts[3], self._mac(qr_login_id, expires_ms)):
+        qr_login_id, expires_ms, key_id, mac = parts[1], int(parts[2]), parts[3], parts[4]
+        # A key dropped from the keyring no longer verifies (its codes expired long ago).
+        signed = f"{qr_login_id}.{expires_ms}"
+        if len(mac) != _MAC_CHARS or not self._keyring.verify(key_id, _MAC_PURPOSE, signed, mac):
             raise bad
         if to_millis(self._clock.now()) >= expires_ms:
             raise bad

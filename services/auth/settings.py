@@ -7,21 +7,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from etax_platform.settings import ServiceSettings
+from etax_platform import topology
+from etax_platform.keyrings import HmacKeyring
+from etax_platform.settings import ServiceSettings, keyring_setting
 
 
 class AuthSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_AUTH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("auth").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50051, ge=0, le=65535)
-    metrics_port: int = Field(default=9151, ge=0, le=65535)
-    # The services auth calls (gRPC targets) and the deadline of each call.
-    sms_target: str = "127.0.0.1:50053"
-    face_target: str = "127.0.0.1:50054"
-    binding_target: str = "127.0.0.1:50052"
+    port: int = Field(default=topology.service("auth").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("auth").metrics_port, ge=0, le=65535)
+    # The services auth calls (gRPC targets: host:port, or the replicas' addresses
+    # comma-separated) and the deadline of each call.
+    sms_target: str = topology.default_target("auth", "sms_target")
+    face_target: str = topology.default_target("auth", "face_target")
+    binding_target: str = topology.default_target("auth", "binding_target")
     call_timeout_seconds: float = Field(default=5.0, gt=0)
     # B1: how long a started registration waits for its face and code steps.
     registration_ttl_seconds: int = Field(default=1800, ge=60)
@@ -37,6 +42,12 @@ class AuthSettings(ServiceSettings):
     recovery_ttl_seconds: int = Field(default=600, ge=60)
     # D3: how long a QR-login ticket waits for the APP (and then for the web page).
     qr_login_ttl_seconds: int = Field(default=120, ge=10)
+    # D3: the HMAC keys QR-login codes are signed with ("q1:<base64, 32 bytes>,q2:..."),
+    # and the one that signs now; the others still verify codes made before a rotation
+    # (keep one for qr_login_ttl_seconds after it stops signing). A key of its own, not
+    # the PII blind-index key. Development generates one under data_dir.
+    qr_keys: SecretStr | None = None
+    qr_active_key_id: str = "q1"
 
     # Signing keys: a new key is published this long before it signs (at least the
     # gateway's JWKS cache, ETAX_GATEWAY_JWKS_CACHE_SECONDS = 300, plus the reload time).
@@ -77,6 +88,21 @@ class AuthSettings(ServiceSettings):
         if self.iit_issuer and not (self.iit_jwks_json or self.iit_jwks_file):
             raise ValueError("ETAX_AUTH_IIT_ISSUER needs ETAX_AUTH_IIT_JWKS_JSON or _FILE")
         return self
+
+    @model_validator(mode="after")
+    def _keys(self) -> AuthSettings:
+        self.platform.require_index_key()
+        if self.qr_keys is None:
+            if self.platform.environment == "production":
+                raise ValueError("production needs ETAX_AUTH_QR_KEYS")
+        else:
+            self.qr_keyring()  # raises ValueError saying what is wrong
+        return self
+
+    def qr_keyring(self) -> HmacKeyring:
+        return keyring_setting(
+            self.qr_keys, self.qr_active_key_id, self.platform.data_dir, "auth-qr-keys"
+        )
 
     def jwks_path(self) -> Path:
         return self.jwks_file or self.platform.data_dir / "jwks.json"

@@ -1,4 +1,4 @@
-"""`python -m services.binding`: the binding service on ETAX_BINDING_PORT (50052)."""
+"""`python -m services.binding`: the binding service on ETAX_BINDING_PORT (see the topology)."""
 
 from __future__ import annotations
 

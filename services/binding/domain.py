@@ -165,8 +165,9 @@ class Target:
 
 
 def document(type_: int, number: str, field_name: str) -> Document:
-    """A validated, normalised document: the rules and normal form auth uses, so both
-    compute the same blind index (etax_platform.documents)."""
+    """A validated, normalised document: the rules and normal form auth uses, so the
+    document a form names and the one auth returns for a person are the same value, with
+    the same blind index under binding's keys (etax_platform.documents)."""
     return parse_document(
         type_, number, type_field=f"{field_name}.type", number_field=f"{field_name}.number"
     )
@@ -341,7 +342,8 @@ class RelationFacts:
 class Actor:
     """The person acting, as far as one enterprise is concerned."""
 
-    document_index: str
+    # The person's document under every blind-index key binding holds (a rotation).
+    document_indexes: frozenset[str]
     # Holds an active legal representative or financial officer relation (F1).
     is_manager: bool
 
@@ -349,7 +351,7 @@ class Actor:
 def ensure_may_decide(relation: RelationFacts, actor: Actor) -> None:
     """Confirm or reject: the person for F1(b) and F2, the LR or FO for F1(a), and never
     the applicant for their own application."""
-    is_subject = actor.document_index == relation.document_index
+    is_subject = relation.document_index in actor.document_indexes
     if confirming_party(relation.origin) == ConfirmingParty.CONFIRMING_PARTY_PERSON:
         allowed = is_subject
     else:
@@ -363,7 +365,7 @@ def ensure_may_withdraw(relation: RelationFacts, actor: Actor) -> None:
     if relation.origin is Origin.REGISTRATION:
         raise DomainError(Reason.PERMISSION_DENIED)
     if relation.origin is Origin.APPLICATION:
-        allowed = actor.document_index == relation.document_index
+        allowed = relation.document_index in actor.document_indexes
     else:
         allowed = actor.is_manager
     if not allowed:
@@ -373,7 +375,7 @@ def ensure_may_withdraw(relation: RelationFacts, actor: Actor) -> None:
 def ensure_may_end(relation: RelationFacts, actor: Actor) -> None:
     """The person ends their own relation; the LR or FO ends others', except the LR and FO
     relations themselves, which only the person or a new registration change (A2)."""
-    if actor.document_index == relation.document_index:
+    if relation.document_index in actor.document_indexes:
         return
     if not actor.is_manager or relation.role in MANAGER_ROLES:
         raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)

@@ -27,8 +27,10 @@ metadata = MetaData(
     }
 )
 
-# Blind indexes are HMAC-SHA256 hex digests.
+# Blind indexes are HMAC-SHA256 hex digests under one of binding's own keys, whose id is
+# stored beside each (index_key_id), so a rotation knows what is left to move.
 INDEX_LENGTH = 64
+KEY_ID_LENGTH = 16
 CODE_LENGTH = 20
 
 enterprises = Table(
@@ -64,6 +66,7 @@ relations = Table(
     Column("origin", String(16), nullable=False),
     # blind_index(f"{type}:{number}", "document"): the person, registered or not.
     Column("document_index", String(INDEX_LENGTH), nullable=False, index=True),
+    Column("index_key_id", String(KEY_ID_LENGTH), nullable=False),
     Column("document_type", Integer, nullable=False),
     Column("document_number_encrypted", Text, nullable=False),
     Column("person_name_encrypted", Text, nullable=False),
@@ -86,12 +89,14 @@ LIVE_RELATION_INDEX = Index(
     postgresql_where=relations.c.state.in_(LIVE_STATES),
 )
 
-# The person behind a token, learnt from auth once: person_id <-> document index.
+# The person behind a token, learnt from auth once: person_id <-> document index (under the
+# active key; a row of an older key is moved when auth is asked again after a rotation).
 person_documents = Table(
     "person_documents",
     metadata,
     Column("person_id", String(64), primary_key=True),
     Column("document_index", String(INDEX_LENGTH), nullable=False, unique=True),
+    Column("index_key_id", String(KEY_ID_LENGTH), nullable=False),
     Column("created_at", BigInteger, nullable=False),
 )
 
@@ -127,6 +132,7 @@ project_people = Table(
     ),
     Column("role", Integer, primary_key=True),
     Column("document_index", String(INDEX_LENGTH), primary_key=True, index=True),
+    Column("index_key_id", String(KEY_ID_LENGTH), nullable=False),
 )
 
 agencies = Table(
@@ -149,6 +155,7 @@ agency_agents = Table(
         primary_key=True,
     ),
     Column("document_index", String(INDEX_LENGTH), primary_key=True, index=True),
+    Column("index_key_id", String(KEY_ID_LENGTH), nullable=False),
 )
 
 # F4: one agreement form per agency and client; a new submission replaces it.
@@ -175,4 +182,5 @@ agreement_agents = Table(
         primary_key=True,
     ),
     Column("document_index", String(INDEX_LENGTH), primary_key=True, index=True),
+    Column("index_key_id", String(KEY_ID_LENGTH), nullable=False),
 )

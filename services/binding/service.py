@@ -4,13 +4,18 @@ Persons appear in two ways. Relations, report persons and agents are keyed by th
 blind index of a document (the person need not be registered, F1(b), A2); a caller is a
 person_id (from a token or from auth). Auth tells binding a person's document once, and
 binding keeps person_id <-> document index in its own table (`person_documents`).
+
+The blind index is binding's own (ETAX_BINDING_INDEX_KEYS), never auth's: new rows use the
+active key and store its id; a person's rows are looked up under every key the keyring
+still holds, so a rotation needs no downtime (`services.binding.reindex` then moves the
+rows to the active key).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -36,12 +41,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from etax_platform.clients import call
 from etax_platform.clock import Clock, from_millis, from_timestamp, to_millis, to_timestamp
 from etax_platform.db import Database, dialect_insert
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
+from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import PersonalData, mask_document, mask_name
 from etax_platform.revocation import Revocations
 from services.binding import domain, metrics
@@ -88,6 +95,12 @@ _PERSON_NAME = "binding.relations.person_name"
 _SEARCH_LIMIT = 50
 AnyRow = Row[*tuple[Any, ...]]
 _ALREADY_RELATED = "您与该企业已存在该身份的关联关系或待确认的授权"
+# HMAC purpose of a document's blind index: with the platform's old PII index key as a key
+# of binding's keyring, the digest is the index binding stored before it had keys of its
+# own (etax_platform.documents.document_blind_index).
+INDEX_PURPOSE = "document"
+# A person's indexes, one per key still held: the active key's first (what new rows use).
+Indexes = tuple[str, ...]
 
 
 def insert_ignoring_conflicts(session: Connection, table: Table, values: Mapping[str, Any]) -> bool:
@@ -173,48 +186,140 @@ class Auth:
         )
 
 
-class PersonDirectory:
-    """person_id <-> document index, learnt from auth and kept in `person_documents`."""
+def document_message(document: Document) -> str:
+    """What a document's blind index is the MAC of (the type and the normalised number)."""
+    return f"{int(document.type)}:{document.number}"
 
-    def __init__(self, db: Database, personal_data: PersonalData, clock: Clock, auth: Auth):
+
+# The tables that name persons by blind index, besides person_documents.
+_LINK_TABLES = (project_people, agency_agents, agreement_agents)
+
+
+def move_rows(session: Connection, older: Sequence[str], active: str, key_id: str) -> Counter[str]:
+    """Moves one document's rows from its older indexes to its active one, by table.
+
+    A link row whose twin is already under the active key (a form submitted again since)
+    is deleted instead; a live relation whose twin is live under the active key (a race
+    the create path leaves only in theory) stays where it is, still found under the older
+    key. Statements that cannot conflict, so a caller needs no savepoints."""
+    moved: Counter[str] = Counter()
+    if not older:
+        return moved
+    values = {"document_index": active, "index_key_id": key_id}
+    twin = relations.alias("twin")
+    live_twin = (
+        select(twin.c.relation_id)
+        .where(
+            twin.c.enterprise_code == relations.c.enterprise_code,
+            twin.c.role == relations.c.role,
+            twin.c.document_index == active,
+            twin.c.state.in_(LIVE_STATES),
+        )
+        .exists()
+    )
+    result = session.execute(
+        update(relations)
+        .where(
+            relations.c.document_index.in_(older),
+            not_(and_(relations.c.state.in_(LIVE_STATES), live_twin)),
+        )
+        .values(**values)
+    )
+    moved[relations.name] += _rowcount(result)
+    for table in _LINK_TABLES:
+        others = [c for c in table.primary_key.columns if c.name != "document_index"]
+        same = table.alias("same")
+        duplicate = (
+            select(same.c.document_index)
+            .where(same.c.document_index == active, *(same.c[c.name] == c for c in others))
+            .exists()
+        )
+        session.execute(delete(table).where(table.c.document_index.in_(older), duplicate))
+        result = session.execute(
+            update(table).where(table.c.document_index.in_(older)).values(**values)
+        )
+        moved[table.name] += _rowcount(result)
+    return moved
+
+
+class PersonDirectory:
+    """Documents' blind indexes under binding's keyring, and person_id <-> document index,
+    learnt from auth and kept in `person_documents` (under the active key)."""
+
+    def __init__(self, db: Database, keyring: HmacKeyring, clock: Clock, auth: Auth):
         self._db = db
-        self._personal_data = personal_data
+        self._keyring = keyring
         self._clock = clock
         self._auth = auth
-        self._indexes: dict[str, str] = {}
+        self._indexes: dict[str, Indexes] = {}
+
+    @property
+    def active_key_id(self) -> str:
+        return self._keyring.active_id
 
     def index_of_document(self, document: Document) -> str:
-        """The document's blind index, as auth computes it."""
-        return document.blind_index(self._personal_data)
+        """The document's index under the active key: what a new row stores."""
+        return self._keyring.digest(
+            self._keyring.active_id, INDEX_PURPOSE, document_message(document)
+        )
 
-    def index_of(self, person_id: str) -> str:
-        """The person's document index; auth is asked only the first time, the database
-        only once per process (a person's document never changes)."""
+    def indexes_of_document(self, document: Document) -> Indexes:
+        """The document's index under every key held, the active key's first."""
+        return tuple(self._keyring.digests(INDEX_PURPOSE, document_message(document)).values())
+
+    def indexes_of(self, person_id: str) -> Indexes:
+        """The person's document indexes; auth is asked only the first time (and once more
+        after a rotation), the database once per process (a document never changes)."""
         cached = self._indexes.get(person_id)
         if cached is not None:
             return cached
-        index = self._index_of(person_id)
+        indexes = self._indexes_of(person_id)
         if len(self._indexes) >= _REMEMBER_AT_MOST:
             self._indexes.clear()
-        self._indexes[person_id] = index
-        return index
+        self._indexes[person_id] = indexes
+        return indexes
 
-    def _index_of(self, person_id: str) -> str:
-        with self._db.reading() as session:
-            known = session.scalar(_DOCUMENT_INDEX_OF, {"person_id": person_id})
-        if known is not None:
-            return str(known)
-        return self.remember(person_id, self._auth.person(person_id).document)
+    def _indexes_of(self, person_id: str) -> Indexes:
+        # With one key, the stored index is all there is to know. With older keys still
+        # held, their indexes need the document itself: auth has it.
+        if len(self._keyring.keys) == 1:
+            with self._db.reading() as session:
+                known = session.execute(_DOCUMENT_INDEX_OF, {"person_id": person_id}).first()
+            if known is not None and known.index_key_id == self._keyring.active_id:
+                return (str(known.document_index),)
+        document = self._auth.person(person_id).document
+        self.remember(person_id, document)
+        return self.indexes_of_document(document)
 
     def remember(self, person_id: str, document: Document) -> str:
+        """Keeps person_id <-> the document's active index; returns that index. During a
+        rotation (older keys held) the person's rows move to the active key as well."""
         index = self.index_of_document(document)
+        older = self.indexes_of_document(document)[1:]
+        if older:
+            try:
+                with self._db.transaction() as session:
+                    move_rows(session, older, index, self._keyring.active_id)
+            except IntegrityError:
+                # Another replica moved them at the same moment: they are found either way.
+                log.info("a person's rows were being moved by another process")
         with self._db.transaction() as session:
+            # A row of an older key is moved to the active one.
+            session.execute(
+                update(person_documents)
+                .where(
+                    person_documents.c.person_id == person_id,
+                    person_documents.c.index_key_id != self._keyring.active_id,
+                )
+                .values(document_index=index, index_key_id=self._keyring.active_id)
+            )
             insert_ignoring_conflicts(
                 session,
                 person_documents,
                 {
                     "person_id": person_id,
                     "document_index": index,
+                    "index_key_id": self._keyring.active_id,
                     "created_at": to_millis(self._clock.now()),
                 },
             )
@@ -248,18 +353,21 @@ def _in_state(state: RelationState, now_ms: int | BindParameter[int]) -> ColumnE
 
 # Hot statements (login's access check, identity lists) are built once: building and
 # keying a statement costs about as much CPU as running it.
+_INDEXES: BindParameter[list[str]] = bindparam("indexes", expanding=True)
 _ACTIVE_ROLES = select(relations.c.enterprise_code, relations.c.role).where(
-    relations.c.document_index == bindparam("index"),
+    relations.c.document_index.in_(_INDEXES),
     _in_state(ACTIVE, bindparam("now_ms")),
 )
 _ACTIVE_ROLES_IN = _ACTIVE_ROLES.where(relations.c.enterprise_code == bindparam("enterprise_code"))
 
-_DOCUMENT_INDEX_OF = select(person_documents.c.document_index).where(
-    person_documents.c.person_id == bindparam("person_id")
-)
+_DOCUMENT_INDEX_OF = select(
+    person_documents.c.document_index, person_documents.c.index_key_id
+).where(person_documents.c.person_id == bindparam("person_id"))
 _ENTERPRISE = select(enterprises).where(enterprises.c.code == bindparam("code"))
-_REPORT_ROLES = select(project_people.c.project_number, project_people.c.role).where(
-    project_people.c.document_index == bindparam("index")
+_REPORT_ROLES = (
+    select(project_people.c.project_number, project_people.c.role)
+    .where(project_people.c.document_index.in_(_INDEXES))
+    .distinct()
 )
 _PROJECTS = (
     select(
@@ -294,18 +402,20 @@ _AGENT_CLIENTS = (
         )
         .join(
             agency_agents,
+            # Both forms name the person, possibly under different keys during a rotation.
             and_(
                 agency_agents.c.agency_code == agreements.c.agency_code,
-                agency_agents.c.document_index == agreement_agents.c.document_index,
+                agency_agents.c.document_index.in_(_INDEXES),
             ),
         )
         .outerjoin(enterprises, enterprises.c.code == agreements.c.client_code)
     )
     .where(
-        agreement_agents.c.document_index == bindparam("index"),
+        agreement_agents.c.document_index.in_(_INDEXES),
         agreements.c.valid_from <= bindparam("now_ms"),
         agreements.c.valid_until > bindparam("now_ms"),
     )
+    .distinct()
     .order_by(agreements.c.agency_code, agreements.c.client_code)
 )
 _AGENT_CLIENTS_OF = _AGENT_CLIENTS.where(agreements.c.agency_code == bindparam("agency_code"))
@@ -333,11 +443,18 @@ def _enterprise(row: AnyRow) -> Enterprise:
 
 
 class BindingService:
-    def __init__(self, db: Database, personal_data: PersonalData, clock: Clock, auth: Auth):
+    def __init__(
+        self,
+        db: Database,
+        personal_data: PersonalData,
+        index_keys: HmacKeyring,
+        clock: Clock,
+        auth: Auth,
+    ):
         self._db = db
         self._personal_data = personal_data
         self._clock = clock
-        self._directory = PersonDirectory(db, personal_data, clock, auth)
+        self._directory = PersonDirectory(db, index_keys, clock, auth)
         self._auth = auth
 
     # --- enterprises and their people (A2, F2) ------------------------------------------
@@ -417,19 +534,19 @@ class BindingService:
         current_id: str | None,
         now_ms: int,
     ) -> str | None:
-        index = None if person is None else self._directory.index_of_document(person.document)
+        indexes = () if person is None else self._directory.indexes_of_document(person.document)
         if current_id is not None:
             current_index = session.scalar(
                 select(relations.c.document_index).where(relations.c.relation_id == current_id)
             )
-            if current_index == index:
+            if current_index in indexes:
                 return current_id
             session.execute(
                 update(relations)
                 .where(relations.c.relation_id == current_id, relations.c.state.in_(LIVE_STATES))
                 .values(state=REPLACED, changed_by=None, updated_at=now_ms)
             )
-        if person is None or index is None:
+        if person is None:
             return None
         created = self._insert_relation(
             session,
@@ -437,12 +554,12 @@ class BindingService:
             role=role,
             origin=Origin.REGISTRATION,
             person=person,
-            index=index,
+            indexes=indexes,
             valid_until_ms=None,
             created_by=None,
             now_ms=now_ms,
         )
-        return created or self._live_relation_id(session, enterprise_code, role, index)
+        return created or self._live_relation_id(session, enterprise_code, role, indexes)
 
     # --- relations with two-way confirmation (F1, F3) -----------------------------------
 
@@ -450,7 +567,8 @@ class BindingService:
         """F1(a): the person applies; the legal representative or financial officer
         confirms."""
         applicant = self._auth.person(person_id)
-        index = self._directory.remember(person_id, applicant.document)
+        self._directory.remember(person_id, applicant.document)
+        indexes = self._directory.indexes_of_document(applicant.document)
         now = self._clock.now()
         with self._db.transaction() as session:
             self._require_enterprise(session, enterprise_code)
@@ -460,7 +578,7 @@ class BindingService:
                 role=role,
                 origin=Origin.APPLICATION,
                 person=applicant,
-                index=index,
+                indexes=indexes,
                 valid_until=None,
                 created_by=person_id,
                 now=now,
@@ -478,12 +596,12 @@ class BindingService:
         or not, who then confirms."""
         now = self._clock.now()
         domain.ensure_future(valid_until, now, "valid_until")
-        actor_index = self._directory.index_of(person_id)
-        index = self._directory.index_of_document(person.document)
+        actor_indexes = self._directory.indexes_of(person_id)
+        indexes = self._directory.indexes_of_document(person.document)
         self._directory.learn_if_registered(person.document)
         with self._db.transaction() as session:
             self._require_enterprise(session, enterprise_code)
-            if not self._actor(session, actor_index, enterprise_code, to_millis(now)).is_manager:
+            if not self._actor(session, actor_indexes, enterprise_code, to_millis(now)).is_manager:
                 raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)
             return self._new_relation(
                 session,
@@ -491,7 +609,7 @@ class BindingService:
                 role=role,
                 origin=Origin.ADDED,
                 person=person,
-                index=index,
+                indexes=indexes,
                 valid_until=valid_until,
                 created_by=person_id,
                 now=now,
@@ -525,7 +643,7 @@ class BindingService:
     ) -> Relation:
         """One state change by an entitled actor. The conditional UPDATE decides between
         concurrent changes: exactly one finds the relation still in `from_state`."""
-        actor_index = self._directory.index_of(person_id)
+        actor_indexes = self._directory.indexes_of(person_id)
         now = self._clock.now()
         now_ms = to_millis(now)
         with self._db.transaction() as session:
@@ -540,7 +658,7 @@ class BindingService:
             if row is None:
                 raise invalid("relation_id", Reason.NOT_FOUND)
             facts = RelationFacts(Origin(row.origin), cast(Role, row.role), row.document_index)
-            ensure_allowed(facts, self._actor(session, actor_index, row.enterprise_code, now_ms))
+            ensure_allowed(facts, self._actor(session, actor_indexes, row.enterprise_code, now_ms))
             changed = session.execute(
                 update(relations)
                 .where(relations.c.relation_id == relation_id, _in_state(from_state, now_ms))
@@ -561,13 +679,13 @@ class BindingService:
 
     def pending_confirmations(self, person_id: str) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now = self._clock.now()
         with self._db.reading() as session:
             rows = session.execute(
                 _relations_query()
                 .where(
-                    relations.c.document_index == index,
+                    relations.c.document_index.in_(indexes),
                     relations.c.origin.in_(domain.PERSON_CONFIRMS),
                     _in_state(PENDING, to_millis(now)),
                 )
@@ -579,12 +697,12 @@ class BindingService:
         self, person_id: str, enterprise_code: str, states: Collection[RelationState]
     ) -> list[Relation]:
         """The enterprise's people and applications, for its LR and FO only (F1)."""
-        actor_index = self._directory.index_of(person_id)
+        actor_indexes = self._directory.indexes_of(person_id)
         now = self._clock.now()
         now_ms = to_millis(now)
         with self._db.reading() as session:
             self._require_enterprise(session, enterprise_code)
-            if not self._actor(session, actor_index, enterprise_code, now_ms).is_manager:
+            if not self._actor(session, actor_indexes, enterprise_code, now_ms).is_manager:
                 raise DomainError(Reason.NOT_AUTHORIZED_TO_CONFIRM)
             query = _relations_query().where(relations.c.enterprise_code == enterprise_code)
             if states:
@@ -652,7 +770,12 @@ class BindingService:
                 session.execute(
                     project_people.insert(),
                     [
-                        {"project_number": project.project_number, "role": r, "document_index": i}
+                        {
+                            "project_number": project.project_number,
+                            "role": r,
+                            "document_index": i,
+                            "index_key_id": self._directory.active_key_id,
+                        }
                         for r, i in sorted(people)
                     ],
                 )
@@ -675,11 +798,11 @@ class BindingService:
 
     def related_projects(self, person_id: str, province: str) -> list[Project]:
         """D5 "switch tax authority": the projects in the province the person may act for."""
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
-            roles = self._roles_by_enterprise(session, index, now_ms)
-            return [a.project for a in self._project_access(session, index, roles, province)]
+            roles = self._roles_by_enterprise(session, indexes, now_ms)
+            return [a.project for a in self._project_access(session, indexes, roles, province)]
 
     # --- tax agents (F4) ----------------------------------------------------------------
 
@@ -712,7 +835,14 @@ class BindingService:
             if indexes:
                 session.execute(
                     agency_agents.insert(),
-                    [{"agency_code": agency_code, "document_index": i} for i in indexes],
+                    [
+                        {
+                            "agency_code": agency_code,
+                            "document_index": i,
+                            "index_key_id": self._directory.active_key_id,
+                        }
+                        for i in indexes
+                    ],
                 )
         return len(indexes)
 
@@ -769,7 +899,14 @@ class BindingService:
                 )
             session.execute(
                 agreement_agents.insert(),
-                [{"agreement_id": agreement_id, "document_index": i} for i in indexes],
+                [
+                    {
+                        "agreement_id": agreement_id,
+                        "document_index": i,
+                        "index_key_id": self._directory.active_key_id,
+                    }
+                    for i in indexes
+                ],
             )
         return agreement_id
 
@@ -779,32 +916,32 @@ class BindingService:
         """May the person act as the target, and as what? RELATION_NOT_FOUND otherwise."""
         if target.entry == Entry.ENTRY_NATURAL_PERSON:
             return Identity(Entry.ENTRY_NATURAL_PERSON)
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
             if target.entry == Entry.ENTRY_AGENT:
-                clients = self._agent_clients(session, index, now_ms, target.agency_code)
+                clients = self._agent_clients(session, indexes, now_ms, target.agency_code)
                 return domain.agent_identity(clients, target)
             if target.entry == Entry.ENTRY_ENTERPRISE and not target.subject_number:
                 row = session.execute(_ENTERPRISE, {"code": target.enterprise_code}).one_or_none()
                 if row is None:
                     raise domain.relation_not_found()
-                roles = self._roles_by_enterprise(session, index, now_ms, target.enterprise_code)
+                roles = self._roles_by_enterprise(session, indexes, now_ms, target.enterprise_code)
                 return domain.enterprise_identity(
                     _enterprise(row), roles.get(target.enterprise_code, ())
                 )
-            roles = self._roles_by_enterprise(session, index, now_ms)
-            accesses = self._project_access(session, index, roles, target.province)
+            roles = self._roles_by_enterprise(session, indexes, now_ms)
+            accesses = self._project_access(session, indexes, roles, target.province)
             return domain.subject_identity(accesses, target)
 
     def identities(self, person_id: str, province: str) -> list[Identity]:
         """Everything the person may act as (F3, F4, F5): the natural person first, then
         enterprises with their role, cross-region projects in the province (all provinces if
         empty), agent clients."""
-        index = self._directory.index_of(person_id)
+        indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
         with self._db.reading() as session:
-            roles = self._roles_by_enterprise(session, index, now_ms)
+            roles = self._roles_by_enterprise(session, indexes, now_ms)
             rows = session.execute(
                 select(enterprises)
                 .where(enterprises.c.code.in_(roles))
@@ -814,23 +951,23 @@ class BindingService:
             found += [domain.enterprise_identity(_enterprise(r), roles[r.code]) for r in rows]
             found += [
                 access.listed_identity()
-                for access in self._project_access(session, index, roles, province)
+                for access in self._project_access(session, indexes, roles, province)
             ]
-            found += [client.identity() for client in self._agent_clients(session, index, now_ms)]
+            found += [client.identity() for client in self._agent_clients(session, indexes, now_ms)]
             return found
 
     # --- queries ------------------------------------------------------------------------
 
     def _roles_by_enterprise(
-        self, session: Connection, index: str, now_ms: int, enterprise_code: str | None = None
+        self, session: Connection, indexes: Indexes, now_ms: int, enterprise_code: str | None = None
     ) -> dict[str, frozenset[Role]]:
         """The person's active relations, as roles per enterprise."""
         if enterprise_code is None:
-            rows = session.execute(_ACTIVE_ROLES, {"index": index, "now_ms": now_ms})
+            rows = session.execute(_ACTIVE_ROLES, {"indexes": list(indexes), "now_ms": now_ms})
         else:
             rows = session.execute(
                 _ACTIVE_ROLES_IN,
-                {"index": index, "now_ms": now_ms, "enterprise_code": enterprise_code},
+                {"indexes": list(indexes), "now_ms": now_ms, "enterprise_code": enterprise_code},
             )
         roles: defaultdict[str, set[Role]] = defaultdict(set)
         for code, role in rows:
@@ -840,7 +977,7 @@ class BindingService:
     def _project_access(
         self,
         session: Connection,
-        index: str,
+        indexes: Indexes,
         roles_by_enterprise: Mapping[str, frozenset[Role]],
         province: str,
     ) -> list[ProjectAccess]:
@@ -852,7 +989,7 @@ class BindingService:
             if held & domain.PROJECT_ROLES
         }
         report_roles: defaultdict[str, set[Role]] = defaultdict(set)
-        for number, role in session.execute(_REPORT_ROLES, {"index": index}):
+        for number, role in session.execute(_REPORT_ROLES, {"indexes": list(indexes)}):
             report_roles[number].add(cast(Role, role))
         if not enterprise_roles and not report_roles:
             return []
@@ -881,11 +1018,11 @@ class BindingService:
         ]
 
     def _agent_clients(
-        self, session: Connection, index: str, now_ms: int, agency_code: str | None = None
+        self, session: Connection, indexes: Indexes, now_ms: int, agency_code: str | None = None
     ) -> list[AgentClient]:
         """F4: clients whose agreement names the person and is in force now, of agencies
         whose basic-information form lists the person."""
-        parameters = {"index": index, "now_ms": now_ms, "agency_code": agency_code}
+        parameters = {"indexes": list(indexes), "now_ms": now_ms, "agency_code": agency_code}
         rows = session.execute(
             _AGENT_CLIENTS if agency_code is None else _AGENT_CLIENTS_OF, parameters
         )
@@ -906,10 +1043,12 @@ class BindingService:
             raise invalid("enterprise_code", Reason.NOT_FOUND)
         return _enterprise(row)
 
-    def _actor(self, session: Connection, index: str, enterprise_code: str, now_ms: int) -> Actor:
-        roles = self._roles_by_enterprise(session, index, now_ms, enterprise_code)
+    def _actor(
+        self, session: Connection, indexes: Indexes, enterprise_code: str, now_ms: int
+    ) -> Actor:
+        roles = self._roles_by_enterprise(session, indexes, now_ms, enterprise_code)
         held = roles.get(enterprise_code, frozenset())
-        return Actor(index, bool(held & domain.MANAGER_ROLES))
+        return Actor(frozenset(indexes), bool(held & domain.MANAGER_ROLES))
 
     def _insert_relation(
         self,
@@ -919,7 +1058,7 @@ class BindingService:
         role: Role,
         origin: Origin,
         person: NamedDocument,
-        index: str,
+        indexes: Indexes,
         valid_until_ms: int | None,
         created_by: str | None,
         now_ms: int,
@@ -932,12 +1071,17 @@ class BindingService:
             .where(
                 relations.c.enterprise_code == enterprise_code,
                 relations.c.role == role,
-                relations.c.document_index == index,
+                relations.c.document_index.in_(indexes),
                 relations.c.state.in_(LIVE_STATES),
                 relations.c.valid_until <= now_ms,
             )
             .values(state=EXPIRED, updated_at=now_ms)
         )
+        # A live one under an older key (before its rows are moved) counts too; nobody
+        # writes under an older key any more, so this read races with nothing.
+        older = indexes[1:]
+        if older and self._live_relation_id(session, enterprise_code, role, older) is not None:
+            return None
         relation_id = uuid.uuid4().hex
         inserted = insert_ignoring_conflicts(
             session,
@@ -948,7 +1092,8 @@ class BindingService:
                 "role": role,
                 "state": PENDING,
                 "origin": origin.value,
-                "document_index": index,
+                "document_index": indexes[0],
+                "index_key_id": self._directory.active_key_id,
                 "document_type": person.document.type,
                 "document_number_encrypted": self._personal_data.encrypt(
                     person.document.number, _DOCUMENT_NUMBER
@@ -964,13 +1109,13 @@ class BindingService:
         return relation_id if inserted else None
 
     def _live_relation_id(
-        self, session: Connection, enterprise_code: str, role: Role, index: str
+        self, session: Connection, enterprise_code: str, role: Role, indexes: Indexes
     ) -> str | None:
         return session.scalar(
             select(relations.c.relation_id).where(
                 relations.c.enterprise_code == enterprise_code,
                 relations.c.role == role,
-                relations.c.document_index == index,
+                relations.c.document_index.in_(indexes),
                 relations.c.state.in_(LIVE_STATES),
             )
         )
@@ -983,7 +1128,7 @@ class BindingService:
         role: Role,
         origin: Origin,
         person: NamedDocument,
-        index: str,
+        indexes: Indexes,
         valid_until: datetime | None,
         created_by: str,
         now: datetime,
@@ -996,13 +1141,13 @@ class BindingService:
             role=role,
             origin=origin,
             person=person,
-            index=index,
+            indexes=indexes,
             valid_until_ms=_millis(valid_until),
             created_by=created_by,
             now_ms=to_millis(now),
         )
         if relation_id is None:
-            existing = self._live_relation_id(session, enterprise_code, role, index)
+            existing = self._live_relation_id(session, enterprise_code, role, indexes)
             raise DomainError(
                 Reason.STATE_CONFLICT, _ALREADY_RELATED, metadata={"relation_id": existing or ""}
             )

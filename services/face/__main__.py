@@ -1,4 +1,4 @@
-"""`python -m services.face`: the face broker on ETAX_FACE_PORT (50054) until SIGTERM."""
+"""`python -m services.face`: the face broker on ETAX_FACE_PORT (its default: the topology)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def build(
         clock=clock or SystemClock(),
         provider=provider,
         signer=Signer(settings.signing_secret()),
-        personal_data=personal_data or PersonalData(settings.platform.keyring()),
+        personal_data=personal_data or PersonalData(settings.platform.keyring(blind_index=False)),
         ticket_ttl=settings.ticket_ttl,
         proof_ttl=settings.proof_ttl,
         max_mismatches=settings.max_mismatches,

@@ -10,14 +10,17 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.settings import ServiceSettings, development_secret
 
 
 class FaceSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_FACE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("face").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50054, ge=0, le=65535)
-    metrics_port: int = Field(default=9154, ge=0, le=65535)
+    port: int = Field(default=topology.service("face").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("face").metrics_port, ge=0, le=65535)
     # HMAC key for QR payloads and proofs; development generates one under data_dir.
     secret: SecretStr | None = None
     # How long a QR code can be scanned and used, and how long a passed result can be

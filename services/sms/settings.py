@@ -7,14 +7,17 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.settings import ServiceSettings
 
 
 class SmsSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_SMS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("sms").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50053, ge=0, le=65535)
-    metrics_port: int = Field(default=9153, ge=0, le=65535)
+    port: int = Field(default=topology.service("sms").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("sms").metrics_port, ge=0, le=65535)
     # E2: at most `throttle_limit` sends per recipient in a window of `throttle_window_seconds`
     # that starts at the first of them.
     throttle_limit: int = Field(default=5, ge=1)
@@ -34,6 +37,7 @@ class SmsSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _provider_is_complete(self) -> SmsSettings:
+        self.platform.require_index_key()  # recipients and codes are found by blind index
         if self.provider == "http" and (not self.http_url or self.http_secret is None):
             raise ValueError("the http provider needs ETAX_SMS_HTTP_URL and ETAX_SMS_HTTP_SECRET")
         if self.platform.environment == "production" and (

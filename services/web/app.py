@@ -113,6 +113,9 @@ def build(
         # --- login (D1-D5) ---
         get("/", login.login_page),
         post("/login", login.login_submit),
+        get("/login/subject", login.subject_page),
+        post("/login/subject", login.subject_choose),
+        post("/login/subject/search", login.subject_query),
         get("/login/verify", login.verify_page),
         post("/login/verify/send-code", login.send_code),
         post("/login/verify/code", login.complete_with_code),

@@ -79,12 +79,21 @@ PURPOSES = {
     "VERIFICATION_PURPOSE_SPECIFIC_SUBJECT_LOGIN": "特定主体登录",
 }
 
+# Where a login or password-reset code goes: the default phone (D2), or for an overseas
+# person without a phone their email (B6). Step tab, code field, "sent to ...".
+CODE_CHANNELS = {
+    "sms": {"tab": "短信验证", "code": "短信验证码", "to": "手机"},
+    "email": {"tab": "邮箱验证码", "code": "邮箱验证码", "to": "邮箱"},
+}
+
 # The pages' own prompts for a field left empty (the platform's texts cover the rest).
 REQUIRED = {
     "account": "请输入居民身份证号码/手机号码/用户名",
     "password": "请输入个人用户密码",
     "code": "请输入验证码",
     "phone": "请输入手机号码",
+    # Q23: "如编号一栏出现必填的提示，说明没有人企关联关系".
+    "subject_number": "此项为必填项",
 }
 CONFIRMATION_DIFFERS = "两次输入的密码不一致"
 

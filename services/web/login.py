@@ -1,6 +1,7 @@
 """The login page (网页版登录界面): QR login on the left (D3), the entries on the right
-(企业业务 / 自然人业务 / 代理业务, and 特定主体 under 企业业务, D1, D5), then step 2 by SMS
-code or scan verification (D2, D4), and logging out."""
+(企业业务 / 自然人业务 / 代理业务, and 特定主体 under 企业业务, D1, D5), the specific
+subject's number searched and chosen after the password (D5, Q23), then step 2 by SMS
+code, email code (B6) or scan verification (D2, D4), and logging out."""
 
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ from starlette.responses import Response
 
 from etax_platform.errors import MEANINGS, Reason
 from services.web import faces, labels
-from services.web.platform import LoginStart, LoginTarget, PlatformError, SignedIn
+from services.web.platform import LoginTarget, PlatformError, Project, SecondSteps, SignedIn
 from services.web.web import Errors, SessionEnded, Visit
 
 SMS = "SECOND_STEP_SMS_CODE"
+EMAIL = "SECOND_STEP_EMAIL_CODE"
 SCAN = "SECOND_STEP_SCAN_VERIFICATION"
 # Step 2 is chosen from what the platform offers (second_steps), in this order; a step
-# the page does not know yet is left out. Kind "code": a code to the masked contact.
+# the page does not know yet is left out. Kind "code": a code to the masked phone or
+# email (the same two calls either way, B6).
 STEPS: dict[str, dict[str, str]] = {
-    SMS: {"key": "sms", "label": "短信验证", "kind": "code"},
+    SMS: {"key": "sms", "label": labels.CODE_CHANNELS["sms"]["tab"], "kind": "code"},
+    EMAIL: {"key": "email", "label": labels.CODE_CHANNELS["email"]["tab"], "kind": "code"},
     SCAN: {"key": "scan", "label": "扫码验证", "kind": "scan"},
 }
+# D5: how many of the person's subjects the list shows at once.
+SUBJECTS_SHOWN = 20
 QR_LOGIN_TEXTS = {
     "waiting": "请使用已登录的税务 APP 扫描二维码",
     "expired": "二维码已失效，请点击刷新",
@@ -110,14 +116,12 @@ def login_submit(visit: Visit) -> Response:
     }
     errors = Errors()
     if not values["account"]:
-        errors.fields["account"] = "请输入居民身份证号码/手机号码/用户名"
+        errors.fields["account"] = labels.REQUIRED["account"]
     if not visit.form.get("password"):
         errors.fields["password"] = labels.REQUIRED["password"]
-    required = {
-        "enterprise": "enterprise_code",
-        "agent": "agency_code",
-        "subject": "subject_number",
-    }
+    # D5: the specific subject's number may be left out (or typed in part): it is searched
+    # among the person's own subjects once the password is verified.
+    required = {"enterprise": "enterprise_code", "agent": "agency_code"}
     if entry in required and not values[required[entry]]:
         errors.fields[required[entry]] = "此项为必填项"
     if errors:
@@ -127,7 +131,6 @@ def login_submit(visit: Visit) -> Response:
         enterprise_code=values["enterprise_code"] if entry == "enterprise" else "",
         agency_code=values["agency_code"] if entry == "agent" else "",
         subject_type=values["subject_type"] if entry == "subject" else "",
-        subject_number=values["subject_number"] if entry == "subject" else "",
     )
     try:
         started = visit.platform.start_login(
@@ -138,34 +141,160 @@ def login_submit(visit: Visit) -> Response:
         if entry in _RELATION_FIELD:
             fields[Reason.RELATION_NOT_FOUND.value] = _RELATION_FIELD[entry]
         return _render_login(visit, entry, values, errors.add(error, fields), 400)
-    _start_step_two(visit, entry, started)
-    return visit.redirect("/login/verify")
-
-
-def _start_step_two(visit: Visit, entry: str, started: LoginStart) -> None:
+    if not started.subject_required:
+        _start_step_two(visit, entry, started.challenge_id, started.steps)
+        return visit.redirect("/login/verify")
+    typed = values["subject_number"]
     visit.session["flow:login"] = {
         "challenge_id": started.challenge_id,
         "entry": entry,
-        "second_steps": list(started.second_steps),
-        "masked_phone": started.masked_phone,
-        "phone_empty": started.phone_empty,
+        "subject_required": True,
+        "subject_type": values["subject_type"],
+        "query": typed,
+    }
+    visit.session.pop("face:login")
+    if typed:
+        # A whole number typed on the form is chosen at once (the same relation check as
+        # StartLogin with it); anything else is the search's first query.
+        try:
+            steps = visit.platform.select_login_subject(visit.caller, started.challenge_id, typed)
+        except PlatformError as error:
+            if error.reason not in (
+                Reason.RELATION_NOT_FOUND.value,
+                Reason.INVALID_ARGUMENT.value,
+            ):
+                visit.flash(error.text, "error")
+        else:
+            _start_step_two(visit, entry, started.challenge_id, steps)
+            return visit.redirect("/login/verify")
+    return visit.redirect("/login/subject")
+
+
+def _start_step_two(visit: Visit, entry: str, challenge_id: str, steps: SecondSteps) -> None:
+    visit.session["flow:login"] = {
+        "challenge_id": challenge_id,
+        "entry": entry,
+        "second_steps": list(steps.second_steps),
+        "masked_phone": steps.masked_phone,
+        "phone_empty": steps.phone_empty,
+        "masked_email": steps.masked_email,
     }
     visit.session.pop("face:login")
 
 
+# --- D5: the specific subject, searched and chosen after the password ---------------------
+
+
+def _subject_flow(visit: Visit) -> dict[str, Any] | None:
+    flow: dict[str, Any] | None = visit.session.get("flow:login")
+    return flow if flow is not None and flow.get("subject_required") else None
+
+
+def _subject_list(found: list[Project]) -> dict[str, Any]:
+    """The listbox's options and what the live region says about them. None found: the
+    field's 必填 prompt, which means the person has no relation (Q23)."""
+    shown = found[:SUBJECTS_SHOWN]
+    if not found:
+        status = "未查询到可选择的编号"
+    elif len(found) > len(shown):
+        status = f"共找到{len(found)}个，仅显示前{len(shown)}个，请输入更多编号缩小范围"
+    else:
+        status = f"共找到{len(found)}个"
+    return {
+        "subjects": [
+            {
+                "number": p.project_number,
+                "label": " · ".join(part for part in (p.project_number, p.enterprise_name) if part),
+            }
+            for p in shown
+        ],
+        "status": status,
+        "required": "" if found else labels.REQUIRED["subject_number"],
+    }
+
+
+def _search(visit: Visit, flow: dict[str, Any], query: str) -> dict[str, Any]:
+    """Raises PlatformError but for a query the platform refuses (an error on that field)."""
+    try:
+        found = visit.platform.search_login_subjects(visit.caller, flow["challenge_id"], query)
+    except PlatformError as error:
+        if error.field != "query":
+            raise
+        return {**_subject_list([]), "required": "", "query_error": error.text}
+    return _subject_list(found)
+
+
+def subject_page(visit: Visit, errors: Errors | None = None, status: int = 200) -> Response:
+    flow = _subject_flow(visit)
+    if flow is None:
+        return visit.redirect("/?entry=subject")
+    try:
+        listed = _search(visit, flow, flow.get("query", ""))
+    except PlatformError as error:
+        # The login challenge is over (expired, used): start again.
+        visit.session.pop("flow:login")
+        visit.flash(error.text, "error")
+        return visit.redirect("/?entry=subject")
+    errors = errors or Errors()
+    if listed.get("query_error"):
+        errors.fields.setdefault("query", listed["query_error"])
+    if listed["required"]:
+        errors.fields.setdefault("subject_number", listed["required"])
+    return visit.render(
+        "subject.html",
+        status=status,
+        flow=flow,
+        subject_type_name=labels.subject_type_name(flow.get("subject_type", "")),
+        listed=listed,
+        errors=errors,
+    )
+
+
+def subject_query(visit: Visit) -> Response:
+    """The search without script (the page's 查询 button): the list for this query."""
+    flow = _subject_flow(visit)
+    if flow is None:
+        return visit.redirect("/?entry=subject")
+    flow["query"] = visit.value("query")
+    visit.session["flow:login"] = flow
+    return subject_page(visit)
+
+
 def subject_search(visit: Visit) -> Response:
-    """D5: the subject number's fuzzy search (nothing is found until the platform offers
-    a search on the login challenge; the page's hook is in place)."""
-    flow = visit.session.get("flow:login") or {}
-    found = visit.platform.search_login_subjects(
-        visit.caller,
-        str(flow.get("challenge_id", "")),
-        visit.value("subject_type"),
-        visit.value("query"),
-    )
-    return visit.json(
-        {"subjects": [{"number": p.project_number, "name": p.enterprise_name} for p in found[:10]]}
-    )
+    """D5, Q23: the live search (site.js): only ever the subjects of the person whose
+    password this browser's login challenge verified."""
+    flow = _subject_flow(visit)
+    if flow is None:
+        return visit.json({"text": "请重新登录", "redirect": "/?entry=subject"}, 409)
+    query = visit.value("query")
+    try:
+        listed = _search(visit, flow, query)
+    except PlatformError as error:
+        return visit.json({"text": error.text, "redirect": "/?entry=subject"}, 409)
+    flow["query"] = query
+    visit.session["flow:login"] = flow
+    return visit.json(listed)
+
+
+def subject_choose(visit: Visit) -> Response:
+    flow = _subject_flow(visit)
+    if flow is None:
+        return visit.redirect("/?entry=subject")
+    number = visit.value("subject_number")
+    if not number:
+        return subject_page(
+            visit, Errors(fields={"subject_number": labels.REQUIRED["subject_number"]}), 400
+        )
+    try:
+        steps = visit.platform.select_login_subject(visit.caller, flow["challenge_id"], number)
+    except PlatformError as error:
+        fields = {
+            "subject_number": "subject_number",
+            Reason.RELATION_NOT_FOUND.value: "subject_number",
+        }
+        return subject_page(visit, Errors().add(error, fields), 400)
+    _start_step_two(visit, flow["entry"], flow["challenge_id"], steps)
+    return visit.redirect("/login/verify")
 
 
 # --- step 2 ---------------------------------------------------------------------------------
@@ -175,10 +304,17 @@ def _steps(flow: dict[str, Any]) -> list[dict[str, str]]:
     return [STEPS[s] for s in STEPS if s in flow["second_steps"]]
 
 
+def _code_step(flow: dict[str, Any]) -> str:
+    """The code step, "sms" or "email" (B6): a login has at most one."""
+    return next((s["key"] for s in _steps(flow) if s["kind"] == "code"), "")
+
+
 def verify_page(visit: Visit, errors: Errors | None = None, status: int = 200) -> Response:
     flow: dict[str, Any] | None = visit.session.get("flow:login")
     if flow is None:
         return visit.redirect("/")
+    if flow.get("subject_required"):
+        return visit.redirect("/login/subject")
     steps = _steps(flow)
     keys = [s["key"] for s in steps]
     asked = visit.request.query_params.get("step", "")
@@ -188,15 +324,21 @@ def verify_page(visit: Visit, errors: Errors | None = None, status: int = 200) -
     chosen = asked if asked in keys else ("scan" if face else (keys[0] if keys else ""))
     wait = max(0, int((flow.get("send_wait_until_ms", 0) - _ms(0)) / 1000))
     code_left = max(0, int((flow.get("code_expires_ms", 0) - _ms(0)) / 1000))
+    code_step = _code_step(flow)
+    masked_contact = flow.get("masked_email", "") if code_step == "email" else flow["masked_phone"]
+    # D4: no phone and nothing else to send a code to.
+    phone_empty = flow["phone_empty"] and not code_step
     return visit.render(
         "verify.html",
         status=status,
         flow=flow,
         steps=steps,
         chosen=chosen,
+        channel=labels.CODE_CHANNELS.get(code_step, {}),
+        masked_contact=masked_contact,
         face=face,
         entry_title=labels.ENTRIES[flow["entry"]][1],
-        phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if flow["phone_empty"] else "",
+        phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if phone_empty else "",
         wait_seconds=wait,
         code_seconds=code_left,
         errors=errors,
@@ -205,7 +347,7 @@ def verify_page(visit: Visit, errors: Errors | None = None, status: int = 200) -
 
 def send_code(visit: Visit) -> Response:
     flow: dict[str, Any] | None = visit.session.get("flow:login")
-    if flow is None:
+    if flow is None or flow.get("subject_required"):
         return visit.redirect("/")
     errors = Errors()
     try:
@@ -224,16 +366,17 @@ def send_code(visit: Visit) -> Response:
     visit.session["flow:login"] = flow
     if errors:
         return verify_page(visit, errors, 400)
-    return visit.redirect("/login/verify?step=sms")
+    return visit.redirect(f"/login/verify?step={_code_step(flow) or 'sms'}")
 
 
 def complete_with_code(visit: Visit) -> Response:
     flow: dict[str, Any] | None = visit.session.get("flow:login")
-    if flow is None:
+    if flow is None or flow.get("subject_required"):
         return visit.redirect("/")
     code = visit.value("code")
     if not code:
-        return verify_page(visit, Errors(fields={"code": "请输入短信验证码"}), 400)
+        channel = labels.CODE_CHANNELS.get(_code_step(flow), labels.CODE_CHANNELS["sms"])
+        return verify_page(visit, Errors(fields={"code": f"请输入{channel['code']}"}), 400)
     try:
         signed_in = visit.platform.complete_login_with_code(
             visit.caller, flow["challenge_id"], code
@@ -256,7 +399,7 @@ def complete_with_code(visit: Visit) -> Response:
 
 def start_face(visit: Visit) -> Response:
     flow: dict[str, Any] | None = visit.session.get("flow:login")
-    if flow is None:
+    if flow is None or flow.get("subject_required"):
         return visit.redirect("/")
     try:
         face = visit.platform.start_login_face(visit.caller, flow["challenge_id"])

@@ -8,17 +8,20 @@ LocalizedMessage, RetryInfo) exactly as the services write them, and gRPC status
 not move when the gateway's HTTP mapping does. Nothing outside this module sees a
 protobuf message: it returns the plain values below and raises `PlatformError`.
 
-What is known to change in the platform's API lands here and nowhere else:
-- StartRegistration will take the province from the gateway; today it needs one, so
-  `start_registration` sends the gateway's (the page never does).
-- The subject-number fuzzy search during login will be a new auth RPC on the login
-  challenge; until then `search_login_subjects` returns nothing.
-- A new SecondStep (an email code for overseas persons) will appear in `second_steps`;
-  `LoginStart.second_steps` carries the names as the platform sends them.
-- ListMyIdentities includes the natural-person identity and SwitchIdentity takes back an
-  item of that list (`_identity_pb`).
-- Flood guards will be per client address: every call carries the browser's address in
-  X-Forwarded-For (`Caller.address`).
+The platform's API as issue 12 left it:
+- The specific-subject login (D5, Q23) may start without the subject number
+  (`LoginStart.subject_required`); `search_login_subjects` is the fuzzy search on that
+  login challenge and `select_login_subject` the choice, which answers step 2's choices.
+- Step 2 and forgot password may be an email code (B6, SECOND_STEP_EMAIL_CODE) for an
+  overseas person without a phone (`SecondSteps.masked_email`, `ResetStart.masked_email`),
+  sent and counted as an SMS code is.
+- ListMyIdentities lists the natural person first, and SwitchIdentity takes back an item
+  of that list as it was listed (`_identity_pb`).
+- StartRegistration's province is the gateway's (it overwrites x-etax-province): nothing
+  here sends a province or that header.
+- Flood guards are per client: every call carries the browser's address in
+  X-Forwarded-For (`Caller.address`), which the gateway believes from its trusted
+  proxies (docs/web.md).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 from google.protobuf.message import Message
 
 from etax_platform import tracing
+from etax_platform.clients import open_channel
 from etax_platform.clock import from_timestamp, optional_instant
 from etax_platform.errors import MEANINGS, Reason, from_rpc_error
 
@@ -53,16 +57,15 @@ CAPTURES = {
     "mismatch": b"mismatch-capture",
 }
 # A QR-login payload (auth) as opposed to a face ticket's (face): the APP tells them apart.
-_QR_LOGIN_PREFIX = "etaxqr1."
+_QR_LOGIN_PREFIX = "etaxqr2."
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who the web service calls for: the browser's address (for the gateway's flood
-    guards) and the province of the gateway in front of the web service."""
+    """Who the web service calls for: the browser's address, for the gateway's per-client
+    flood guards."""
 
     address: str
-    province: str = ""
 
 
 class PlatformError(Exception):
@@ -104,16 +107,16 @@ def _error(error: grpc.RpcError) -> PlatformError:
             metadata=dict(found.metadata),
             retry_after=found.retry_after,
         )
-    # The gateway's own answers (no token, flood guard, no upstream) carry no details yet.
+    # The gateway's own answers (no token, flood guard, no upstream) are JSON Status only
+    # for JSON clients; a gRPC client gets Envoy's bare grpc-status: the same reasons here.
     code = error.code() if hasattr(error, "code") else None
     reason = {
         grpc.StatusCode.UNAUTHENTICATED: Reason.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED: Reason.PERMISSION_DENIED,
         grpc.StatusCode.NOT_FOUND: Reason.NOT_FOUND,
         grpc.StatusCode.INVALID_ARGUMENT: Reason.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.TOO_MANY_REQUESTS,
     }.get(code, Reason.PROVIDER_UNAVAILABLE)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return PlatformError("FLOOD_GUARD", "请求过于频繁，请稍后重试")
     if reason is Reason.PROVIDER_UNAVAILABLE:
         log.warning("platform call failed: %s", code)
     return PlatformError(reason.value, MEANINGS[reason].text)
@@ -139,6 +142,7 @@ class Identity:
     agency_code: str = ""
     client_code: str = ""
     client_name: str = ""
+    tax_authority_code: str = ""
     tax_authority_name: str = ""
     province: str = ""
 
@@ -175,21 +179,33 @@ def _identity(message: binding_pb2.Identity) -> Identity:
         agency_code=message.agency_code,
         client_code=message.client_code,
         client_name=message.client_name,
+        tax_authority_code=message.tax_authority.code,
         tax_authority_name=message.tax_authority.name,
         province=message.tax_authority.province,
     )
 
 
 def _identity_pb(identity: Identity) -> binding_pb2.Identity:
-    """An item of the identity list back as SwitchIdentity takes it (the fields that name
-    it; auth and binding decide the rest)."""
+    """An item of the identity list back as SwitchIdentity takes it: as it was listed."""
     message = binding_pb2.Identity(
         entry=_enum(types_pb2.Entry, identity.entry, "entry"),
         enterprise_code=identity.enterprise_code,
+        enterprise_name=identity.enterprise_name,
         project_number=identity.project_number,
         agency_code=identity.agency_code,
         client_code=identity.client_code,
+        client_name=identity.client_name,
     )
+    if identity.tax_authority_code or identity.tax_authority_name or identity.province:
+        message.tax_authority.CopyFrom(
+            types_pb2.TaxAuthority(
+                code=identity.tax_authority_code,
+                name=identity.tax_authority_name,
+                province=identity.province,
+            )
+        )
+    if identity.role:
+        message.role = _enum(types_pb2.Role, identity.role, "role")
     if identity.subject_type:
         message.subject_type = _enum(types_pb2.SubjectType, identity.subject_type, "subject_type")
     return message
@@ -265,13 +281,44 @@ def _signed_in(session: auth_pb2.Session) -> SignedIn:
 
 
 @dataclass(frozen=True)
-class LoginStart:
-    challenge_id: str
-    # As the platform names them (SECOND_STEP_SMS_CODE, SECOND_STEP_SCAN_VERIFICATION, ...).
+class SecondSteps:
+    """What step 2 (or a password reset) may use, and where a code would go."""
+
+    # As the platform names them (SECOND_STEP_SMS_CODE, SECOND_STEP_EMAIL_CODE, ...).
     second_steps: tuple[str, ...]
     masked_phone: str
     phone_empty: bool
+    # B6: an overseas person without a phone gets codes by email.
+    masked_email: str = ""
+
+
+def _second_steps(
+    message: auth_pb2.StartLoginResponse | auth_pb2.SelectLoginSubjectResponse,
+) -> SecondSteps:
+    return SecondSteps(
+        second_steps=tuple(auth_pb2.SecondStep.Name(s) for s in message.second_steps),
+        masked_phone=message.masked_phone,
+        phone_empty=message.phone_empty,
+        masked_email=message.masked_email,
+    )
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    challenge_id: str
+    # Empty while subject_required.
+    steps: SecondSteps
     expires_at: datetime | None
+    # D5: the password is verified; the subject is searched for and chosen next.
+    subject_required: bool = False
+
+
+@dataclass(frozen=True)
+class ResetStart:
+    reset_id: str
+    masked_phone: str
+    phone_empty: bool
+    masked_email: str
 
 
 @dataclass(frozen=True)
@@ -382,6 +429,16 @@ class Project:
         )
 
 
+def _project(message: binding_pb2.CrossRegionProject) -> Project:
+    return Project(
+        project_number=message.project_number,
+        subject_type=types_pb2.SubjectType.Name(message.subject_type),
+        enterprise_code=message.enterprise_code,
+        enterprise_name=message.enterprise_name,
+        tax_authority_name=message.tax_authority.name,
+    )
+
+
 @dataclass(frozen=True)
 class Scanned:
     """What the APP learns when it scans a face ticket's QR code."""
@@ -472,7 +529,8 @@ class Platform:
             self._outbox = sms_pb2_grpc.SmsOutboxServiceStub(self._open(self.outbox_target))
 
     def _open(self, target: str) -> grpc.Channel:
-        channel = grpc.insecure_channel(target, options=[("grpc.keepalive_time_ms", 30_000)])
+        # Replicas (a comma-separated list) are balanced round robin, as between services.
+        channel = open_channel(target)
         self._channels.append(channel)
         return channel
 
@@ -511,18 +569,33 @@ class Platform:
         started = self._call(self._auth.StartLogin, request, caller)
         return LoginStart(
             challenge_id=started.challenge_id,
-            second_steps=tuple(auth_pb2.SecondStep.Name(s) for s in started.second_steps),
-            masked_phone=started.masked_phone,
-            phone_empty=started.phone_empty,
+            steps=_second_steps(started),
             expires_at=_instant(started, "expires_at"),
+            subject_required=started.subject_required,
         )
 
-    def search_login_subjects(
-        self, caller: Caller, challenge_id: str, subject_type: str, query: str
-    ) -> list[Project]:
-        """D5 fuzzy search during login, for the person whose password was verified. The
-        RPC on the login challenge does not exist yet: nothing is found until it does."""
-        return []
+    def search_login_subjects(self, caller: Caller, challenge_id: str, query: str) -> list[Project]:
+        """D5, Q23: the fuzzy search during login, over the subjects of the person whose
+        password this challenge verified (empty: no relation, the 必填 prompt)."""
+        found = self._call(
+            self._auth.SearchLoginSubjects,
+            auth_pb2.SearchLoginSubjectsRequest(challenge_id=challenge_id, query=query.strip()),
+            caller,
+        )
+        return [_project(p) for p in found.subjects]
+
+    def select_login_subject(
+        self, caller: Caller, challenge_id: str, subject_number: str
+    ) -> SecondSteps:
+        """D5: the chosen subject (RELATION_NOT_FOUND without a relation); step 2 next."""
+        selected = self._call(
+            self._auth.SelectLoginSubject,
+            auth_pb2.SelectLoginSubjectRequest(
+                challenge_id=challenge_id, subject_number=subject_number.strip()
+            ),
+            caller,
+        )
+        return _second_steps(selected)
 
     def send_login_code(self, caller: Caller, challenge_id: str) -> CodeSent:
         sent = self._call(
@@ -530,7 +603,8 @@ class Platform:
             auth_pb2.SendLoginCodeRequest(challenge_id=challenge_id),
             caller,
         )
-        return CodeSent(sent.masked_phone, _instant(sent, "code_expires_at"))
+        # B6: to the email instead when the person has no phone.
+        return CodeSent(sent.masked_email or sent.masked_phone, _instant(sent, "code_expires_at"))
 
     def complete_login_with_code(self, caller: Caller, challenge_id: str, code: str) -> SignedIn:
         completed = self._call(
@@ -634,16 +708,7 @@ class Platform:
             caller,
             token,
         )
-        return [
-            Project(
-                project_number=p.project_number,
-                subject_type=types_pb2.SubjectType.Name(p.subject_type),
-                enterprise_code=p.enterprise_code,
-                enterprise_name=p.enterprise_name,
-                tax_authority_name=p.tax_authority.name,
-            )
-            for p in listed.projects
-        ]
+        return [_project(p) for p in listed.projects]
 
     # --- codes to a number the person types in --------------------------------------------
 
@@ -665,12 +730,10 @@ class Platform:
     def start_registration(
         self, caller: Caller, person: PersonIdentity, *, overseas: bool
     ) -> Registration:
-        # Today StartRegistration needs the province: the gateway's (x-etax-province).
+        # A3: the province is the gateway's (the bureau registered through).
         started = self._call(
             self._account.StartRegistration,
-            auth_pb2.StartRegistrationRequest(
-                identity=person.message(), overseas=overseas, province=caller.province
-            ),
+            auth_pb2.StartRegistrationRequest(identity=person.message(), overseas=overseas),
             caller,
         )
         return Registration(started.registration_id, started.face_required, started.email_required)
@@ -713,13 +776,15 @@ class Platform:
 
     # --- forgot password, phone recovery, self-unlock (C5, C6, E1) --------------------------
 
-    def start_password_reset(self, caller: Caller, account: str) -> tuple[str, str, bool]:
+    def start_password_reset(self, caller: Caller, account: str) -> ResetStart:
         started = self._call(
             self._auth.StartPasswordReset,
             auth_pb2.StartPasswordResetRequest(account=account.strip()),
             caller,
         )
-        return started.reset_id, started.masked_phone, started.phone_empty
+        return ResetStart(
+            started.reset_id, started.masked_phone, started.phone_empty, started.masked_email
+        )
 
     def send_password_reset_code(self, caller: Caller, reset_id: str) -> CodeSent:
         sent = self._call(
@@ -727,7 +792,7 @@ class Platform:
             auth_pb2.SendPasswordResetCodeRequest(reset_id=reset_id),
             caller,
         )
-        return CodeSent(sent.masked_phone, _instant(sent, "code_expires_at"))
+        return CodeSent(sent.masked_email or sent.masked_phone, _instant(sent, "code_expires_at"))
 
     def start_password_reset_face(self, caller: Caller, reset_id: str) -> FaceQr:
         started = self._call(

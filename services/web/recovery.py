@@ -66,15 +66,14 @@ def reset_start(visit: Visit) -> Response:
             status=400,
         )
     try:
-        reset_id, masked_phone, phone_empty = visit.platform.start_password_reset(
-            visit.caller, account
-        )
+        started = visit.platform.start_password_reset(visit.caller, account)
     except PlatformError as error:
         return reset_page(visit, {"account": account}, Errors().add(error, _FIELDS), 400)
     visit.session["flow:reset"] = {
-        "reset_id": reset_id,
-        "masked_phone": masked_phone,
-        "phone_empty": phone_empty,
+        "reset_id": started.reset_id,
+        "masked_phone": started.masked_phone,
+        "phone_empty": started.phone_empty,
+        "masked_email": started.masked_email,
         "face_proof": "",
     }
     visit.session.pop("face:reset")
@@ -86,6 +85,14 @@ def _reset_flow(visit: Visit) -> dict[str, Any] | None:
     return found
 
 
+def _reset_code_step(flow: dict[str, Any]) -> str:
+    """The code step: "sms" to the phone, "email" (B6: an overseas person without a
+    phone), or "" (the phone is empty: face only, D4)."""
+    if not flow["phone_empty"]:
+        return "sms"
+    return "email" if flow.get("masked_email") else ""
+
+
 def reset_verify_page(
     visit: Visit, errors: Errors | None = None, status: int = 200, notice: str = ""
 ) -> Response:
@@ -94,19 +101,23 @@ def reset_verify_page(
         return visit.redirect("/password-reset")
     face = faces.current(visit, "reset")
     asked = visit.request.query_params.get("step", "")
-    if flow["face_proof"] or face is not None or flow["phone_empty"]:
-        chosen = "face" if asked != "sms" or flow["phone_empty"] else "sms"
+    code_step = _reset_code_step(flow)
+    if flow["face_proof"] or face is not None or not code_step:
+        chosen = code_step if code_step and asked == code_step else "face"
     else:
-        chosen = asked if asked in ("sms", "face") else "sms"
+        chosen = asked if asked in (code_step, "face") else code_step
     return visit.render(
         "reset_verify.html",
         status=status,
         flow=flow,
         face=face,
         chosen=chosen,
+        code_step=code_step,
+        channel=labels.CODE_CHANNELS.get(code_step, {}),
+        masked_contact=flow["masked_phone"] if code_step == "sms" else flow.get("masked_email", ""),
         errors=errors,
         notice=notice,
-        phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if flow["phone_empty"] else "",
+        phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if not code_step else "",
         wait_seconds=_seconds_until(flow.get("send_wait_until_ms", 0)),
         code_seconds=_seconds_until(flow.get("code_expires_ms", 0)),
     )
@@ -161,7 +172,8 @@ def reset_complete(visit: Visit) -> Response:
     if by_face and not flow["face_proof"]:
         errors.form = "请先完成人脸识别"
     if not by_face and not visit.value("code"):
-        errors.fields["code"] = "请输入短信验证码"
+        channel = labels.CODE_CHANNELS.get(_reset_code_step(flow), labels.CODE_CHANNELS["sms"])
+        errors.fields["code"] = f"请输入{channel['code']}"
     if new_password != visit.form.get("new_password_confirm", ""):
         errors.fields["new_password_confirm"] = labels.CONFIRMATION_DIFFERS
     if errors:

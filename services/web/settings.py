@@ -5,16 +5,19 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from etax_platform import topology
 from etax_platform.settings import ServiceSettings
 
 
 class WebSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="ETAX_WEB_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix=topology.service("web").env_prefix, extra="ignore", frozen=True
+    )
 
-    port: int = Field(default=50060, ge=0, le=65535)
-    metrics_port: int = Field(default=9160, ge=0, le=65535)
+    port: int = Field(default=topology.service("web").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("web").metrics_port, ge=0, le=65535)
     # The gateway's public listener: the pages call the platform there, as an APP backend.
-    gateway_target: str = "127.0.0.1:8080"
+    gateway_target: str = topology.default_target("web", "gateway_target")
     call_timeout_seconds: float = Field(default=10.0, gt=0)
     # Peers whose X-Forwarded-For is believed (the gateway in front of this service); the
     # browser's address is the entry the nearest of them appended.
@@ -33,7 +36,7 @@ class WebSettings(ServiceSettings):
     # The tax APP simulator under /dev/app/ (development only, like the SMS outbox) and
     # the outbox it reads the "phone's" messages from.
     app_simulator_enabled: bool = False
-    sms_outbox_target: str = "127.0.0.1:50053"
+    sms_outbox_target: str = topology.default_target("web", "sms_outbox_target")
 
     @property
     def secure_cookies(self) -> bool:

@@ -97,10 +97,9 @@ class Visit:
         self.form = form
         settings = services.settings
         trusted = (request.client.host if request.client else "") in settings.proxies()
-        self.caller = Caller(
-            address=client_address(request, settings.proxies()),
-            province=request.headers.get("x-etax-province", "") if trusted else "",
-        )
+        self.caller = Caller(address=client_address(request, settings.proxies()))
+        # The bureau in front (the gateway's x-etax-province), for the page's title only.
+        self.province = request.headers.get("x-etax-province", "") if trusted else ""
 
     @property
     def platform(self) -> Platform:
@@ -207,9 +206,7 @@ class Visit:
             flashes=flashes or [],
             simulator=self.services.settings.app_simulator_enabled,
             poll_ms=self.services.settings.poll_interval_ms,
-            province_name=labels.province(
-                signed_in.province if signed_in else self.caller.province
-            ),
+            province_name=labels.province(signed_in.province if signed_in else self.province),
             path=self.request.url.path,
             errors=context.pop("errors", None) or Errors(),
             **context,

@@ -356,10 +356,11 @@ class Platform:
         finally:
             database.dispose()
 
-    def second_server(self) -> AuthServer:
-        """Another auth replica on the same database and store."""
+    def second_server(self, **overrides: Any) -> AuthServer:
+        """Another auth replica on the same database and store (overrides: settings that
+        differ, e.g. a rotated key)."""
         server = _start_auth(
-            self.settings,
+            self.settings.model_copy(update=overrides) if overrides else self.settings,
             self.clock,
             self.backend.same_store(self.store),
             self.sms_address,
@@ -413,7 +414,7 @@ def start_platform(backend: Backend, tmp_path: Path, **auth_overrides: Any) -> I
             backend.database_url,
             **{"audit_batch_seconds": 0, **backend.db_settings, **auth_overrides},
         )
-        # Binding and auth must agree on document blind indexes: one keyring.
+        # One set of PII keys seals; binding's blind index has keys of its own (settings).
         personal_data = PersonalData(settings.platform.keyring())
         binding_host = build_binding(
             BindingSettings(

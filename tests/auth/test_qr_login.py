@@ -14,7 +14,10 @@ import jwt
 import pytest
 from etax.auth.v1 import auth_pb2
 from etax.common.v1 import types_pb2
+from pydantic import SecretStr
 
+from etax_platform.keyrings import HmacKeyring
+from etax_platform.pii import PersonalData
 from etax_platform.tokens import SigningKey
 from tests.auth.conftest import Backend, failure_of, new_resident_id
 from tests.auth.platform import (
@@ -22,6 +25,7 @@ from tests.auth.platform import (
     ENTERPRISE,
     NATURAL,
     SHANDONG,
+    AuthServer,
     Platform,
     bearer,
     start_platform,
@@ -54,7 +58,7 @@ def test_d3_the_web_page_becomes_the_apps_natural_person(platform: Platform) -> 
     person = platform.person()
     app = platform.login(person)
     created = _create(platform, BEIJING)
-    assert created.qr_payload.startswith("etaxqr1.")
+    assert created.qr_payload.startswith("etaxqr2.")
     assert created.expires_at.seconds - int(platform.clock.now().timestamp()) == 120
     assert _get(platform, created.qr_login_id).state == WAITING
     _confirm(platform, created.qr_payload, app.access_token)
@@ -123,9 +127,9 @@ def test_d3_a_forged_payload_or_a_missing_session_is_refused(platform: Platform)
     )
     assert failure_of(_confirm, platform, forged, app.access_token).reason == "TICKET_INVALID"
     # Found by the fuzzer: an expiry int() refuses answered INTERNAL.
-    qr_login_id = created.qr_payload.split(".")[1]
+    _prefix, qr_login_id, _expiry, key_id, mac = created.qr_payload.split(".")
     for expiry in ("²³", "①", "9" * 5000, "-1", " 1"):
-        odd = f"etaxqr1.{qr_login_id}.{expiry}.{created.qr_payload.rsplit('.', 1)[1]}"
+        odd = f"etaxqr2.{qr_login_id}.{expiry}.{key_id}.{mac}"
         assert failure_of(_confirm, platform, odd, app.access_token).reason == "TICKET_INVALID"
     nobody = failure_of(
         platform.auth.ConfirmQrLogin,
@@ -207,4 +211,56 @@ def test_d3_q17_the_personal_income_tax_app_logs_in_as_natural_person(
     )
     assert failure_of(_confirm, platform, unregistered.qr_payload, forged).reason == (
         "UNAUTHENTICATED"
+    )
+
+
+# --- one secret, one purpose: the QR-login key rotates on its own ---------------------------
+
+
+def test_d3_qr_codes_are_signed_with_a_key_of_their_own_that_rotates(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """The code names the key that signed it (ETAX_AUTH_QR_ACTIVE_KEY_ID); a rotated
+    replica signs with the new key and still verifies codes of the old one until it is
+    dropped; the PII blind-index key plays no part."""
+    first = HmacKeyring.generate("q1")
+    with start_platform(backend, tmp_path, **_qr_keys(first)) as platform:
+        app = platform.login(platform.person())
+        before = _create(platform)
+        assert before.qr_payload.split(".")[3] == "q1"
+        rotated = first.rotated("q2")
+        replica = platform.second_server(**_qr_keys(rotated))
+        after = replica.auth.CreateQrLogin(
+            auth_pb2.CreateQrLoginRequest(province=SHANDONG), timeout=10
+        )
+        assert after.qr_payload.split(".")[3] == "q2"
+        # The rotated replica confirms a code of the old key; the old replica does not
+        # know the new key yet (so a rotation adds the key everywhere before it signs).
+        _confirm_at(replica, before.qr_payload, app.access_token)
+        assert _get(platform, before.qr_login_id).state == CONFIRMED
+        unknown = failure_of(_confirm, platform, after.qr_payload, app.access_token)
+        assert unknown.reason == "TICKET_INVALID"
+        # Once q1 is dropped its codes are refused.
+        dropped = platform.second_server(**_qr_keys(rotated.without("q1")))
+        late = _create(platform)
+        refused = failure_of(_confirm_at, dropped, late.qr_payload, app.access_token)
+        assert refused.reason == "TICKET_INVALID"
+        _confirm_at(dropped, after.qr_payload, app.access_token)
+        assert _get(platform, after.qr_login_id).state == CONFIRMED
+        # The MAC is not the PII blind index of what it signs.
+        _prefix, qr_login_id, expiry, _key_id, mac = late.qr_payload.split(".")
+        personal = PersonalData(platform.settings.platform.keyring())
+        assert personal.blind_index(f"{qr_login_id}.{expiry}", "qr-login")[:32] != mac
+
+
+def _qr_keys(keyring: HmacKeyring) -> dict[str, object]:
+    dumped = keyring.dump()
+    return {"qr_keys": SecretStr(dumped["keys"]), "qr_active_key_id": dumped["active_key_id"]}
+
+
+def _confirm_at(server: AuthServer, payload: str, token: str) -> None:
+    server.auth.ConfirmQrLogin(
+        auth_pb2.ConfirmQrLoginRequest(qr_payload=payload),
+        metadata=(("authorization", f"Bearer {token}"),),
+        timeout=10,
     )

@@ -118,6 +118,28 @@ def test_streaming_routes_have_no_route_timeout_and_a_cluster_of_their_own(
     assert public["etax.face.v1.FaceService/GetTicket"]["cluster"] == "face"
 
 
+def test_replicas_a_retry_goes_to_another_and_a_refusing_one_leaves_at_once(
+    policies: list[RpcPolicy], gateway_certs: CertificatePaths, tmp_path: Path
+) -> None:
+    """Only what never reached a service is retried, on another replica; a replica that
+    refuses connections is ejected at its first refusal (answers never eject one).
+    tests/load/test_national.py kills a replica under load to show it."""
+    settings = _settings(gateway_certs, tmp_path, auth_address="127.0.0.1:50051,127.0.0.1:50151")
+    for routes in (public_routes(settings, policies), internal_routes(settings, policies)):
+        for route in routes:
+            retry = route["route"]["retry_policy"]
+            assert retry["retry_on"] == "connect-failure,refused-stream"
+            (predicate,) = retry["retry_host_predicate"]
+            assert predicate["name"] == "envoy.retry_host_predicates.previous_hosts"
+    config = gateway.config._clusters(settings, policies)
+    (auth,) = [c for c in config if c["name"] == "auth"]
+    assert len(auth["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 2
+    outliers = auth["outlier_detection"]
+    assert outliers["consecutive_local_origin_failure"] == 1
+    assert outliers["split_external_local_origin_errors"] is True
+    assert outliers["enforcing_consecutive_5xx"] == outliers["enforcing_success_rate"] == 0
+
+
 def test_settings_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, gateway_certs: CertificatePaths, tmp_path: Path
 ) -> None:

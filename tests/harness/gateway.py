@@ -24,11 +24,12 @@ from typing import Any
 import grpc
 import httpx
 
+from etax_platform import topology
 from etax_platform.certs import CertificatePaths, ensure_certificates
 from etax_platform.gateway import EnvoyProcess, GatewaySettings, write_config
 from tests.harness.servers import free_port
 
-UPSTREAM_NAMES = ("auth", "binding", "sms", "face")
+UPSTREAM_NAMES = topology.GRPC_SERVICES
 
 
 def gateway_certificates(directory: Path) -> CertificatePaths:

@@ -12,33 +12,40 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from etax_platform import topology
 from tests.harness.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
+    """One replica: started at once, on `port` (chosen beforehand, so services that call
+    each other know their targets) or a free one; it can be killed and started again on
+    the same port, its output appended to the same log."""
+
     def __init__(
         self, service: str, env: dict[str, str], log_path: Path, port: int | None = None
     ) -> None:
         self.service = service
-        # A port chosen beforehand lets services that call each other know their targets.
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Its Prometheus exporter: a port of its own, never make run's default.
         self.metrics_port = free_port()
         self.log_path = log_path
-        full_env = {
+        self._env = {
             **os.environ,
             **env,
-            f"ETAX_{service.upper()}_PORT": str(self.port),
-            f"ETAX_{service.upper()}_METRICS_PORT": str(self.metrics_port),
+            topology.service(service).port_variable: str(self.port),
+            topology.service(service).metrics_port_variable: str(self.metrics_port),
             "PYTHONPATH": str(REPO),
         }
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"],
-            env=full_env,
+        self._log = log_path.open("ab")
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", topology.service(self.service).module],
+            env=self._env,
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -48,7 +55,25 @@ class ServiceProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def wait_serving(self, service_name: str = "", timeout: float = 30) -> None:
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no drain, calls in flight are cut."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+    def start_again(self) -> None:
+        """A new process on the same port and environment, after kill() or terminate()."""
+        if self.process.poll() is None:
+            raise RuntimeError(f"{self.service} on {self.address} is still running")
+        if self._log.closed:
+            self._log = self.log_path.open("ab")
+        self.process = self._spawn()
+
+    def wait_serving(self, service_name: str | None = None, timeout: float = 30) -> None:
+        """Until the health service answers SERVING for `service_name` (default: the name
+        the topology health-checks)."""
+        if service_name is None:
+            service_name = topology.service(self.service).health
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

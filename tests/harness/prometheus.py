@@ -1,7 +1,7 @@
 """A real Prometheus (Debian's package) for tests: a generated configuration scraping the
 given processes every second, the platform's alert rules evaluated every second.
 
-    with running_prometheus({"sms": ["127.0.0.1:9153"]}, ["127.0.0.1:9901"], workdir) as prom:
+    with running_prometheus({"sms": ["127.0.0.1:9453"]}, ["127.0.0.1:9901"], workdir) as prom:
         prom.value('sum(etax_sms_codes_sent_total)')
         prom.wait_value('sum(etax_sms_codes_sent_total)', 5)
         prom.firing("EtaxFaceProviderBusy")

@@ -20,6 +20,7 @@ from etax.common.v1 import types_pb2
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 
 from bench.dataset import PASSWORD, Channels, Person, import_persons
+from etax_platform import topology
 from etax_platform.certs import CertificatePaths
 from etax_platform.errors import from_rpc_error
 from etax_platform.pii import Keyring
@@ -173,21 +174,17 @@ def auth_replicas(
     for service in ("auth", "binding", "sms"):
         env[f"ETAX_{service.upper()}_DATABASE_URL"] = postgres.url(postgres.create_database())
     ports = {name: free_port() for name in ("sms", "face", "binding", "auth1", "auth2")}
-    env |= {
-        "ETAX_AUTH_SMS_TARGET": f"127.0.0.1:{ports['sms']}",
-        "ETAX_AUTH_FACE_TARGET": f"127.0.0.1:{ports['face']}",
-        "ETAX_AUTH_BINDING_TARGET": f"127.0.0.1:{ports['binding']}",
-        "ETAX_BINDING_AUTH_TARGET": f"127.0.0.1:{ports['auth1']}",
-    }
+    env |= topology.target_env(
+        {
+            name: [f"127.0.0.1:{port}" for label, port in ports.items() if label.startswith(name)]
+            for name in topology.GRPC_SERVICES
+        }
+    )
     started: list[ServiceProcess] = []
     try:
-        for name, service, health in (
-            ("sms", "sms", "etax.sms.v1.SmsService"),
-            ("face", "face", "etax.face.v1.FaceService"),
-            ("auth1", "auth", "etax.auth.v1.AccountService"),
-            ("auth2", "auth", "etax.auth.v1.AccountService"),
-            ("binding", "binding", "etax.binding.v1.BindingService"),
-        ):
+        for name in ("sms", "face", "auth1", "auth2", "binding"):
+            service = name.rstrip("12")
+            health = topology.service(service).health
             started.append(_start(service, env, tmp_path / f"{name}.log", health, ports[name]))
         probe = auth_pb2_grpc.AuthServiceStub(grpc.insecure_channel(started[2].address))
         try:

@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from etax_platform import metrics, tracing
+from etax_platform import metrics, topology, tracing
 from etax_platform.clients import call
 from etax_platform.errors import DomainError, Reason
 from etax_platform.kv import RedisStore
@@ -201,7 +201,8 @@ def test_services_have_distinct_default_metrics_ports() -> None:
         cls().metrics_port
         for cls in (AuthSettings, BindingSettings, SmsSettings, FaceSettings, WebSettings)
     ]
-    assert ports == [9151, 9152, 9153, 9154, 9160]
+    expected = [topology.service(n).metrics_port for n in ("auth", "binding", "sms", "face", "web")]
+    assert ports == expected and len(set(ports)) == 5
 
 
 def test_deploy_prometheus_config_is_the_generated_default() -> None:

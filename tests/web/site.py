@@ -70,11 +70,14 @@ def web_server(settings: WebSettings, store: MemoryStore) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_site(platform: Platform, province: str = "37") -> Iterator[Site]:
+def running_site(
+    platform: Platform, province: str = "37", **gateway_settings: Any
+) -> Iterator[Site]:
     """A bureau's gateway with the web pages behind it (the web service calls back through
-    the same gateway, as an APP backend does)."""
+    the same gateway, as an APP backend does); gateway_settings: GatewaySettings fields."""
     port = free_port()
-    with platform.gateway(province, web_address=f"127.0.0.1:{port}") as gateway:
+    web_address = f"127.0.0.1:{port}"
+    with platform.gateway(province, web_address=web_address, **gateway_settings) as gateway:
         settings = WebSettings(
             port=port,
             gateway_target=gateway.public_address,

@@ -1,16 +1,19 @@
-"""The login page in a real browser: every entry with both second steps (D1, D2, D5), QR
-login from the APP (D3), the lock after five wrong passwords (E1), the SMS throttle's
-countdown (E2) and an empty phone (D4)."""
+"""The login page in a real browser: every entry with both second steps (D1, D2, D5), the
+specific subject's number searched after the password (D5, Q23), QR login from the APP
+(D3), the lock after five wrong passwords (E1), the SMS throttle's countdown (E2) and an
+empty phone (D4)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from selenium.webdriver.common.keys import Keys
 
 from etax_platform.clock import next_cst_midnight
 from tests.e2e.story import Bureau, Person, new_uscc
 from tests.web.site import Browser
+from tests.web.test_pages import UNLABELLED
 from tests.web.walks import (
     AGENT,
     ENTERPRISE,
@@ -81,6 +84,64 @@ def test_d1_d2_each_entry_logs_in_with_the_sms_code_and_with_scan_verification(
         # D5: 切换主管税务机关 lists the related projects of this province.
         browser.click("nav-authorities")
         assert shown in browser.text("project-list")
+
+
+def _options(browser: Browser) -> list[str]:
+    """The values the subject listbox offers now."""
+    return [o.get_attribute("value") or "" for o in browser.css("#subject_number option")]
+
+
+def test_q23_d5_the_subject_number_is_searched_after_the_password_among_the_persons_own(
+    browser: Browser, bureau: Bureau
+) -> None:
+    """D5, Q23 (issue 12): 登录时，编号支持模糊查询 — the form takes part of the number (or
+    none); once the password is verified the page lists only this person's subjects and
+    narrows them as the person types; the chosen one goes on to the SMS step. A person
+    with no relation sees the field's 必填 prompt."""
+    person = bureau.register(Person("模糊查询"))
+    code = new_uscc("32")
+    bureau.new_enterprise(code, bureau.register(Person("苏法人")), name="江苏模糊查询有限公司")
+    base = f"KQ37010220{code[-6:]}"
+    first, second = f"{base}1", f"{base}2"
+    for project in (first, second):
+        bureau.record_project(code, project, "37", INSPECTION, handlers=(person,))
+
+    # Part of the number on the form: both projects share it.
+    start_login(browser, person, SUBJECT, subject_type=INSPECTION, subject_number=base[-8:])
+    browser.wait_path("/login/subject")
+    assert sorted(_options(browser)) == [first, second]
+    assert browser.text("subject-status") == "共找到2个"
+    assert not browser.element("subject_number-error").is_displayed()
+    assert browser.duplicate_ids() == []
+    # Typing more narrows the list as it is typed (the live search, CSRF on the fetch).
+    browser.fill("query", second[-6:])
+    browser.wait(lambda _d: _options(browser) == [second], "the list narrowed to one")
+    assert browser.text("subject-status") == "共找到1个"
+    browser.screenshot("subject-search")
+    assert browser.driver.execute_script(UNLABELLED) == []
+    # From the keyboard: past 查询 to the listbox (its first option is chosen), then 下一步.
+    browser.element("query").send_keys(Keys.TAB, Keys.TAB)
+    active = browser.driver.switch_to.active_element
+    assert (active.get_attribute("id"), active.get_attribute("value")) == ("subject_number", second)
+    active.send_keys(Keys.TAB)
+    browser.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    browser.wait_path("/login/verify")
+    assert browser.text("masked-phone") == f"{person.phone[:3]}****{person.phone[-4:]}"
+    sms_step(browser, person.phone)
+    assert f"项目 {second}" in signed_in_as(browser)
+    logout(browser)
+
+    # No relation: nothing to choose, and the field says it is required (Q23).
+    stranger = bureau.register(Person("无关联"))
+    start_login(browser, stranger, SUBJECT, subject_type=INSPECTION)
+    browser.wait_path("/login/subject")
+    assert _options(browser) == []
+    assert browser.text("subject_number-error") == "此项为必填项"
+    assert browser.element("subject_number").get_attribute("aria-invalid") == "true"
+    assert browser.text("subject-status") == "未查询到可选择的编号"
+    browser.submit("subject-submit")
+    assert browser.text("subject_number-error") == "此项为必填项"
+    browser.screenshot("subject-required")
 
 
 def test_d5_specific_subject_logs_in_by_app_face_alone(browser: Browser, bureau: Bureau) -> None:

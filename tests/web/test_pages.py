@@ -9,7 +9,7 @@ from tests.e2e.story import Person
 from tests.web.site import Browser
 
 PAGES = ("/", "/?entry=subject", "/?entry=agent", "/register", "/password-reset", "/phone-recovery")
-_UNLABELLED = """
+UNLABELLED = """
 return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))
   .filter(e => !e.id || !document.querySelector('label[for="' + e.id + '"]'))
   .map(e => e.name);
@@ -26,7 +26,7 @@ def test_pages_fit_a_375_px_screen_and_every_field_has_a_label(
             viewport = driver.execute_script("return window.innerWidth")
             width = driver.execute_script("return document.documentElement.scrollWidth")
             assert width <= viewport, f"{path} scrolls sideways at {viewport} px"
-            assert driver.execute_script(_UNLABELLED) == [], path
+            assert driver.execute_script(UNLABELLED) == [], path
             assert browser.duplicate_ids() == [], path
         browser.open("/?entry=enterprise")
         browser.screenshot("phone-width")

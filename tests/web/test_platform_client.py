@@ -41,7 +41,8 @@ def test_a_form_value_outside_the_contract_is_bad_input_not_a_crash(platform: Pl
 
 
 def test_identities_start_with_the_natural_person(platform: Platform, bureau: Bureau) -> None:
-    """F3 (until ListMyIdentities lists it itself): the natural person is always there."""
+    """F3 (issue 12): ListMyIdentities lists the natural person first, and SwitchIdentity
+    takes an item back as it was listed."""
     person = bureau.register(Person("自然人身份"))
     session = bureau.login_by_face(person)
     listed = platform.identities(Caller("203.0.113.9"), session.token)

@@ -3,6 +3,7 @@ the inbox for the codes."""
 
 from __future__ import annotations
 
+from etax_platform.pii import mask_email
 from tests.e2e.story import Bureau, Person, new_email
 from tests.web.site import Browser
 from tests.web.walks import app_scans, read_code, signed_in_as, sms_step, start_login
@@ -72,14 +73,19 @@ def test_b5_hall_first_document_gets_the_faq_text(browser: Browser) -> None:
     )
 
 
-def test_b6_overseas_person_registers_with_an_email_code(browser: Browser, bureau: Bureau) -> None:
-    """B6, Q7(2): 境外自然人注册 with a foreign passport, proven by an email code."""
+def test_b6_overseas_person_registers_and_logs_in_with_email_codes(
+    browser: Browser, bureau: Bureau
+) -> None:
+    """B6, Q7(2): 境外自然人注册 with a foreign passport, proven by an email code; without a
+    phone, step 2 of the login and forgot password send 邮箱验证码 to the masked email, as
+    they send SMS codes (issue 12)."""
     email = new_email("overseas")
+    document_number = f"P{email.split('@')[0][-8:].replace('overseas', '')}77881"
     browser.open("/register")
     browser.click("link-overseas")
     browser.wait_path("/register/overseas")
     browser.choose("document_type", "DOCUMENT_TYPE_FOREIGN_PASSPORT")
-    browser.fill("document_number", f"P{email.split('@')[0][-8:].replace('overseas', '')}77881")
+    browser.fill("document_number", document_number)
     browser.fill("name", "JANE DOE")
     browser.submit("register-submit")
     browser.wait_path("/register/details")
@@ -95,3 +101,33 @@ def test_b6_overseas_person_registers_with_an_email_code(browser: Browser, burea
     browser.fill("password_confirm", "Overseas.2026")
     browser.submit("register-complete")
     browser.element("real-name-level")
+
+    # Login step 2: the email code (or scan verification); no "phone empty" notice.
+    person = Person("JANE DOE", number=document_number, phone="", password="Overseas.2026")
+    start_login(browser, person)
+    browser.wait_path("/login/verify")
+    assert browser.text("masked-email") == mask_email(email)
+    steps = [tab.text for tab in browser.css("nav.tabs a, nav.tabs button")]
+    assert steps == ["邮箱验证码", "扫码验证"]
+    assert not browser.has("phone-empty")
+    browser.submit("send-code")
+    assert browser.text("code-sent") == f"验证码已发送至 {mask_email(email)}"
+    browser.fill("code", read_code(browser, email))
+    browser.screenshot("email-code")
+    browser.submit("code-submit")
+    assert "自然人业务" in signed_in_as(browser)
+    browser.submit("logout")
+
+    # Forgot password: the same email code.
+    browser.open("/password-reset")
+    browser.fill("account", document_number)
+    browser.submit("reset-submit")
+    assert browser.text("masked-email") == mask_email(email)
+    assert browser.text("step-email") == "邮箱验证码"
+    browser.submit("send-code")
+    browser.wait_text("code-sent", mask_email(email))
+    browser.fill("code", read_code(browser, email))
+    browser.fill("new_password", "Overseas.2027")
+    browser.fill("new_password_confirm", "Overseas.2027")
+    browser.submit("reset-complete")
+    assert "密码已重置" in browser.text("done-message")

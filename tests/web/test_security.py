@@ -13,8 +13,9 @@ import httpx
 from etax_platform.clock import CST
 from services.web.app import CONTENT_SECURITY_POLICY
 from services.web.web import CSRF_TEXT
+from tests.e2e.platform import Platform
 from tests.e2e.story import Bureau, Person
-from tests.web.site import Browser, Site
+from tests.web.site import Browser, Site, running_site, wait_real
 from tests.web.walks import scan_step, signed_in_as, start_login
 
 
@@ -155,3 +156,42 @@ def test_logout_ends_the_platform_session_and_the_browser_session(
     browser.open("/account")
     browser.wait_path("/")
     assert "请先登录" in browser.body()
+
+
+def test_the_platform_counts_the_browsers_address_never_a_forwarded_for_it_sent(
+    web_platform: Platform,
+) -> None:
+    """Per-client flood guards (issue 11) behind the web service: the gateway believes the
+    web service's X-Forwarded-For (ETAX_GATEWAY_TRUSTED_PROXIES, as `make run` sets it), and
+    the web service forwards the address the gateway saw, not what a browser wrote there."""
+    with (
+        running_site(web_platform, trusted_proxies="127.0.0.1/32") as site,
+        httpx.Client(
+            base_url=site.url(""),
+            transport=httpx.HTTPTransport(local_address="127.0.0.5"),  # the "browser"
+            timeout=10,
+        ) as browser,
+    ):
+        spoofed = {"x-forwarded-for": "198.51.100.66"}
+        page = browser.get("/?entry=natural", headers=spoofed)  # makes a QR login
+        csrf = page.text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+        answered = browser.post(
+            "/login",
+            data={
+                "csrf_token": csrf,
+                "entry": "natural",
+                "account": Person("路人").number,
+                "password": "Passw0rd.1",
+            },
+            headers=spoofed,
+        )
+        assert "该用户未注册" in answered.text
+
+        def logged() -> list[dict]:  # type: ignore[type-arg]
+            entries = site.gateway.access_log_entries()
+            return [e for e in entries if str(e.get("route", "")).endswith("/StartLogin")]
+
+        wait_real(lambda: bool(logged()), "the gateway logged the StartLogin call")
+        assert [e["client"] for e in logged()] == ["127.0.0.5"]
+        clients = {e["client"] for e in site.gateway.access_log_entries()}
+        assert "198.51.100.66" not in clients

@@ -1,6 +1,7 @@
 // The few live parts of the pages (no framework, no build step): QR codes and face tickets
 // that the server follows, code-send countdowns, the password rules as you type, and the
-// subject number's search. Every state-changing fetch carries the page's CSRF token.
+// subject number's search after the password. Every state-changing fetch carries the
+// page's CSRF token.
 (function () {
   "use strict";
 
@@ -134,29 +135,43 @@
     check();
   });
 
-  // D5: the subject number's fuzzy search (the server answers only for the person whose
-  // password it verified).
-  Array.prototype.forEach.call(document.querySelectorAll("[data-search-url]"), function (input) {
-    var list = document.getElementById(input.getAttribute("list"));
-    var typeField = document.getElementById(input.getAttribute("data-search-type"));
+  // D5, Q23: the subject number's fuzzy search after the password (the server answers only
+  // with the subjects of the person whose password it verified). The listbox, its live
+  // count and the field's 必填 prompt (none found: no relation) follow what is typed.
+  Array.prototype.forEach.call(document.querySelectorAll("[data-subject-search]"), function (input) {
+    var list = document.getElementById(input.getAttribute("data-subject-list"));
+    var status = document.getElementById("subject-status");
+    var prompt = document.getElementById("subject_number-error");
+    var field = list ? list.closest("[data-subject-field]") : null;
     var pending = null;
+    var asked = 0;
+    if (!list) { return; }
+    function show(answer) {
+      list.textContent = "";
+      (answer.subjects || []).forEach(function (subject, index) {
+        var option = document.createElement("option");
+        option.value = subject.number;
+        option.textContent = subject.label;
+        option.selected = index === 0;
+        list.appendChild(option);
+      });
+      var required = answer.required || "";
+      if (prompt) { prompt.textContent = required; prompt.hidden = !required; }
+      if (required) { list.setAttribute("aria-invalid", "true"); } else { list.removeAttribute("aria-invalid"); }
+      if (field) { field.classList.toggle("invalid", Boolean(required)); }
+      if (status) { status.textContent = answer.query_error || answer.status || ""; }
+    }
     input.addEventListener("input", function () {
       if (pending !== null) { window.clearTimeout(pending); }
       pending = window.setTimeout(function () {
-        if (input.value.trim().length < 2 || !list) { return; }
-        post(input.getAttribute("data-search-url"), {
-          subject_type: typeField ? typeField.value : "",
-          query: input.value.trim()
-        }).then(function (answer) {
-          list.textContent = "";
-          (answer.subjects || []).forEach(function (subject) {
-            var option = document.createElement("option");
-            option.value = subject.number;
-            option.label = subject.name;
-            list.appendChild(option);
-          });
-        }).catch(function () {});
-      }, 300);
+        var mine = ++asked;
+        post(input.getAttribute("data-subject-search"), { query: input.value.trim() })
+          .then(function (answer) {
+            if (mine !== asked) { return; }  // a later search is on its way
+            if (answer.redirect) { go(answer.redirect); return; }
+            show(answer);
+          }).catch(function () {});
+      }, 250);
     });
   });
 
