@@ -16,13 +16,14 @@ GHZ := $(GHZ_BIN)/ghz
 OPENAPIV2_VERSION := v2.33.0
 OPENAPIV2_STAMP := $(GOBIN)/.protoc-gen-openapiv2-$(OPENAPIV2_VERSION)
 
-.PHONY: help run run-shared test lint protos system-deps clean format tools certs envoy-validate load bench bench-size fuzz
+.PHONY: help run run-shared test lint protos system-deps clean format tools certs envoy-validate load bench bench-size fuzz observe prometheus-check
 
 help:
 	@echo "make run     - every service on the embedded default (SQLite, in-process store), the gateway and the web pages on :8080"
 	@echo "make run-shared - shared Redis and PostgreSQL (var/shared), REPLICAS= per service (default: one per core), gateways for PROVINCES= (37,11)"
 	@echo "make test    - the whole test suite (starts its own Redis and PostgreSQL; browser tests in headless chromium)"
-	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config, the OpenAPI check"
+	@echo "make lint    - ruff, mypy, buf lint, envoy --mode validate on every gateway config, the OpenAPI check, promtool on deploy/prometheus"
+	@echo "make observe - a real Prometheus on loopback scraping a running make run (docs/operations.md)"
 	@echo "make protos  - generate Python code, the descriptor set and the OpenAPI document (only when protos changed)"
 	@echo "make tools   - grpcurl into build/bin"
 	@echo "make certs   - private CA, gateway server and hall / core-tax client certificates"
@@ -61,12 +62,22 @@ run-shared: protos certs system-deps
 test: protos system-deps certs $(GHZ_BIN)/.ghz-$(GHZ_VERSION)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: protos certs
+lint: protos certs prometheus-check
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(BUF) lint
 	$(PY) -m etax_platform.gateway validate --profiles
 	$(PY) -m etax_platform.apidocs check
+
+# The scrape configuration and the alert rules (Debian's prometheus package brings promtool).
+prometheus-check: system-deps
+	cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules rules/*.yml
+
+# A real Prometheus (Debian's) on 127.0.0.1:9090 scraping the processes of a running
+# `make run` (start that first, in another terminal) and its Envoy; Ctrl-C stops it.
+# After `make run-shared`: OBSERVE_ARGS="--replicas N --gateways 2".
+observe: protos system-deps
+	$(PY) -m etax_platform.observe $(OBSERVE_ARGS)
 
 # Creates only what is missing or expiring (FORCE=1: everything anew).
 certs: $(INSTALLED)

@@ -142,13 +142,18 @@ def running_platform(
     configuration: Configuration = "production",
     *,
     gateway_overrides: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Platform]:
-    """Starts the stores, the four services and Envoy; stops them all on the way out."""
+    """Starts the stores, the four services and Envoy; stops them all on the way out.
+
+    env: more environment for every service process (ETAX_METRICS_ENABLED, ETAX_OTEL_...)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         platform = Platform(configuration, workdir)
         keys = Keyring.generate().dump()
+        extra_env = env or {}
         env = {
+            **extra_env,
             "ETAX_DATA_DIR": str(workdir / "data"),
             "ETAX_PII_KEYS": keys["keys"],
             "ETAX_PII_ACTIVE_KEY_ID": keys["active_key_id"],

@@ -92,6 +92,9 @@ FAIR_CEILINGS = (
 )
 IN_FLIGHT = 50
 OVERHEAD_CALLS = 2000
+# Issue 15: metrics and (disabled) tracing add at most this much CPU per cheap call.
+OBSERVABILITY_OVERHEAD = 0.05
+OBSERVABILITY_LOADS = ("sms-send direct", "face-get-ticket direct", "access-check direct")
 # Rate limits high enough never to refuse a measured call (ETAX_GATEWAY_* defaults 200/100).
 UNLIMITED = {
     "login_rate_per_second": 1_000_000,
@@ -566,6 +569,63 @@ def overhead(bench: Bench, platform: Platform, data: LoadData) -> None:
         through.extra["added_p99_ms"] = through.p99_ms - direct.p99_ms
 
 
+def observability_cost(bench: Bench, configuration: Configuration, persons: int) -> None:
+    """The cheap RPCs direct to their service, on a platform with metrics on (the default,
+    tracing off as by default) and on one started with ETAX_METRICS_ENABLED=false: the
+    service's CPU per call with and without (issue 15: at most 5 % more)."""
+    measured: dict[str, dict[str, Row]] = {}
+    for enabled in ("true", "false"):
+        with running_platform(
+            bench.workdir / f"platform-metrics-{enabled}",
+            configuration,
+            gateway_overrides=UNLIMITED,
+            env={"ETAX_METRICS_ENABLED": enabled},
+        ) as platform:
+            channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+            platform.place(None)
+            data = set_up(channels, persons=persons, challenges=0, sessions=0, log=bench.log)
+            channels.close()
+            for load, _ in cheap_loads(bench, platform, data, "direct"):
+                if load is None or load.name not in OBSERVABILITY_LOADS:
+                    continue
+                base = load.name.removesuffix(" direct")
+                load.name = f"{base} metrics {'on' if enabled == 'true' else 'off'}"
+                service = SERVICE_OF[load.call]
+                platform.place(service)
+                row = bench.measure(
+                    load,
+                    group="observability",
+                    path="direct",
+                    placement=f"{service} core 0; ghz, stores, other services core 1",
+                    pid=platform.pid(service),
+                    client_cpus=OTHER_CPUS,
+                )
+                measured.setdefault(base, {})[enabled] = row
+    for base, pair in measured.items():
+        on, off = pair["true"], pair["false"]
+        on.ceiling = off.name
+        on.target = f"CPU/call <= {1 + OBSERVABILITY_OVERHEAD:g} x metrics off"
+        if on.server_cpu_us and off.server_cpu_us:
+            on.ratio = on.server_cpu_us / off.server_cpu_us
+            on.met = on.ratio <= 1 + OBSERVABILITY_OVERHEAD
+            on.extra["added_cpu_us"] = on.server_cpu_us - off.server_cpu_us
+        bench.log(f"{base}: metrics on/off CPU per call {on.ratio}")
+
+
+def observability_table(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | CPU µs/call | calls/s | vs metrics off | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.3f}"
+        verdict = "" if row.met is None else ("met" if row.met else "MISSED")
+        lines.append(
+            f"| {row.name} | {row.server_cpu_us or 0:.0f} | {row.rps:,.0f} | {ratio} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
 def login_start_load(bench: Bench, data: LoadData, name: str, address: str) -> ghz.Load:
     """Login step 1 by phone and password, round the imported persons."""
     return ghz.Load(
@@ -791,6 +851,7 @@ def profiled_replica(
             **os.environ,
             **platform.env,
             topology.service(service).port_variable: str(port),
+            topology.service(service).metrics_port_variable: "0",
             "PYTHONPATH": str(REPO_ROOT),
         },
         stdout=log,
@@ -882,6 +943,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except Exception:
             print(platform.logs(), file=sys.stderr)
             raise
+    if not args.no_observability:
+        observability_cost(bench, configuration, args.persons)
     return {
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(CST).isoformat(timespec="seconds"),
@@ -909,6 +972,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logins", type=int, default=600, help="challenges; sessions x2")
     parser.add_argument("--note", default="", help="a line for the report's header")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--no-observability", action="store_true", help="skip the metrics on/off comparison"
+    )
+    parser.add_argument(
+        "--observability-only",
+        action="store_true",
+        help="only the metrics on/off comparison, printed (no report written)",
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCH)
     args = parser.parse_args(argv)
@@ -916,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench import size  # noqa: PLC0415 - it imports this module
 
         return size.main(args)
+
+    if args.observability_only:
+        workdir = Path(tempfile.mkdtemp(prefix="etax-bench-"))
+        bench = Bench(args.seconds, workdir, lambda line: print(line, flush=True))
+        observability_cost(bench, args.config, args.persons)
+        print(observability_table(bench.rows))
+        return 0
 
     from bench import report  # noqa: PLC0415 - matplotlib only when writing
 

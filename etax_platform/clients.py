@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from etax_platform import tracing
 from etax_platform.errors import DomainError, Reason, from_rpc_error
 from etax_platform.observability import request_id
 from etax_platform.server import REQUEST_ID_HEADER
@@ -61,11 +62,18 @@ def open_channel(target: str) -> grpc.Channel:
 def call(
     method: Callable[..., Response], request: Any, *, timeout: float, dependency: str
 ) -> Response:
-    """Calls a stub method with a deadline and the current request id. The call waits
-    (within its deadline) for a channel that is still connecting, instead of failing at
-    once while gRPC backs off between attempts to reach a service that just came up."""
-    metadata = ((REQUEST_ID_HEADER, request_id.get()),)
+    """Calls a stub method with a deadline and the current request id (and, when tracing
+    is on, in a CLIENT span whose traceparent the called service continues). The call
+    waits (within its deadline) for a channel that is still connecting, instead of failing
+    at once while gRPC backs off between attempts to reach a service that just came up."""
+    metadata = [(REQUEST_ID_HEADER, request_id.get())]
     try:
+        if tracing.ENABLED:
+            name = _method_name(method)
+            service, _, rpc = name.rpartition("/")
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+            with tracing.client_span(name, metadata, attributes):
+                return method(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
         return method(request, timeout=timeout, metadata=metadata, wait_for_ready=True)
     except grpc.RpcError as error:
         domain_error = from_rpc_error(error)
@@ -76,3 +84,11 @@ def call(
         raise DomainError(
             Reason.PROVIDER_UNAVAILABLE, metadata={"dependency": dependency}
         ) from None
+
+
+def _method_name(method: Callable[..., Any]) -> str:
+    """package.Service/Method of a stub's multicallable (grpcio keeps its path)."""
+    path = getattr(method, "_method", b"")
+    if isinstance(path, bytes):
+        path = path.decode("ascii", "replace")
+    return str(path).lstrip("/") or "grpc"

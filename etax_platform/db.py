@@ -56,7 +56,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import Executable
 from sqlalchemy.types import TypeDecorator
 
-from etax_platform import journal
+from etax_platform import journal, metrics, tracing
 
 log = logging.getLogger("etax.db")
 # psycopg_pool logs every checkout at INFO.
@@ -219,6 +219,14 @@ class Database:
         if self.engine.dialect.name != "sqlite":
             readers = readers.execution_options(isolation_level="AUTOCOMMIT")
         self._readers = readers
+        # Metrics by the database's name (the SQLite file's stem, or PostgreSQL's database).
+        self.name = _database_name(url)
+        metrics.POOLS.add(self.name, self.engine.pool)
+        self._waiting = metrics.DB_POOL_WAITING.labels(self.name)
+        self._write_seconds = metrics.DB_SECONDS.labels(self.name, "transaction")
+        self._read_seconds = metrics.DB_SECONDS.labels(self.name, "read")
+        self._statement_seconds = metrics.DB_SECONDS.labels(self.name, "statement")
+        tracing.instrument_engine(self.engine, self.name)
 
     @property
     def is_sqlite(self) -> bool:
@@ -227,14 +235,20 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A writing unit of work: commits when the block ends, rolls back if it raises."""
-        with self.engine.begin() as connection:
+        with (
+            self._observed("transaction", self._write_seconds),
+            self._checkout(self.engine.begin()) as connection,
+        ):
             yield connection
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """Reads, outside any transaction: each statement sees the latest committed data
         (never blocks writers on SQLite). Use transaction() where reads must agree."""
-        with self._readers.connect() as connection:
+        with (
+            self._observed("read", self._read_seconds),
+            self._checkout(self._readers.connect()) as connection,
+        ):
             yield connection
 
     def run(self, statement: Statement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -252,6 +266,12 @@ class Database:
             with unit as connection:
                 result = connection.execute(construct, dict(params))
                 return [tuple(row) for row in result] if result.returns_rows else []
+        with self._observed("statement", self._statement_seconds):
+            return self._run_on_psycopg(statement, params)
+
+    def _run_on_psycopg(
+        self, statement: Statement, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         sql, fixed = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()
         try:
@@ -294,6 +314,40 @@ class Database:
                 )
             return self._statements
 
+    @contextmanager
+    def _checkout(self, opening: Any) -> Iterator[Connection]:
+        """Enters `opening` (a pooled connection), counted as waiting until it is had."""
+        if not metrics.ENABLED:
+            with opening as connection:
+                yield connection
+            return
+        self._waiting.inc()
+        waiting = True
+        try:
+            with opening as connection:
+                self._waiting.dec()
+                waiting = False
+                yield connection
+        finally:
+            if waiting:
+                self._waiting.dec()
+
+    @contextmanager
+    def _observed(self, kind: str, seconds: Any) -> Iterator[None]:
+        """A unit of work's time (checkout and commit included) and database errors;
+        a domain refusal raised inside the block is not a database error."""
+        if not metrics.ENABLED:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            metrics.DB_ERRORS.labels(self.name, kind, type(error).__name__).inc()
+            raise
+        finally:
+            seconds.observe(time.perf_counter() - started)
+
     def migrate(self, script_location: Path) -> None:
         """Brings the schema to the newest migration; safe when replicas start together."""
         config = Config()
@@ -315,6 +369,13 @@ class Database:
                 self._statements.close()
                 self._statements = None
         self.engine.dispose()
+
+
+def _database_name(url: str) -> str:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return Path(parsed.database or "memory").stem or "memory"
+    return parsed.database or parsed.get_backend_name()
 
 
 def dialect_insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -432,6 +493,7 @@ class BatchWriter:
         self._retry_pause = 0.0
         self._thread = threading.Thread(target=self._run, name=f"{name}-writer", daemon=True)
         self._thread.start()
+        metrics.watch_value(metrics.BACKLOG, (name,), self, lambda writer: writer.backlog())
 
     # --- the request side -------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ production refuses a Redis without it (`check_persistence`).
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import logging
 import random
@@ -52,7 +53,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import hiredis
@@ -61,7 +62,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
 from redis.retry import Retry
 
+from etax_platform import metrics, tracing
+
 T = TypeVar("T")
+P = ParamSpec("P")
+S = TypeVar("S")
 
 log = logging.getLogger("etax.kv")
 
@@ -560,8 +565,42 @@ class _Connections:
             return reply
         raise AssertionError("unreachable")
 
+    def usage(self) -> tuple[int, int]:
+        """Connections in use now, and the most it opens."""
+        with self._lock:
+            return self._open - len(self._idle), self._limit
+
     def close(self) -> None:
         self._drop_idle()
+
+
+def _observed(
+    op: str,
+) -> Callable[[Callable[Concatenate[S, P], T]], Callable[Concatenate[S, P], T]]:
+    """A Redis call's latency and errors (etax_store_*), and its span when tracing is on.
+    The histogram child is bound once, when the class is defined."""
+    seconds = metrics.STORE_SECONDS.labels("redis", op)
+
+    def decorate(function: Callable[Concatenate[S, P], T]) -> Callable[Concatenate[S, P], T]:
+        @functools.wraps(function)
+        def observed(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            if not metrics.ENABLED and not tracing.ENABLED:
+                return function(self, *args, **kwargs)
+            started = time.perf_counter()
+            try:
+                if tracing.ENABLED:
+                    with tracing.span(f"redis {op}", attributes={"db.system": "redis"}):
+                        return function(self, *args, **kwargs)
+                return function(self, *args, **kwargs)
+            except Exception as error:
+                metrics.STORE_ERRORS.labels("redis", op, type(error).__name__).inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return observed
+
+    return decorate
 
 
 class RedisStore(_CompareAndSet):
@@ -584,6 +623,15 @@ class RedisStore(_CompareAndSet):
             )
         # Scripts by sha, as the cluster client runs them (it routes them by key).
         self._cluster_scripts: dict[str, Any] = {}
+        metrics.REDIS_POOLS.add(self)
+
+    def pool_usage(self) -> tuple[int, int]:
+        """Connections in use now and the most the store opens (etax_store_pool_*): its
+        own on a standalone Redis (redis-py's pool then only serves pings), redis-py's
+        pools of every node on a cluster."""
+        if self._connections is not None:
+            return self._connections.usage()
+        return metrics.redis_pool_usage(self._redis)
 
     def _key(self, key: str) -> str:
         # Untagged keys are tagged whole; a tagged key keeps its tag (module docstring).
@@ -592,7 +640,11 @@ class RedisStore(_CompareAndSet):
             raise ValueError("a store key starts with its kind, not a brace")
         return self._prefix + (key if "{" in key else f"{{{key}}}")
 
+    @_observed("script")
     def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
+        return self._run(script, keys, args)
+
+    def _run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
         redis_keys = [self._key(key) for key in keys]
         if self._connections is None:
             registered = self._cluster_scripts.get(script.sha)
@@ -611,6 +663,7 @@ class RedisStore(_CompareAndSet):
                 "EVALSHA", script.sha, len(redis_keys), *redis_keys, *args
             )
 
+    @_observed("get")
     def get(self, key: str) -> Versioned | None:
         if self._connections is None:
             value, version = self._redis.hmget(self._key(key), ["v", "n"])
@@ -620,22 +673,25 @@ class RedisStore(_CompareAndSet):
             return None
         return Versioned(value if isinstance(value, bytes) else value.encode(), int(version))
 
+    @_observed("create")
     def create(self, key: str, value: bytes, ttl: timedelta) -> Versioned | None:
-        created = self.run(_CREATE, [key], [value, _millis(ttl)])
+        created = self._run(_CREATE, [key], [value, _millis(ttl)])
         return Versioned(value, 1) if created else None
 
+    @_observed("replace")
     def replace(
         self, key: str, expected_version: int, value: bytes, ttl: timedelta
     ) -> Versioned | None:
-        version = self.run(_REPLACE, [key], [expected_version, value, _millis(ttl)])
+        version = self._run(_REPLACE, [key], [expected_version, value, _millis(ttl)])
         return Versioned(value, int(version)) if version else None
 
+    @_observed("delete")
     def delete(self, key: str, expected_version: int | None = None) -> bool:
         if expected_version is None:
             if self._connections is None:
                 return bool(self._redis.delete(self._key(key)))
             return bool(self._connections.execute("DEL", self._key(key)))
-        return bool(self.run(_DELETE_AT, [key], [expected_version]))
+        return bool(self._run(_DELETE_AT, [key], [expected_version]))
 
     def ping(self) -> bool:
         return bool(self._redis.ping())

@@ -11,6 +11,11 @@ processes on this machine, until Ctrl-C or SIGTERM.
   11 by default) with its own web service. A replica that exits is started again, as an
   orchestrator would; kill one to watch the others carry on.
 
+Each process serves its Prometheus metrics on its own port (the topology's, + 100 per
+replica; `make observe` scrapes them). `make run` writes the gateway's access log to
+var/gateway-access.log (ETAX_GATEWAY_ACCESS_LOG; set empty: Envoy's stdout), so the
+console shows the services' own lines (text at a terminal: ETAX_LOG_FORMAT).
+
 Every name, port and target comes from the topology table (etax_platform.topology). A
 variable set in the environment wins over what the launcher derives (ETAX_AUTH_PORT moves
 auth and every target and gateway address that names it; replica i listens on that port
@@ -37,6 +42,7 @@ from etax_platform import local_stores, topology
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO / "var" / "shared"
+ACCESS_LOG = REPO / "var" / "gateway-access.log"
 # A replica that exits sooner than this after its start stops everything (a broken start).
 _BROKEN_START_SECONDS = 10.0
 
@@ -116,6 +122,7 @@ def plan(
             processes.append(Process(label, _python(service.module), env, restart_replicas))
     web = topology.SERVICES["web"]
     web_base = _int(environ, web.port_variable, web.port)
+    web_metrics = _int(environ, web.metrics_port_variable, web.metrics_port)
     ports = topology.GatewayPorts(
         _int(environ, "ETAX_GATEWAY_PUBLIC_PORT", topology.GATEWAY_PORTS.public),
         _int(environ, "ETAX_GATEWAY_INTERNAL_PORT", topology.GATEWAY_PORTS.internal),
@@ -132,6 +139,8 @@ def plan(
         web_env = {
             **common,
             web.port_variable: str(web_base + index),
+            # Each province's web service has an exporter of its own.
+            web.metrics_port_variable: str(web_metrics + index),
             web.target_variable("gateway_target"): keep(
                 web.target_variable("gateway_target"), topology.address(public)
             ),
@@ -271,6 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     if not args.shared:
         province = environ.get("ETAX_GATEWAY_PROVINCE", topology.PROVINCE)
+        access_log = environ.setdefault("ETAX_GATEWAY_ACCESS_LOG", str(ACCESS_LOG))
+        if access_log:
+            Path(access_log).parent.mkdir(parents=True, exist_ok=True)
+            print(f"gateway access log: {access_log}; metrics: `make observe`", file=sys.stderr)
         return supervise(plan(environ, provinces=[province]))
     replicas = args.replicas or len(os.sched_getaffinity(0))
     if replicas < 1:

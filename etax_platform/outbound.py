@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from etax_platform import metrics, tracing
 from etax_platform.observability import request_id
 
 log = logging.getLogger("etax.outbound")
@@ -123,7 +124,7 @@ class Attempt:
 
 
 def log_attempt(attempt: Attempt) -> None:
-    """The default report: a warning per failed attempt."""
+    """A warning per failed attempt."""
     if attempt.outcome == "ok":
         return
     status = "" if attempt.status is None else f" {attempt.status}"
@@ -137,6 +138,17 @@ def log_attempt(attempt: Attempt) -> None:
         attempt.seconds,
         ", retrying" if attempt.retrying else "",
     )
+
+
+def report_attempt(attempt: Attempt) -> None:
+    """The default report: provider metrics (etax_provider_*), then `log_attempt`."""
+    provider, path = attempt.provider, attempt.path
+    metrics.PROVIDER_ATTEMPTS.labels(provider, path, attempt.outcome).inc()
+    if attempt.number:  # a call the breaker refused sent nothing
+        metrics.PROVIDER_SECONDS.labels(provider, path).observe(attempt.seconds)
+    if attempt.retrying:
+        metrics.PROVIDER_RETRIES.labels(provider, path).inc()
+    log_attempt(attempt)
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -215,6 +227,10 @@ class CircuitBreaker:
             self._probing = False
 
 
+# The breaker's state as a gauge value (etax_provider_breaker_state).
+_BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+
 # --- the adapter ---------------------------------------------------------------------------
 
 
@@ -239,7 +255,7 @@ class Outbound:
         policy: ProviderPolicy,
         *,
         breaker: CircuitBreaker | None = None,
-        report: Callable[[Attempt], None] = log_attempt,
+        report: Callable[[Attempt], None] = report_attempt,
         sleep: Callable[[float], object] | None = None,
         jitter: Callable[[float, float], float] = random.uniform,
         wall_clock: Callable[[], float] = time.time,
@@ -248,6 +264,10 @@ class Outbound:
         self.name = name
         self.policy = policy
         self.breaker = breaker
+        if breaker is not None:
+            metrics.watch_value(
+                metrics.BREAKER_STATE, (name,), breaker, lambda b: _BREAKER_VALUES[b.state]
+            )
         self._key = key
         self._report = report
         self._closed = threading.Event()
@@ -346,7 +366,16 @@ class Outbound:
         )
         retry_transport = self.policy.retry_transport_errors
         try:
-            response = self._client.send(request)
+            if tracing.ENABLED:
+                with tracing.span(
+                    f"POST {request.url.path}",
+                    attributes={"http.request.method": "POST", "etax.provider": self.name},
+                ) as span:
+                    tracing.inject(request.headers)
+                    response = self._client.send(request)
+                    span.set_attribute("http.response.status_code", response.status_code)
+            else:
+                response = self._client.send(request)
         except httpx.TimeoutException:
             return _Failed(OutboundFailure("timeout"), "timeout", retry_transport)
         except httpx.TransportError as error:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from etax_platform import metrics
 from etax_platform.errors import DomainError, Reason
 
 log = logging.getLogger("etax.revocation")
@@ -66,6 +67,13 @@ class RevocationList:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._started = False
+        metrics.watch_value(metrics.REVOCATION_AGE, (name,), self, RevocationList.age)
+
+    def age(self) -> float:
+        """Seconds since the last refresh (NaN before the feed was started)."""
+        if not self._started:
+            return float("nan")
+        return time.monotonic() - self._refreshed_at
 
     def start(self) -> RevocationList:
         if not self._started:

@@ -5,8 +5,10 @@ spends about half the CPU per unary call of `grpc.aio` (≈130 µs vs ≈260 µs
 and the slow work (Argon2id) releases the GIL in a bounded pool of its own.
 
 Every server gets: health per service name, reflection v1 and v1alpha (grpcurl, ghz),
-request ids, one log line per call, the single domain-error mapping, and a graceful
-shutdown on SIGTERM (health turns NOT_SERVING, in-flight calls get `grace_seconds`).
+request ids, one INFO log line per call, per-RPC metrics (`etax_platform.metrics`), a
+server span continuing the caller's traceparent when tracing is on
+(`etax_platform.tracing`), the single domain-error mapping, and a graceful shutdown on
+SIGTERM (health turns NOT_SERVING, in-flight calls get `grace_seconds`).
 
 One interceptor does, for every call, what no servicer should repeat:
 - parses the request itself, so bytes that do not decode (or a string that is not UTF-8)
@@ -40,9 +42,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from etax_platform import tracing
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.kv import STORE_UNAVAILABLE
-from etax_platform.observability import request_id
+from etax_platform.metrics import RpcStats
+from etax_platform.observability import PLAIN, request_id
 from etax_platform.policy import (
     GATEWAY_HEADER,
     PROVINCE_HEADER,
@@ -74,13 +78,15 @@ class Registration:
 class _Metadata:
     """The request headers the interceptor reads, in one pass over the metadata."""
 
-    __slots__ = ("gateway", "province", "request_id", "token")
+    __slots__ = ("gateway", "province", "request_id", "token", "traceparent", "tracestate")
 
     def __init__(self, context: grpc.ServicerContext) -> None:
         self.request_id = ""
         self.token: str | None = None
         self.province = ""
         self.gateway = ""
+        self.traceparent = ""
+        self.tracestate = ""
         for key, value in context.invocation_metadata() or ():
             if not isinstance(value, str):
                 continue
@@ -92,6 +98,10 @@ class _Metadata:
                 self.province = value.strip()
             elif key == GATEWAY_HEADER:
                 self.gateway = value
+            elif key == "traceparent":
+                self.traceparent = value
+            elif key == "tracestate":
+                self.tracestate = value
         if not self.request_id:
             self.request_id = os.urandom(12).hex()
 
@@ -173,7 +183,8 @@ class _StreamSlots:
 def _refuse_stream(_raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
     """The handler of a stream that got no slot: refused at once."""
     error = DomainError(Reason.TOO_MANY_REQUESTS, metadata={"limit": "streams"})
-    _fail(context, "(no stream slot)", _Metadata(context).request_id, error)
+    _log_call("(no stream slot)", error.code.name, error.reason.value, 0.0, None)
+    _fail(context, _Metadata(context).request_id, error)
     yield from ()
 
 
@@ -225,10 +236,12 @@ class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         policies: Sequence[RpcPolicy],
         authenticator: SessionAuthenticator | None,
         streams: _StreamSlots,
+        metrics: bool = True,
     ) -> None:
         self._policies = {p.path: p for p in policies}
         self._authenticator = authenticator
         self._streams = streams
+        self._metrics = metrics
         # Handlers never change after start, so each method is wrapped once, not per call.
         self._wrapped: dict[str, Any] = {}
 
@@ -254,33 +267,68 @@ class _CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         admission = _Admission(self._policies.get(method), self._authenticator)
         parse = _parser(method, handler.request_deserializer)
         if handler.unary_unary:
+            stats = RpcStats(method, "unary") if self._metrics else None
             return handler._replace(
                 request_deserializer=None,
-                unary_unary=_unary(method, handler.unary_unary, parse, admission),
+                unary_unary=_unary(method, handler.unary_unary, parse, admission, stats),
             )
         if handler.unary_stream:
+            stats = RpcStats(method, "server_stream") if self._metrics else None
             return handler._replace(
                 request_deserializer=None,
                 unary_stream=_streaming(
-                    method, handler.unary_stream, parse, admission, self._streams
+                    method, handler.unary_stream, parse, admission, self._streams, stats=stats
                 ),
             )
         return handler  # client streams: reflection only, not ours
 
 
-def _fail(context: grpc.ServicerContext, method: str, rid: str, error: Exception) -> None:
-    """Ends the call with the status for error (raises, as context.abort does)."""
-    if getattr(getattr(context, "_state", None), "aborted", False):
-        raise error  # the servicer aborted the call itself
+def _outcome(error: Exception) -> tuple[Exception, str, str]:
+    """The error to answer with, its status code name and reason (for metrics and logs)."""
     error = _dependency_failure(error) or error
     if isinstance(error, DomainError):
-        log.info("rpc %s -> %s %s", method, error.code.name, error.reason.value)
-        status = to_status(error)
-    else:
-        log.error("rpc %s failed", method, exc_info=error)
-        status = internal_status()
+        return error, error.code.name, error.reason.value
+    return error, "INTERNAL", ""
+
+
+def _fail(context: grpc.ServicerContext, rid: str, error: Exception) -> None:
+    """Ends the call with the status for error (raises, as context.abort does)."""
+    status = to_status(error) if isinstance(error, DomainError) else internal_status()
     trailing = (*status.trailing_metadata, (REQUEST_ID_HEADER, rid))
     context.abort_with_status(status._replace(trailing_metadata=trailing))
+
+
+def _aborted(context: grpc.ServicerContext) -> str | None:
+    """The status code name if the servicer aborted the call itself (context.abort)."""
+    state = getattr(context, "_state", None)
+    if not getattr(state, "aborted", False):
+        return None
+    code = getattr(state, "code", None)
+    return getattr(code, "name", "UNKNOWN")
+
+
+def _log_call(method: str, code: str, reason: str, seconds: float, error: Exception | None) -> None:
+    """The one line per RPC (INFO; an unexpected exception is an ERROR with traceback)."""
+    if error is not None and code == "INTERNAL" and not isinstance(error, DomainError):
+        log.error("rpc %s failed", method, exc_info=error)
+        return
+    if not log.isEnabledFor(logging.INFO):
+        return
+    millis = round(seconds * 1e3, 3)
+    log.info(
+        "rpc %s -> %s%s %.1fms",
+        method,
+        code,
+        f" {reason}" if reason else "",
+        millis,
+        extra={
+            "rpc": method,
+            "status": code,
+            "reason": reason,
+            "duration_ms": millis,
+            PLAIN: True,
+        },
+    )
 
 
 def _dependency_failure(error: Exception) -> DomainError | None:
@@ -300,24 +348,46 @@ def _unary(
     behaviour: Callable[[Any, Any], Any],
     parse: Callable[[bytes], Any],
     admission: _Admission,
+    stats: RpcStats | None,
 ) -> Callable[[Any, Any], Any]:
     def call(raw: bytes, context: grpc.ServicerContext) -> Any:
         headers = _Metadata(context)
         rid = headers.request_id
         token = request_id.set(rid)
         started = time.perf_counter()
+        if stats is not None:
+            stats.in_flight.inc()
+        traced = (
+            tracing.start_server_span(method, headers.traceparent, headers.tracestate)
+            if tracing.ENABLED
+            else None
+        )
+        code, reason, failure = "OK", "", None
         try:
             request = parse(raw)
             with calling(admission.admit(headers)):
                 response = behaviour(request, context)
         except Exception as error:
-            _fail(context, method, rid, error)
+            aborted = _aborted(context)
+            if aborted is not None:
+                code = aborted
+                raise
+            failure, code, reason = _outcome(error)
+            _fail(context, rid, failure)
         else:
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("rpc %s -> OK %.1fms", method, (time.perf_counter() - started) * 1e3)
             return response
         finally:
+            seconds = time.perf_counter() - started
+            if stats is not None:
+                stats.in_flight.dec()
+                if code == "OK":
+                    stats.ok(seconds)
+                else:
+                    stats.failed(code, reason, seconds)
+            _log_call(method, code, reason, seconds, failure)
+            if traced is not None:
+                tracing.end_server_span(*traced, code, reason)
             request_id.reset(token)
 
     return call
@@ -329,21 +399,50 @@ def _streaming(
     parse: Callable[[bytes], Any],
     admission: _Admission,
     slots: _StreamSlots,
+    *,
+    stats: RpcStats | None,
 ) -> Callable[[int, Any, Any], Iterator[Any]]:
     def call(slot: int, raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
         """Runs in the slot intercept_service took for this call."""
         headers = _Metadata(context)
         rid = headers.request_id
         token = request_id.set(rid)
+        started = time.perf_counter()
+        if stats is not None:
+            stats.in_flight.inc()
+        traced = (
+            tracing.start_server_span(method, headers.traceparent, headers.tracestate)
+            if tracing.ENABLED
+            else None
+        )
+        code, reason, failure = "OK", "", None
         try:
             with slots.held(slot):
                 request = parse(raw)
                 with calling(admission.admit(headers)):
                     yield from behaviour(request, context)
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+        except GeneratorExit:
+            code = "CANCELLED"  # the client went away mid-stream
+            raise
         except Exception as error:
-            _fail(context, method, rid, error)
+            aborted = _aborted(context)
+            if aborted is not None:
+                code = aborted
+                raise
+            failure, code, reason = _outcome(error)
+            _fail(context, rid, failure)
         finally:
+            seconds = time.perf_counter() - started
+            if stats is not None:
+                stats.in_flight.dec()
+                if code == "OK":
+                    stats.ok(seconds)
+                else:
+                    stats.failed(code, reason, seconds)
+            _log_call(method, code, reason, seconds, failure)
+            if traced is not None:
+                tracing.end_server_span(*traced, code, reason)
             request_id.reset(token)
 
     return call
@@ -432,6 +531,7 @@ class GrpcHost:
             grace_seconds=settings.grace_seconds,
             authenticator=authenticator,
             on_stop=on_stop,
+            metrics=settings.platform.metrics_enabled,
         )
 
     def __init__(
@@ -445,6 +545,7 @@ class GrpcHost:
         grace_seconds: float = 5.0,
         authenticator: SessionAuthenticator | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
+        metrics: bool = True,
     ) -> None:
         self.stopping = threading.Event()
         self._grace = grace_seconds
@@ -462,7 +563,9 @@ class GrpcHost:
         )
         self.server = grpc.server(
             self._executor,
-            interceptors=[_CallInterceptor(policies, authenticator, _StreamSlots(max_streams))],
+            interceptors=[
+                _CallInterceptor(policies, authenticator, _StreamSlots(max_streams), metrics)
+            ],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),

@@ -52,6 +52,15 @@ class PlatformSettings(BaseSettings):
     # production); binding keeps indexes of its own (ETAX_BINDING_INDEX_KEYS).
     pii_index_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Service logs: "json" (JSON lines, for collectors), "text" (for a person at a
+    # terminal) or "auto" (text when stderr is a terminal, as under `make run`, else JSON).
+    log_format: Literal["json", "text", "auto"] = "auto"
+    # Prometheus metrics of every process (an exporter per process, per-RPC metrics in
+    # the interceptor); false takes them off the request path (the bench compares).
+    metrics_enabled: bool = True
+    # OpenTelemetry traces: OTLP/gRPC to this collector (e.g. http://127.0.0.1:4317).
+    # Empty (the default): no tracer at all, nothing on the request path.
+    otel_endpoint: str = ""
     # How long a service verifying access tokens keeps its copy of auth's published keys
     # before fetching them again (TokenVerifier): the gateway's JWKS cache time
     # (ETAX_GATEWAY_JWKS_CACHE_SECONDS), so a key auth withdraws is dropped as fast here.
@@ -130,6 +139,10 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
+    # The process's Prometheus exporter (/metrics); subclasses set the default port, 0
+    # lets the system choose one. Replicas on one machine need one each.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     # Empty: a SQLite file <data_dir>/<service>.sqlite3 (the embedded default).
     database_url: str = ""
     # Threads for unary calls; server streams (WatchTicket) get max_streams threads of

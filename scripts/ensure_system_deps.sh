@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests start themselves (apt): redis-server (with redis-cli, for Redis
-# Cluster), pgbouncer, PostgreSQL, and for the browser tests (tests/web) Debian's chromium,
-# its chromedriver and a CJK font.
+# Cluster), pgbouncer, PostgreSQL, prometheus (with promtool: `make observe`, `make lint`,
+# the Prometheus tests), and for the browser tests (tests/web) Debian's chromium, its
+# chromedriver and a CJK font.
 set -euo pipefail
 
 as_root() {
@@ -11,10 +12,11 @@ as_root() {
 
 apt_install() {
   local package=$1
+  shift
   echo "installing $package (apt)..."
-  if ! as_root apt-get install -y -qq "$package" >/dev/null 2>&1; then
+  if ! as_root apt-get install -y -qq "$@" "$package" >/dev/null 2>&1; then
     as_root apt-get update -qq >/dev/null 2>&1 || true
-    as_root apt-get install -y -qq "$package" >/dev/null 2>&1 || {
+    as_root apt-get install -y -qq "$@" "$package" >/dev/null 2>&1 || {
       echo "could not install $package: install it with 'apt-get install $package'" >&2
       exit 1
     }
@@ -25,6 +27,8 @@ command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 
   || apt_install redis-server
 # Debian's package has no binary in PATH for users: it lives in /usr/sbin.
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || apt_install pgbouncer
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 \
+  || apt_install prometheus --no-install-recommends  # not its node exporter, smartmontools...
 
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   echo "installing postgresql (apt)..."

@@ -258,6 +258,50 @@ def _jwks_cluster(url: str) -> dict[str, Any]:
     }
 
 
+def _otel_cluster(endpoint: str) -> dict[str, Any]:
+    parts = urlsplit(endpoint)
+    assert parts.hostname is not None  # checked by GatewaySettings
+    host, port = parts.hostname, parts.port or 4317
+    return {
+        "name": "otel_collector",
+        **_discovery_type([host]),
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "otel_collector",
+            "endpoints": [{"lb_endpoints": _endpoints([(host, port)])}],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _type("upstreams.http.v3.HttpProtocolOptions"),
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+    }
+
+
+def _tracing(settings: GatewaySettings) -> dict[str, Any] | None:
+    """Envoy's OpenTelemetry tracer: every request continues the client's traceparent or
+    starts a trace; the upstream call gets a span of its own, whose id the service's
+    server span takes as parent. None: no tracing (the default)."""
+    if not settings.otel_endpoint:
+        return None
+    return {
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": "otel_collector"},
+                    "timeout": "1s",
+                },
+                "service_name": "gateway",
+            },
+        },
+        "random_sampling": {"value": 100},
+        "spawn_upstream_span": True,
+    }
+
+
 def _jwks_source(settings: GatewaySettings) -> tuple[str, Any]:
     if settings.jwks_source == "file":
         source: dict[str, Any] = {"local_jwks": {"filename": str(settings.jwks_file)}}
@@ -397,6 +441,8 @@ def _clusters(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]
             )
     if settings.jwks_source == "remote":
         clusters.append(_jwks_cluster(settings.effective_jwks_url))
+    if settings.otel_endpoint:
+        clusters.append(_otel_cluster(settings.otel_endpoint))
     return clusters
 
 
@@ -461,6 +507,7 @@ def render(settings: GatewaySettings, descriptor: Path | None = None) -> str:
         "original_ip_detection": _original_ip_detection(settings),
         "use_remote_address": not settings.trusted_proxy_cidrs(),
         "local_reply_config": local_reply_config(),
+        "tracing": _tracing(settings),
         "public_access_log": _access_log(settings, "public"),
         "internal_access_log": _access_log(settings, "internal"),
         "public_cors": _cors(settings),

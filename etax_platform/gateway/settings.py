@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -83,6 +84,10 @@ class GatewaySettings(BaseSettings):
     health_check_interval_seconds: float = Field(default=5.0, gt=0)
     # Empty: JSON lines on Envoy's stdout; otherwise a file (both listeners).
     access_log: str = ""
+    # OpenTelemetry traces: Envoy starts or continues each request's W3C traceparent and
+    # exports its spans over OTLP/gRPC to this collector (http://host:port). Empty:
+    # ETAX_OTEL_ENDPOINT, the services' setting; both empty: no tracing.
+    otel_endpoint: str = Field(default_factory=lambda: os.environ.get("ETAX_OTEL_ENDPOINT", ""))
     output_dir: Path = REPO_ROOT / "build" / "envoy"
     # The OpenAPI document and its reference page that `make protos` writes; the public
     # listener serves them (GET /openapi.json, GET /api/).
@@ -106,6 +111,15 @@ class GatewaySettings(BaseSettings):
     def _addresses(cls, value: str) -> str:
         for address in value.split(","):
             split_address(address)
+        return value
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _collector(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("the OTLP endpoint is http://host:port (gRPC)")
         return value
 
     @field_validator("cors_origins")

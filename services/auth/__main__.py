@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from etax_platform.observability import configure_logging
+from etax_platform.observability import start_process
 from services.auth.app import build
 from services.auth.settings import AuthSettings
 
 
 def main() -> None:
     settings = AuthSettings()
-    configure_logging(settings.platform.log_level, "auth")
-    build(settings).serve_until_signalled()
+    stop = start_process(settings, "auth")
+    try:
+        build(settings).serve_until_signalled()
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

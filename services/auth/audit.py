@@ -32,6 +32,7 @@ from etax_platform.errors import DomainError, Reason
 from etax_platform.identifiers import normalize_phone
 from etax_platform.observability import request_id
 from etax_platform.pii import mask_document, mask_phone
+from services.auth import metrics
 from services.auth.models import audit_events
 
 log = logging.getLogger("etax.auth.audit")
@@ -125,13 +126,22 @@ class AuditLog:
         }
 
     def insert(self, session: Connection, event: AuditEvent) -> None:
-        """Writes the event in the caller's transaction."""
+        """Writes the event in the caller's transaction (and counts it: services/auth/
+        metrics.py; an event whose transaction then rolls back was counted all the same)."""
         session.execute(audit_events.insert().values(**self.row(event)))
         event.written = True
+        metrics.observe(event)
+
+    def written_by_statement(self, event: AuditEvent) -> None:
+        """The event's row (`row`) went in with a hot statement of the caller's: counted
+        as `insert` counts it."""
+        event.written = True
+        metrics.observe(event)
 
     def record(self, event: AuditEvent) -> None:
         """Off the request path (or at once when batching is off); never lost."""
         self._writer.add(self.row(event))
+        metrics.observe(event)
 
     @contextmanager
     def attempt(self, action: str, **fields: Any) -> Iterator[AuditEvent]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from etax_platform.clock import Clock
 from etax_platform.documents import Document
 from etax_platform.errors import DomainError, Reason, invalid
+from services.auth import metrics
 from services.auth.domain import (
     LEVEL_FACE_VERIFIED,
     LEVEL_MIGRATED,
@@ -64,6 +65,9 @@ class InternalAccounts:
             None if phone is None else PhoneClaim(phone, verified_at=None),
             now,
         )
+        metrics.REGISTRATIONS.labels(
+            "legacy_import", metrics.document_kind(document.type), str(level)
+        ).inc()
         return person_id, level
 
     def get_person(self, person_id: str) -> PersonRecord:

@@ -22,7 +22,7 @@ from etax.common.v1 import types_pb2
 from etax_platform.clock import Clock, cst_day, next_cst_midnight, to_millis
 from etax_platform.errors import DomainError, Reason
 from etax_platform.kv import KeyValueStore, Reply, owned_key
-from services.auth import scripts
+from services.auth import metrics, scripts
 from services.auth.flows import Flow, Flows, owner_tag
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -118,7 +118,8 @@ class Lockout:
 
     def _ttl_ms(self, now: datetime) -> int:
         # Garbage collection only: the key names its day, so midnight unlocks by itself.
-        ttl = next_cst_midnight(now) - now + timedelta(hours=1)
+        # Kept through the next day, so that day's first login can count the unlock.
+        ttl = next_cst_midnight(now) - now + timedelta(days=1, hours=1)
         return int(ttl.total_seconds() * 1000)
 
     def _count_args(self, method: Method, now: datetime) -> list[str | int]:
@@ -142,7 +143,21 @@ class Lockout:
         outcome = self._counted(reply, person_id, method, key, now)
         if isinstance(outcome, DomainError):
             raise outcome
+        if method == PASSWORD and reply[2] == 1:
+            self._count_midnight_unlock(person_id, now)
         return outcome
+
+    def _count_midnight_unlock(self, person_id: str, now: datetime) -> None:
+        """E1's third way out, for the metrics: the person's first password attempt of a
+        day (COUNT found no record of the day) finds yesterday's record still locked, so
+        midnight unlocked it. The script deletes that record as it finds it locked, so
+        replicas count it once. (Logins start with the password, whose Argon2id check
+        dwarfs this call.)"""
+        yesterday = self._key(person_id, now - timedelta(days=1))
+        if self._store.run(
+            scripts.TAKE_IF_LOCKED, [yesterday], [MAX_CONSECUTIVE_FAILURES, *_NAMES.values()]
+        ):
+            metrics.UNLOCKS.labels("midnight").inc()
 
     def succeeded(self, attempt: Attempt) -> None:
         """The credential was right: the method's run of failures ends."""

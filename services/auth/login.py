@@ -26,6 +26,7 @@ from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_subject_number
 from etax_platform.pii import mask_name
 from etax_platform.tokens import AccessClaims
+from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog, detail_of, mask_account
 from services.auth.checks import Checks, require_code
 from services.auth.credentials import PasswordCheck
@@ -422,6 +423,7 @@ class Logins:
         # Subject-less: the APP supplies the identity with its capture.
         ticket = self._face.create_ticket(Purpose.SPECIFIC_SUBJECT_LOGIN, challenge.flow_id, None)
         self._challenges.set(challenge.flow_id, face_ticket_id=ticket.ticket_id)
+        metrics.LOGINS_STARTED.labels("specific_subject", "ok", "").inc()
         return challenge.flow_id, ticket
 
     def _complete_subject_face(self, challenge: Flow, proof: str) -> IssuedSession:

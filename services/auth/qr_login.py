@@ -35,6 +35,7 @@ from etax_platform.keyrings import HmacKeyring
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import mask_name
 from etax_platform.tokens import ISSUER
+from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog, detail_of
 from services.auth.dependencies import Bindings
 from services.auth.domain import require_enterprise_business, require_id
@@ -173,6 +174,7 @@ class QrLogins:
         record = {"state": int(QrState.WAITING), "province": province, "expires_ms": expires_ms}
         self._store.create(self._key(qr_login_id), json.dumps(record).encode(), self._store_ttl)
         payload = f"{_PREFIX}.{qr_login_id}.{expires_ms}.{self._sign(qr_login_id, expires_ms)}"
+        metrics.QR_LOGINS.labels("created", "ok", "").inc()
         return CreatedQrLogin(qr_login_id, payload, from_millis(expires_ms))
 
     def _open_payload(self, payload: str) -> str:

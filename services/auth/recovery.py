@@ -23,6 +23,7 @@ from etax_platform.db import Database
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_phone
 from etax_platform.pii import mask_name, mask_phone
+from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog, mask_account
 from services.auth.checks import Checks, require_code
 from services.auth.credentials import PasswordCheck
@@ -157,6 +158,7 @@ class Recovery:
                 live = self._sessions.revoke_person_in(session, flow.person_id, "password_reset")
                 self._audit.insert(session, event)
             self._sessions.revoked(live)
+            metrics.sessions_revoked("password_reset", len(live))
             self._resets.consume(reset_id)
         if proven_by == "sms":
             # E1: forgot password clears the password level (face cleared every level).

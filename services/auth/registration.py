@@ -24,6 +24,7 @@ from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.identifiers import normalize_email, normalize_phone
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
+from services.auth import metrics
 from services.auth.audit import AuditEvent, AuditLog
 from services.auth.dependencies import FaceChallenge, FaceChecks, SmsCodes
 from services.auth.domain import (
@@ -189,6 +190,9 @@ class Registrations:
             request.registration_id,
         )
         self._forget(request.registration_id)
+        metrics.REGISTRATIONS.labels(
+            "online", metrics.document_kind(document.type), str(LEVEL_FACE_VERIFIED)
+        ).inc()
         if self._audit is not None:
             self._audit.record(
                 AuditEvent(

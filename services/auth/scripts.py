@@ -9,6 +9,7 @@ one slot).
 
 - COUNT: E1's attempt, counted before the credential is checked (or the lock that
   refuses it). CLEAR, UNCOUNT, ADD, READ: the rest of the lockout record.
+  TAKE_IF_LOCKED: yesterday's record, taken if it was locked (a midnight unlock).
 - CLEAR_AND_CREATE: login step 1's password was right: its run ends and the challenge
   is stored.
 - COUNT_AND_LOAD: login step 2 by code: the challenge, checked, and the code attempt
@@ -31,9 +32,10 @@ local function count(day, method, max, ttl, first)
     local run = tonumber(redis.call('HGET', day, ARGV[i]) or '0')
     if run >= max then return {'locked', ARGV[i]} end
   end
+  local fresh = 1 - redis.call('EXISTS', day)
   local run = redis.call('HINCRBY', day, method, 1)
   redis.call('PEXPIRE', day, ttl)
-  return {'counted', run}
+  return {'counted', run, fresh}
 end
 """
 
@@ -46,15 +48,17 @@ def _count_twin(
     for name in covering:
         if int(records.hget(day, name.decode()) or b"0") >= limit:
             return [b"locked", name]
+    fresh = 0 if records.exists(day) else 1
     run = records.hincrby(day, method.decode(), 1)
     records.pexpire(day, ttl_ms)
-    return [b"counted", run]
+    return [b"counted", run, fresh]
 
 
 # --- COUNT --------------------------------------------------------------------------------
 
 # KEYS: day. ARGV: method, max, ttl_ms, then the methods whose lock covers it (highest
-# level first). Reply: {'locked', method} | {'counted', run}.
+# level first). Reply: {'locked', method} | {'counted', run, fresh} (fresh: 1 when the day
+# had no record before this attempt).
 COUNT = Script(
     "auth-count",
     _COUNT_BODY + "return count(KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], 4)\n",
@@ -120,6 +124,31 @@ READ = Script(
     lambda records, keys, args: records.hmget(keys[0], *(name.decode() for name in args)),
 )
 
+
+def _take_if_locked_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -> Reply:
+    limit = int(args[0])
+    if any(int(records.hget(keys[0], name.decode()) or b"0") >= limit for name in args[1:]):
+        records.delete(keys[0])
+        return 1
+    return 0
+
+
+# KEYS: a past day. ARGV: max, methods. Reply: 1 if a method was locked that day (the
+# record is then deleted, so the unlock is counted once), else 0.
+TAKE_IF_LOCKED = Script(
+    "auth-take-if-locked",
+    """
+for i = 2, #ARGV do
+  if tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') >= tonumber(ARGV[1]) then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+end
+return 0
+""",
+    _take_if_locked_twin,
+)
+
 # --- CLEAR_AND_CREATE ----------------------------------------------------------------------
 
 
@@ -181,7 +210,7 @@ def _count_and_load_twin(records: Records, keys: Sequence[str], args: Sequence[b
     if not flow.verification_id:
         return [b"no_code"]
     counted = _count_twin(records, keys[1], args[1:4], args[4:])
-    return [*counted, raw]
+    return [counted[0], counted[1], raw]
 
 
 COUNT_AND_LOAD = Script("auth-count-and-load", _COUNT_AND_LOAD_LUA, _count_and_load_twin)

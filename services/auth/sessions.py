@@ -326,7 +326,7 @@ class Sessions:
                     **({} if also is None else also.params),
                 },
             )
-            event.written = True
+            self._audit.written_by_statement(event)
         claims = claims_for(
             principal,
             session_id=session_id,
@@ -450,6 +450,7 @@ class Sessions:
         outcome, session_id, *columns = rows[0]
         if outcome != "ok":
             return outcome, session_id, None
+        self._audit.written_by_statement(event)  # the CTE inserted its row
         person_id, province, identity, methods, client_app, name, level = columns
         return (
             "ok",

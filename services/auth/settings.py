@@ -21,6 +21,7 @@ class AuthSettings(ServiceSettings):
     )
 
     port: int = Field(default=topology.service("auth").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("auth").metrics_port, ge=0, le=65535)
     # The services auth calls (gRPC targets: host:port, or the replicas' addresses
     # comma-separated) and the deadline of each call.
     sms_target: str = topology.default_target("auth", "sms_target")

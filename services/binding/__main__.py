@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from etax_platform.observability import configure_logging
+from etax_platform.observability import start_process
 from services.binding.app import build
 from services.binding.settings import BindingSettings
 
 
 def main() -> None:
     settings = BindingSettings()
-    configure_logging(settings.platform.log_level, "binding")
-    build(settings).serve_until_signalled()
+    stop = start_process(settings, "binding")
+    try:
+        build(settings).serve_until_signalled()
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

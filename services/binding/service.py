@@ -33,7 +33,7 @@ from etax_platform.errors import DomainError
 from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import PersonalData
 from etax_platform.revocation import Revocations
-from services.binding import domain
+from services.binding import domain, metrics
 from services.binding.domain import (
     ACTIVE,
     ENDED,
@@ -302,7 +302,7 @@ class BindingService:
         from_state: RelationState,
         to_state: RelationState,
     ) -> Relation:
-        return self._store.change_relation(
+        changed = self._store.change_relation(
             relation_id=relation_id,
             actor=self._directory.indexes_of(person_id),
             ensure_allowed=ensure_allowed,
@@ -311,6 +311,8 @@ class BindingService:
             changed_by=person_id,
             now=self._clock.now(),
         )
+        metrics.relation_changed(changed.role, to_state)
+        return changed
 
     def pending_confirmations(self, person_id: str) -> list[Relation]:
         """Relations waiting for this person's own confirmation (F1(b), F2)."""

@@ -16,6 +16,7 @@ class BindingSettings(ServiceSettings):
     )
 
     port: int = Field(default=topology.service("binding").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("binding").metrics_port, ge=0, le=65535)
     # Auth: persons' documents (InternalAuthService) and the token keys (AuthService);
     # host:port, or the replicas' addresses comma-separated.
     auth_target: str = topology.default_target("binding", "auth_target")

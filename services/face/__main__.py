@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from etax_platform.observability import configure_logging
+from etax_platform.observability import start_process
 from services.face.app import build
 from services.face.settings import FaceSettings
 
 
 def main() -> None:
     settings = FaceSettings()
-    configure_logging(settings.platform.log_level, "face")
-    build(settings).serve_until_signalled()
+    stop = start_process(settings, "face")
+    try:
+        build(settings).serve_until_signalled()
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

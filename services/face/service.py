@@ -23,7 +23,7 @@ from etax_platform.clock import Clock
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData, mask_name
-from services.face import domain
+from services.face import domain, metrics
 from services.face.domain import Identity, Signer, Ticket, TicketView, Verdict
 from services.face.providers import FaceProvider, ProviderBusy
 
@@ -179,6 +179,7 @@ class FaceService:
             )
             if self._store.create(self._key(ticket_id), ticket.to_bytes(), self._store_ttl):
                 break
+        metrics.TICKETS.labels(metrics.purpose_name(purpose)).inc()
         log.info(
             "ticket %s created: purpose %d%s",
             _short(ticket_id),
@@ -287,6 +288,7 @@ class FaceService:
             now = self._clock.now()
             self._change(ticket_id, lambda t: (domain.capture_busy(t, capture_id, now), None))
             log.warning("ticket %s: provider busy (%s)", _short(ticket_id), busy.why)
+            metrics.capture(started.purpose, "busy")
             raise DomainError(
                 Reason.FACE_SERVICE_BUSY, retry_after=busy.retry_after or _DEFAULT_RETRY_AFTER
             ) from None
@@ -323,6 +325,9 @@ class FaceService:
             _short(ticket_id),
             verdict.verdict.value,
             "" if recorded else " (ticket no longer open: not recorded)",
+        )
+        metrics.capture(
+            started.purpose, metrics.judged(passed, ticket) if recorded else "not_recorded"
         )
         if not recorded:
             raise DomainError(Reason.TICKET_INVALID)
@@ -363,8 +368,10 @@ class FaceService:
             match = self._provider.check_identity(identity)
         except ProviderBusy as busy:
             log.warning("identity check: provider busy (%s)", busy.why)
+            metrics.IDENTITY_CHECKS.labels("busy").inc()
             raise DomainError(
                 Reason.FACE_SERVICE_BUSY, retry_after=busy.retry_after or _DEFAULT_RETRY_AFTER
             ) from None
         log.info("identity check for %r: %s", identity, "match" if match else "no match")
+        metrics.IDENTITY_CHECKS.labels("match" if match else "no_match").inc()
         return match

@@ -20,6 +20,7 @@ class FaceSettings(ServiceSettings):
     )
 
     port: int = Field(default=topology.service("face").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("face").metrics_port, ge=0, le=65535)
     # HMAC key for QR payloads and proofs; development generates one under data_dir.
     secret: SecretStr | None = None
     # How long a QR code can be scanned and used, and how long a passed result can be

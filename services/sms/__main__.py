@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from etax_platform.observability import configure_logging
+from etax_platform.observability import start_process
 from services.sms.app import build
 from services.sms.settings import SmsSettings
 
 
 def main() -> None:
     settings = SmsSettings()
-    configure_logging(settings.platform.log_level, "sms")
-    build(settings).serve_until_signalled()
+    stop = start_process(settings, "sms")
+    try:
+        build(settings).serve_until_signalled()
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

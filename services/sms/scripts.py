@@ -112,7 +112,7 @@ GIVE_BACK = Script("sms-give-back", _GIVE_BACK_LUA, _give_back_twin)
 # --- VERIFY -------------------------------------------------------------------------------
 
 # KEYS: code. ARGV: now_ms, presented digest, purpose.
-# Reply: {'expired'} | {'wrong', attempts_left} | {'purpose'} |
+# Reply: {'expired'} | {'wrong', attempts_left, channel} | {'purpose', channel} |
 #        {'ok', channel, recipient_sealed, purpose}.
 # The digests are compared in constant time (DESIGN: one-time codes).
 _VERIFY_LUA = """
@@ -129,10 +129,10 @@ for i = 1, math.min(#a, #b) do d = bit.bor(d, bit.bxor(a:byte(i), b:byte(i))) en
 if d ~= 0 then
   local left = redis.call('HINCRBY', KEYS[1], 'attempts', -1)
   if left <= 0 then redis.call('DEL', KEYS[1]) end
-  return {'wrong', left}
+  return {'wrong', left, r[5]}
 end
 redis.call('DEL', KEYS[1])
-if r[4] ~= ARGV[3] then return {'purpose'} end
+if r[4] ~= ARGV[3] then return {'purpose', r[5]} end
 return {'ok', r[5], r[6], r[4]}
 """
 
@@ -166,9 +166,9 @@ def _verify_twin(records: Records, keys: Sequence[str], args: Sequence[bytes]) -
     if isinstance(outcome, Verified):
         return [b"ok", channel, sealed, purpose]
     if outcome.reason is Reason.CODE_INVALID:
-        return [b"wrong", int(outcome.metadata["remaining_attempts"])]
+        return [b"wrong", int(outcome.metadata["remaining_attempts"]), channel]
     if outcome.reason is Reason.CODE_PURPOSE_MISMATCH:
-        return [b"purpose"]
+        return [b"purpose", channel]
     return [b"expired"]
 
 
@@ -185,6 +185,13 @@ def verify_outcome(reply: Reply) -> tuple[int, str, int] | DomainError:
     if kind == b"purpose":
         return DomainError(Reason.CODE_PURPOSE_MISMATCH)
     return DomainError(Reason.CODE_EXPIRED)
+
+
+def verified_channel(reply: Reply) -> int | None:
+    """The channel of the code VERIFY found (for the metrics); None: no live code."""
+    kind = reply[0]
+    found = {b"ok": 1, b"wrong": 2, b"purpose": 1}.get(kind)
+    return None if found is None or reply[found] is None else int(reply[found])
 
 
 # --- the development outbox ---------------------------------------------------------------

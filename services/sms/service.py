@@ -16,10 +16,10 @@ from etax_platform.db import BatchWriter
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.kv import KeyValueStore, owned_key
 from etax_platform.pii import PersonalData
-from services.sms import domain
+from services.sms import domain, metrics
 from services.sms.domain import Purpose, Recipient
 from services.sms.providers import DeliveryFailed, Message, Outbox, Provider
-from services.sms.scripts import GIVE_BACK, SEND, VERIFY, verify_outcome
+from services.sms.scripts import GIVE_BACK, SEND, VERIFY, verified_channel, verify_outcome
 
 log = logging.getLogger("etax.sms")
 
@@ -110,8 +110,10 @@ class CodeService:
                 self._policy.max_attempts,
             ],
         )
+        counted = metrics.labels(purpose, recipient.channel)
         if not allowed:
             log.info("send refused: %s over the limit", recipient.masked)
+            metrics.THROTTLED.labels(*counted).inc()
             raise domain.rate_limited(
                 domain.SendDecision(False, started_ms, 0, timedelta(milliseconds=retry_after_ms))
             )
@@ -130,6 +132,7 @@ class CodeService:
         except DeliveryFailed as failure:
             self._store.run(GIVE_BACK, [throttle_key, code_key], [started_ms])
             self._log_delivery(recipient, index, purpose, "failed", now)
+            metrics.DELIVERY_FAILED.labels(*counted).inc()
             log.warning("delivery to %s failed: %s", recipient.masked, failure)
             raise DomainError(
                 Reason.PROVIDER_UNAVAILABLE,
@@ -137,6 +140,7 @@ class CodeService:
                 {"dependency": f"{self._provider.name}-provider"},
             ) from None
         self._log_delivery(recipient, index, purpose, "sent", now)
+        metrics.SENT.labels(*counted).inc()
         log.debug("code sent to %s", recipient.masked)
         return SentCode(verification_id, recipient.masked, expires_at, sends_left)
 
@@ -166,6 +170,7 @@ class CodeService:
         domain.check_purpose(purpose, public=False)
         key = self._code_key(verification_id)
         if key is None:  # not an id this service gave out
+            metrics.VERIFIED.labels(*metrics.labels(purpose, None), "CODE_EXPIRED").inc()
             raise DomainError(Reason.CODE_EXPIRED)
         now = self._clock.now()
         # One step: counts the attempt, consumes the code if it is right (single use).
@@ -173,8 +178,11 @@ class CodeService:
             VERIFY, [key], [to_millis(now), self._digest(verification_id, code), int(purpose)]
         )
         outcome = verify_outcome(reply)
+        counted = metrics.labels(purpose, verified_channel(reply))
         if isinstance(outcome, DomainError):
+            metrics.VERIFIED.labels(*counted, outcome.reason.value).inc()
             raise outcome
+        metrics.VERIFIED.labels(*counted, "ok").inc()
         channel, sealed, proven_purpose = outcome
         return ProvenRecipient(
             channel=cast(sms_pb2.Channel, channel),

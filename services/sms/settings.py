@@ -17,6 +17,7 @@ class SmsSettings(ServiceSettings):
     )
 
     port: int = Field(default=topology.service("sms").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("sms").metrics_port, ge=0, le=65535)
     # E2: at most `throttle_limit` sends per recipient in a window of `throttle_window_seconds`
     # that starts at the first of them.
     throttle_limit: int = Field(default=5, ge=1)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import uvicorn
 
-from etax_platform.observability import configure_logging
+from etax_platform.observability import start_process
 from services.web.app import build, server_config
 from services.web.settings import WebSettings
 
 
 def main() -> None:
     settings = WebSettings()
-    configure_logging(settings.platform.log_level, "web")
-    uvicorn.Server(server_config(settings, build(settings))).run()
+    stop = start_process(settings, "web")
+    try:
+        uvicorn.Server(server_config(settings, build(settings))).run()
+    finally:
+        stop()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from etax_platform.clock import Clock, SystemClock
 from etax_platform.kv import KeyValueStore
 from services.web import account, faces, login, recovery, registration, simulator
+from services.web.metrics import RequestMetrics
 from services.web.platform import Platform
 from services.web.sessions import SessionStore
 from services.web.settings import WebSettings
@@ -192,6 +193,7 @@ def build(
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(SecurityHeaders, hsts=settings.secure_cookies)
+    app.add_middleware(RequestMetrics)
     return app
 
 

@@ -39,6 +39,7 @@ from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 from google.protobuf.message import Message
 
+from etax_platform import tracing
 from etax_platform.clients import open_channel
 from etax_platform.clock import from_timestamp, optional_instant
 from etax_platform.errors import MEANINGS, Reason, from_rpc_error
@@ -542,6 +543,10 @@ class Platform:
         if token:
             metadata.append(("authorization", f"Bearer {token}"))
         try:
+            if tracing.ENABLED:  # the gateway and the services continue the page's trace
+                name = str(getattr(method, "_method", b"grpc").decode()).lstrip("/")
+                with tracing.client_span(name, metadata, {"rpc.system": "grpc"}):
+                    return method(request, timeout=self.timeout, metadata=metadata)
             return method(request, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise _error(error) from None

@@ -15,6 +15,7 @@ class WebSettings(ServiceSettings):
     )
 
     port: int = Field(default=topology.service("web").port, ge=0, le=65535)
+    metrics_port: int = Field(default=topology.service("web").metrics_port, ge=0, le=65535)
     # The gateway's public listener: the pages call the platform there, as an APP backend.
     gateway_target: str = topology.default_target("web", "gateway_target")
     call_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from etax_platform.clock import ManualClock
 from etax_platform.errors import DomainError, Reason
@@ -136,3 +137,22 @@ def test_e3_twenty_simultaneous_wrong_passwords_get_five_tries_then_the_right_on
     assert outcomes.count("tried") == 5
     assert outcomes.count(Reason.AUTH_METHOD_LOCKED.value) == 15
     assert reason(lockout, PASSWORD) is Reason.AUTH_METHOD_LOCKED
+
+
+def test_e1_a_lock_that_midnight_ended_is_counted_once_at_the_next_days_login(
+    lockout: Lockout, clock: ManualClock
+) -> None:
+    """etax_auth_unlocks_total{way="midnight"}: the first password attempt after the
+    midnight that ended a lock counts it, once (the record is then gone)."""
+
+    def midnight_unlocks() -> float:
+        return REGISTRY.get_sample_value("etax_auth_unlocks_total", {"way": "midnight"}) or 0.0
+
+    before = midnight_unlocks()
+    fail(lockout, PASSWORD, 5)
+    assert reason(lockout, PASSWORD) is Reason.AUTH_METHOD_LOCKED
+    clock.advance(timedelta(days=1))
+    assert reason(lockout, PASSWORD) is None
+    assert midnight_unlocks() == before + 1
+    assert reason(lockout, PASSWORD) is None
+    assert midnight_unlocks() == before + 1

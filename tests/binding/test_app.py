@@ -119,6 +119,7 @@ def test_python_m_services_binding_serves_until_terminated(tmp_path: Path) -> No
     env = {
         **os.environ,
         "ETAX_BINDING_PORT": str(port),
+        "ETAX_BINDING_METRICS_PORT": "0",
         "ETAX_DATA_DIR": str(tmp_path),
         "ETAX_BINDING_AUTH_TARGET": f"127.0.0.1:{free_port()}",
     }

@@ -65,6 +65,7 @@ def test_python_m_services_face_serves_until_sigterm(tmp_path: Path) -> None:
     env = {
         **os.environ,
         "ETAX_FACE_PORT": "0",  # never the fixed port in tests
+        "ETAX_FACE_METRICS_PORT": "0",
         "ETAX_DATA_DIR": str(tmp_path),
         "ETAX_KV_URL": "memory://",
     }

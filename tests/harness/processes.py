@@ -29,11 +29,14 @@ class ServiceProcess:
         self.service = service
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Its Prometheus exporter: a port of its own, never make run's default.
+        self.metrics_port = free_port()
         self.log_path = log_path
         self._env = {
             **os.environ,
             **env,
             topology.service(service).port_variable: str(self.port),
+            topology.service(service).metrics_port_variable: str(self.metrics_port),
             "PYTHONPATH": str(REPO),
         }
         self._log = log_path.open("ab")
@@ -47,6 +50,10 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def kill(self) -> None:
         """SIGKILL, as a crash: no drain, calls in flight are cut."""

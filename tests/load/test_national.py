@@ -188,6 +188,11 @@ def _login(bureau: Bureau, person: Person) -> Attempt:
     return Attempt(started, time.monotonic())
 
 
+# How long Envoy may still send on a killed replica's connections before it sees them
+# closed (measured: up to about 0.15 s on this loaded 2-core machine).
+CONNECTION_SEEN_CLOSED = 1.0
+
+
 def test_a3_registered_in_one_province_logs_in_at_another_while_an_auth_replica_dies(
     national: National,
 ) -> None:
@@ -242,11 +247,14 @@ def test_a3_registered_in_one_province_logs_in_at_another_while_an_auth_replica_
     failures = [a for a in attempts if not a.ok]
     print(f"national: {len(attempts)} logins, {len(failures)} failed in flight: {failures}")
     # Only calls in flight on the killed replica may fail (at most one per thread), as
-    # UNAVAILABLE; every call that started after the kill succeeded.
+    # UNAVAILABLE: those started before the kill, or sent on its connections in the moment
+    # before the gateway saw them close (a reset after sending is not retried: the call may
+    # have been applied). Every call started later went to the other replica.
     assert len(failures) <= THREADS, failures
     for failure in failures:
         assert failure.failed_call_started is not None
-        assert failure.failed_call_started <= killed_at <= failure.ended, failure
+        assert failure.failed_call_started <= killed_at + CONNECTION_SEEN_CLOSED, failure
+        assert killed_at <= failure.ended, failure
         assert failure.status == UNAVAILABLE, failure
     assert len(attempts) - len(failures) >= 6 * THREADS
 

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from etax.common.v1 import types_pb2
 from etax.sms.v1 import sms_pb2
+from prometheus_client import REGISTRY
 
 from etax_platform.clock import ManualClock
 from etax_platform.errors import Reason, from_rpc_error
@@ -98,6 +99,24 @@ def test_g1_five_wrong_tries_kill_the_code(sms: SmsClient) -> None:
         assert error is not None and error.reason is Reason.CODE_INVALID
         assert error.metadata["remaining_attempts"] == str(left)
     assert reason_of(verify, sms, sent.verification_id, code)[1] is Reason.CODE_EXPIRED
+
+
+def test_code_checks_are_counted_with_the_channel_of_the_code_they_found(sms: SmsClient) -> None:
+    """etax_sms_codes_verified_total: a wrong code and a code of another purpose still
+    name the channel of the live code they tried (docs/operations.md)."""
+
+    def counted(purpose: str, outcome: str) -> float:
+        labels = {"purpose": purpose, "channel": "sms", "outcome": outcome}
+        return REGISTRY.get_sample_value("etax_sms_codes_verified_total", labels) or 0.0
+
+    wrong_before = counted("registration", "CODE_INVALID")
+    mismatch_before = counted("login", "CODE_PURPOSE_MISMATCH")
+    sent = send(sms)
+    code = sms.latest(PHONE).code
+    reason_of(verify, sms, sent.verification_id, wrong(code))
+    reason_of(verify, sms, sent.verification_id, code, LOGIN)
+    assert counted("registration", "CODE_INVALID") == wrong_before + 1
+    assert counted("login", "CODE_PURPOSE_MISMATCH") == mismatch_before + 1
 
 
 def test_g1_code_expires_after_five_minutes_by_the_clock(

@@ -105,10 +105,11 @@ def test_sessions_keep_what_two_requests_changed_and_stay_ended(kv_store: KeyVal
 
 
 def test_python_m_services_web_serves_until_sigterm(tmp_path: object) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
         "ETAX_WEB_PORT": str(port),
+        "ETAX_WEB_METRICS_PORT": str(metrics_port),
         "ETAX_WEB_GATEWAY_TARGET": f"127.0.0.1:{free_port()}",
         "ETAX_DATA_DIR": str(tmp_path),
     }
@@ -126,6 +127,11 @@ def test_python_m_services_web_serves_until_sigterm(tmp_path: object) -> None:
         assert page.status_code == 200
         assert "用户注册" in page.text
         assert httpx.get(f"http://127.0.0.1:{port}/dev/app/", timeout=5).status_code == 404
+        # Its own exporter: requests by route template, never by path.
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'etax_service_info{service="web"' in scraped
+        assert 'etax_web_requests_total{method="GET",route="/register",status="200"} 1.0' in scraped
+        assert 'route="unmatched",status="404"' in scraped
     finally:
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
