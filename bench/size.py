@@ -343,7 +343,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Bulk load (COPY): {small} in {timings.get('load_small_seconds', 0):.0f} s, the rest "
         f"up to {results['persons']:,} in {timings.get('load_large_seconds', 0):.0f} s; each "
         "person with a phone, a session and a refresh token; per 20 persons a client "
-        "enterprise, an agency with an agreement and a cross-region project (bench/bulk.py)",
+        "enterprise, an agency with an agreement and a cross-region project (bench/bulk.py); "
+        "each load ends with ANALYZE, VACUUM and CHECKPOINT and waits (90 s at most) for the "
+        "machine's load average to fall under 1 before its RPCs are measured",
         f"- {results['seconds_per_scenario']:g} s per throughput scenario at 50 calls in flight",
     ]
     if results.get("note"):
