@@ -378,19 +378,33 @@ def _unary(
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
             return response
         finally:
-            seconds = time.perf_counter() - started
-            if stats is not None:
-                stats.in_flight.dec()
-                if code == "OK":
-                    stats.ok(seconds)
-                else:
-                    stats.failed(code, reason, seconds)
-            _log_call(method, code, reason, seconds, failure)
-            if traced is not None:
-                tracing.end_server_span(*traced, code, reason)
+            _ended(method, stats, started, traced, code=code, reason=reason, failure=failure)
             request_id.reset(token)
 
     return call
+
+
+def _ended(
+    method: str,
+    stats: RpcStats | None,
+    started: float,
+    traced: Any,
+    *,
+    code: str,
+    reason: str,
+    failure: Exception | None,
+) -> None:
+    """A call's end, unary or streaming: its metrics, its log line and its span."""
+    seconds = time.perf_counter() - started
+    if stats is not None:
+        stats.in_flight.dec()
+        if code == "OK":
+            stats.ok(seconds)
+        else:
+            stats.failed(code, reason, seconds)
+    _log_call(method, code, reason, seconds, failure)
+    if traced is not None:
+        tracing.end_server_span(*traced, code, reason)
 
 
 def _streaming(
@@ -433,16 +447,7 @@ def _streaming(
             failure, code, reason = _outcome(error)
             _fail(context, rid, failure)
         finally:
-            seconds = time.perf_counter() - started
-            if stats is not None:
-                stats.in_flight.dec()
-                if code == "OK":
-                    stats.ok(seconds)
-                else:
-                    stats.failed(code, reason, seconds)
-            _log_call(method, code, reason, seconds, failure)
-            if traced is not None:
-                tracing.end_server_span(*traced, code, reason)
+            _ended(method, stats, started, traced, code=code, reason=reason, failure=failure)
             request_id.reset(token)
 
     return call

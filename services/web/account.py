@@ -4,13 +4,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.responses import Response
 
 from etax_platform.errors import Reason
-from services.web import faces, labels
+from services.web import codes, faces, labels
 from services.web.platform import Identity, PersonIdentity, PlatformError
 from services.web.web import Errors, Visit
 
@@ -40,14 +39,6 @@ _RELATION_FIELDS = {
 }
 
 
-def _ms(seconds_from_now: float) -> int:
-    return int((time.time() + seconds_from_now) * 1000)
-
-
-def _seconds_until(ms: int) -> int:
-    return max(0, int((ms - _ms(0)) / 1000))
-
-
 # --- 个人信息管理 ---------------------------------------------------------------------------------
 
 
@@ -71,8 +62,7 @@ def profile_page(
         errors=errors,
         notice=notice,
         face=faces.current(visit, "upgrade"),
-        wait_seconds=_seconds_until(flow.get("send_wait_until_ms", 0)),
-        code_seconds=_seconds_until(flow.get("code_expires_ms", 0)),
+        **codes.timers(flow),
     )
 
 
@@ -91,16 +81,12 @@ def phone_send_code(visit: Visit) -> Response:
             visit.caller, values["phone"], "VERIFICATION_PURPOSE_PHONE_ADD"
         )
     except PlatformError as error:
-        if error.retry_after is not None:
-            flow["send_wait_until_ms"] = _ms(error.retry_after.total_seconds())
+        if codes.refused(flow, error):
             visit.session["flow:phone_add"] = flow
         errors = Errors().add(error, _PHONE_FIELDS)
         return profile_page(visit, section="phones", values=values, errors=errors, status=400)
-    flow.update(
-        verification_id=sent.verification_id,
-        code_expires_ms=int(sent.expires_at.timestamp() * 1000) if sent.expires_at else 0,
-    )
-    flow.pop("send_wait_until_ms", None)
+    flow["verification_id"] = sent.verification_id
+    codes.sent(flow, sent.expires_at)
     visit.session["flow:phone_add"] = flow
     notice = f"验证码已发送至 {sent.masked_recipient}"
     return profile_page(visit, section="phones", values=values, notice=notice)

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.responses import Response
 
 from etax_platform.errors import MEANINGS, Reason
-from services.web import faces, labels
+from services.web import codes, faces, labels
 from services.web.platform import LoginTarget, PlatformError, Project, SecondSteps, SignedIn
 from services.web.web import Errors, SessionEnded, Visit
 
@@ -58,10 +58,6 @@ def _entry_key(raw: str) -> str:
     return raw if raw in labels.ENTRIES else "enterprise"
 
 
-def _ms(seconds_from_now: float) -> int:
-    return int((time.time() + seconds_from_now) * 1000)
-
-
 # --- the login page --------------------------------------------------------------------------
 
 
@@ -77,7 +73,7 @@ def login_page(visit: Visit) -> Response:
 def _qr_login(visit: Visit, *, renew: bool = False) -> dict[str, Any] | None:
     """The QR login ticket this browser shows (a new one when missing or expired)."""
     stored: dict[str, Any] | None = visit.session.get("qr_login")
-    if stored and not renew and stored["expires_ms"] > _ms(5):
+    if stored and not renew and stored["expires_ms"] > codes.ms_from_now(5):
         return stored
     try:
         qr_login_id, payload, expires_at = visit.platform.create_qr_login(visit.caller)
@@ -86,7 +82,7 @@ def _qr_login(visit: Visit, *, renew: bool = False) -> dict[str, Any] | None:
     stored = {
         "id": qr_login_id,
         "payload": payload,
-        "expires_ms": int(expires_at.timestamp() * 1000) if expires_at else _ms(120),
+        "expires_ms": int(expires_at.timestamp() * 1000) if expires_at else codes.ms_from_now(120),
         "version": int(time.time() * 1000),
     }
     visit.session["qr_login"] = stored
@@ -322,8 +318,6 @@ def verify_page(visit: Visit, errors: Errors | None = None, status: int = 200) -
     if face is not None and face.get("challenge_id") != flow["challenge_id"]:
         face = None
     chosen = asked if asked in keys else ("scan" if face else (keys[0] if keys else ""))
-    wait = max(0, int((flow.get("send_wait_until_ms", 0) - _ms(0)) / 1000))
-    code_left = max(0, int((flow.get("code_expires_ms", 0) - _ms(0)) / 1000))
     code_step = _code_step(flow)
     masked_contact = flow.get("masked_email", "") if code_step == "email" else flow["masked_phone"]
     # D4: no phone and nothing else to send a code to.
@@ -339,8 +333,7 @@ def verify_page(visit: Visit, errors: Errors | None = None, status: int = 200) -
         face=face,
         entry_title=labels.ENTRIES[flow["entry"]][1],
         phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if phone_empty else "",
-        wait_seconds=wait,
-        code_seconds=code_left,
+        **codes.timers(flow),
         errors=errors,
     )
 
@@ -353,16 +346,11 @@ def send_code(visit: Visit) -> Response:
     try:
         sent = visit.platform.send_login_code(visit.caller, flow["challenge_id"])
     except PlatformError as error:
-        if error.retry_after is not None:
-            # E2: the button waits as long as the platform says (RetryInfo).
-            flow["send_wait_until_ms"] = _ms(error.retry_after.total_seconds())
+        codes.refused(flow, error)  # E2: the button waits as long as the platform says
         errors.add(error, {Reason.SMS_RATE_LIMITED.value: "code"})
     else:
         flow["code_sent_to"] = sent.masked_recipient
-        flow["code_expires_ms"] = (
-            int(sent.expires_at.timestamp() * 1000) if sent.expires_at else _ms(300)
-        )
-        flow.pop("send_wait_until_ms", None)
+        codes.sent(flow, sent.expires_at, unknown_ttl_ms=300_000)
     visit.session["flow:login"] = flow
     if errors:
         return verify_page(visit, errors, 400)

@@ -3,13 +3,12 @@ what a person who cannot log in does from the login page."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.responses import Response
 
 from etax_platform.errors import MEANINGS, Reason
-from services.web import faces, labels
+from services.web import codes, faces, labels
 from services.web.platform import PlatformError
 from services.web.web import Errors, Visit
 
@@ -28,14 +27,6 @@ _FIELDS = {
     Reason.CODE_EXPIRED.value: "code",
     Reason.CODE_PURPOSE_MISMATCH.value: "code",
 }
-
-
-def _ms(seconds_from_now: float) -> int:
-    return int((time.time() + seconds_from_now) * 1000)
-
-
-def _seconds_until(ms: int) -> int:
-    return max(0, int((ms - _ms(0)) / 1000))
 
 
 def _code_fields(error: PlatformError, code_field: str = "code") -> dict[str, str]:
@@ -118,8 +109,7 @@ def reset_verify_page(
         errors=errors,
         notice=notice,
         phone_empty_text=MEANINGS[Reason.PHONE_EMPTY].text if not code_step else "",
-        wait_seconds=_seconds_until(flow.get("send_wait_until_ms", 0)),
-        code_seconds=_seconds_until(flow.get("code_expires_ms", 0)),
+        **codes.timers(flow),
     )
 
 
@@ -130,12 +120,10 @@ def reset_send_code(visit: Visit) -> Response:
     try:
         sent = visit.platform.send_password_reset_code(visit.caller, flow["reset_id"])
     except PlatformError as error:
-        if error.retry_after is not None:
-            flow["send_wait_until_ms"] = _ms(error.retry_after.total_seconds())
+        if codes.refused(flow, error):
             visit.session["flow:reset"] = flow
         return reset_verify_page(visit, Errors(fields={"code": error.text}), 400)
-    flow["code_expires_ms"] = int(sent.expires_at.timestamp() * 1000) if sent.expires_at else 0
-    flow.pop("send_wait_until_ms", None)
+    codes.sent(flow, sent.expires_at)
     visit.session["flow:reset"] = flow
     return reset_verify_page(visit, notice=f"验证码已发送至 {sent.masked_recipient}")
 
@@ -244,8 +232,7 @@ def recovery_phone_page(
         values=values or {},
         errors=errors,
         notice=notice,
-        wait_seconds=_seconds_until(flow.get("send_wait_until_ms", 0)),
-        code_seconds=_seconds_until(flow.get("code_expires_ms", 0)),
+        **codes.timers(flow),
     )
 
 
@@ -261,14 +248,12 @@ def recovery_send_code(visit: Visit) -> Response:
             visit.caller, values["phone"], "VERIFICATION_PURPOSE_PHONE_RECOVERY"
         )
     except PlatformError as error:
-        if error.retry_after is not None:
-            flow["send_wait_until_ms"] = _ms(error.retry_after.total_seconds())
+        if codes.refused(flow, error):
             visit.session["flow:recovery"] = flow
         fields = {**_FIELDS, Reason.SMS_RATE_LIMITED.value: "phone"}
         return recovery_phone_page(visit, values, Errors().add(error, fields), 400)
     flow["verification_id"] = sent.verification_id
-    flow["code_expires_ms"] = int(sent.expires_at.timestamp() * 1000) if sent.expires_at else 0
-    flow.pop("send_wait_until_ms", None)
+    codes.sent(flow, sent.expires_at)
     visit.session["flow:recovery"] = flow
     return recovery_phone_page(visit, values, notice=f"验证码已发送至 {sent.masked_recipient}")
 

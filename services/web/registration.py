@@ -3,13 +3,12 @@ collected the person), phone (or, overseas, email) by code, and the password (C1
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.responses import Response
 
 from etax_platform.errors import Reason
-from services.web import faces, labels
+from services.web import codes, faces, labels
 from services.web.platform import PersonIdentity, PlatformError
 from services.web.web import Errors, Visit
 
@@ -37,14 +36,6 @@ _DETAIL_FIELDS = {
     Reason.PASSWORD_POLICY.value: "password",
     Reason.USERNAME_TAKEN.value: "username",
 }
-
-
-def _ms(seconds_from_now: float) -> int:
-    return int((time.time() + seconds_from_now) * 1000)
-
-
-def _seconds_until(ms: int) -> int:
-    return max(0, int((ms - _ms(0)) / 1000))
 
 
 def start_page(visit: Visit) -> Response:
@@ -122,8 +113,7 @@ def details_page(
         values=values or {},
         errors=errors,
         notice=notice,
-        wait_seconds=_seconds_until(flow.get("send_wait_until_ms", 0)),
-        code_seconds=_seconds_until(flow.get("code_expires_ms", 0)),
+        **codes.timers(flow),
     )
 
 
@@ -166,13 +156,11 @@ def send_code(visit: Visit) -> Response:
             visit.caller, values["contact"], "VERIFICATION_PURPOSE_REGISTRATION"
         )
     except PlatformError as error:
-        if error.retry_after is not None:
-            flow["send_wait_until_ms"] = _ms(error.retry_after.total_seconds())
+        if codes.refused(flow, error):
             visit.session["flow:registration"] = flow
         return details_page(visit, values, Errors().add(error, _DETAIL_FIELDS), 400)
     flow["verification_id"] = sent.verification_id
-    flow["code_expires_ms"] = int(sent.expires_at.timestamp() * 1000) if sent.expires_at else 0
-    flow.pop("send_wait_until_ms", None)
+    codes.sent(flow, sent.expires_at)
     visit.session["flow:registration"] = flow
     return details_page(visit, values, notice=f"验证码已发送至 {sent.masked_recipient}")
 
