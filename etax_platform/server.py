@@ -388,7 +388,7 @@ def _ended(
     method: str,
     stats: RpcStats | None,
     started: float,
-    traced: Any,
+    traced: tuple[Any, object] | None,
     *,
     code: str,
     reason: str,
