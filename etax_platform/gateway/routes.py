@@ -131,6 +131,13 @@ def _route_action(settings: GatewaySettings, cluster: str, streaming: bool) -> d
     return action
 
 
+# A method's path takes gRPC and gRPC-Web only (application/grpc, application/grpc-web...;
+# a JSON call reaches it transcoded, as application/grpc). Anything else on it, a JSON body
+# say, would reach the service as a request it resets, which Envoy answers 503: it falls
+# to method-not-found instead (404, "请求的接口不存在").
+_GRPC_CONTENT = {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+
+
 def public_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[Any]:
     routes: list[Any] = []
     for policy in policies:
@@ -148,7 +155,7 @@ def public_routes(settings: GatewaySettings, policies: list[RpcPolicy]) -> list[
         cluster = stream_cluster(policy) if policy.server_streaming else cluster_of(policy.service)
         route: dict[str, Any] = {
             "name": policy.full_name,
-            "match": {"path": policy.path},
+            "match": {"path": policy.path, "headers": [_GRPC_CONTENT]},
             "route": _route_action(settings, cluster, policy.server_streaming),
         }
         if per_filter:

@@ -177,6 +177,25 @@ def test_unknown_json_path_is_not_found(gateway: RunningGateway) -> None:
     assert httpx.get(gateway.url("/v1/sms/outbox"), timeout=5).status_code == 404
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+def test_a_method_path_called_without_grpc_is_not_found_not_unavailable(
+    gateway: RunningGateway, upstreams: Upstreams, content_type: str | None
+) -> None:
+    """JSON clients use the /v1/ routes; a body of another kind on a gRPC method's path
+    would be reset by the service (Envoy: 503). It is the gateway's 404, in JSON."""
+    before = upstreams.recorder.count("SendCode")
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = httpx.post(
+        gateway.url("/etax.sms.v1.SmsService/SendCode"),
+        content=b'{"phone":"13812345678"}',
+        headers=headers,
+        timeout=5,
+    )
+    assert response.status_code == 404
+    assert response.json()["details"][0]["reason"] == "NOT_FOUND"
+    assert upstreams.recorder.count("SendCode") == before
+
+
 # --- jwt_authn -----------------------------------------------------------------------------
 
 
