@@ -138,6 +138,12 @@ def test_make_run_shared_starts_replicas_behind_two_provinces_and_stops_them(
                 f"two healthy {name} replicas behind gateway {index}",
                 90,
             )
+        # The web service starts beside the others; its cluster is health-checked by GET.
+        wait_until(
+            lambda i=index: _healthy_hosts(admin + i, "web") >= 1,  # type: ignore[misc]
+            f"a healthy web service behind gateway {index}",
+            90,
+        )
         page = httpx.get(f"http://127.0.0.1:{public + index}/", timeout=5)
         assert page.status_code == 200  # the web pages of that province
     assert shared.poll() is None
