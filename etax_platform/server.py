@@ -352,16 +352,8 @@ def _unary(
 ) -> Callable[[Any, Any], Any]:
     def call(raw: bytes, context: grpc.ServicerContext) -> Any:
         headers = _Metadata(context)
-        rid = headers.request_id
-        token = request_id.set(rid)
-        started = time.perf_counter()
-        if stats is not None:
-            stats.in_flight.inc()
-        traced = (
-            tracing.start_server_span(method, headers.traceparent, headers.tracestate)
-            if tracing.ENABLED
-            else None
-        )
+        record = _CallRecord(method, headers, stats)
+        rid = record.rid
         code, reason, failure = "OK", "", None
         try:
             request = parse(raw)
@@ -378,33 +370,44 @@ def _unary(
             context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
             return response
         finally:
-            _ended(method, stats, started, traced, code=code, reason=reason, failure=failure)
-            request_id.reset(token)
+            record.end(code, reason, failure)
 
     return call
 
 
-def _ended(
-    method: str,
-    stats: RpcStats | None,
-    started: float,
-    traced: tuple[Any, object] | None,
-    *,
-    code: str,
-    reason: str,
-    failure: Exception | None,
-) -> None:
-    """A call's end, unary or streaming: its metrics, its log line and its span."""
-    seconds = time.perf_counter() - started
-    if stats is not None:
-        stats.in_flight.dec()
-        if code == "OK":
-            stats.ok(seconds)
-        else:
-            stats.failed(code, reason, seconds)
-    _log_call(method, code, reason, seconds, failure)
-    if traced is not None:
-        tracing.end_server_span(*traced, code, reason)
+class _CallRecord:
+    """One call's bookkeeping, unary or streaming: its request id in the context, its
+    metrics, its span, and at the end its log line."""
+
+    __slots__ = ("_method", "_started", "_stats", "_token", "_traced", "rid")
+
+    def __init__(self, method: str, headers: _Metadata, stats: RpcStats | None) -> None:
+        self._method = method
+        self._stats = stats
+        self.rid = headers.request_id
+        self._token = request_id.set(self.rid)
+        self._started = time.perf_counter()
+        if stats is not None:
+            stats.in_flight.inc()
+        self._traced = (
+            tracing.start_server_span(method, headers.traceparent, headers.tracestate)
+            if tracing.ENABLED
+            else None
+        )
+
+    def end(self, code: str, reason: str, failure: Exception | None) -> None:
+        seconds = time.perf_counter() - self._started
+        stats = self._stats
+        if stats is not None:
+            stats.in_flight.dec()
+            if code == "OK":
+                stats.ok(seconds)
+            else:
+                stats.failed(code, reason, seconds)
+        _log_call(self._method, code, reason, seconds, failure)
+        if self._traced is not None:
+            tracing.end_server_span(*self._traced, code, reason)
+        request_id.reset(self._token)
 
 
 def _streaming(
@@ -419,16 +422,8 @@ def _streaming(
     def call(slot: int, raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
         """Runs in the slot intercept_service took for this call."""
         headers = _Metadata(context)
-        rid = headers.request_id
-        token = request_id.set(rid)
-        started = time.perf_counter()
-        if stats is not None:
-            stats.in_flight.inc()
-        traced = (
-            tracing.start_server_span(method, headers.traceparent, headers.tracestate)
-            if tracing.ENABLED
-            else None
-        )
+        record = _CallRecord(method, headers, stats)
+        rid = record.rid
         code, reason, failure = "OK", "", None
         try:
             with slots.held(slot):
@@ -447,8 +442,7 @@ def _streaming(
             failure, code, reason = _outcome(error)
             _fail(context, rid, failure)
         finally:
-            _ended(method, stats, started, traced, code=code, reason=reason, failure=failure)
-            request_id.reset(token)
+            record.end(code, reason, failure)
 
     return call
 
