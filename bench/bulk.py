@@ -44,7 +44,7 @@ from etax_platform.clock import CST, to_millis
 from etax_platform.documents import Document, DocumentType
 from etax_platform.keyrings import HmacKeyring
 from etax_platform.pii import Keyring, PersonalData
-from services.auth.sessions import encode_identity
+from services.auth.sessions import NEW_SESSION_COLUMNS, encode_identity
 from services.binding.domain import HANDLER, LEGAL_REPRESENTATIVE, PENDING, Origin
 from services.binding.service import INDEX_PURPOSE, document_message
 
@@ -135,17 +135,6 @@ _PERSON_COLUMNS = (
     "updated_at",
 )
 _PHONE_COLUMNS = ("id", "person_id", "number", "number_index", "verified_at", "created_at")
-_SESSION_COLUMNS = (
-    "id",
-    "person_id",
-    "province",
-    "identity",
-    "entry",
-    "methods",
-    "client_app",
-    "created_at",
-    "last_issued_at",
-)
 _TOKEN_COLUMNS = ("token_hash", "session_id", "issued_at", "expires_at")
 
 
@@ -264,7 +253,7 @@ class BulkLoader:
         _copy(
             connection,
             "sessions",
-            _SESSION_COLUMNS,
+            NEW_SESSION_COLUMNS,
             (
                 (
                     session,

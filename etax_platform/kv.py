@@ -330,7 +330,7 @@ class MemoryStore(_CompareAndSet):
                 current = self._versioned(key)
                 if current is None or current.version != expected_version:
                     return False
-            return self._live(key) is not None and self._records.delete(key)
+            return self._records.delete(key)
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[bytes | str | int]) -> Reply:
         with self._lock:
@@ -652,16 +652,13 @@ class RedisStore(_CompareAndSet):
                 registered = self._redis.register_script(script.lua)
                 self._cluster_scripts[script.sha] = registered
             return registered(keys=redis_keys, args=list(args))
+        evalsha = ("EVALSHA", script.sha, len(redis_keys), *redis_keys, *args)
         try:
-            return self._connections.execute(
-                "EVALSHA", script.sha, len(redis_keys), *redis_keys, *args
-            )
+            return self._connections.execute(*evalsha)
         except redis.exceptions.NoScriptError:
             # Not loaded yet (a new or restarted server): load it, once per server.
             self._connections.execute("SCRIPT", "LOAD", script.lua)
-            return self._connections.execute(
-                "EVALSHA", script.sha, len(redis_keys), *redis_keys, *args
-            )
+            return self._connections.execute(*evalsha)
 
     @_observed("get")
     def get(self, key: str) -> Versioned | None:

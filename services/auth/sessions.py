@@ -116,7 +116,8 @@ SELECT session_id FROM known
 )
 
 
-_SESSION_COLUMNS = (
+# A new session's row (also what the bench's bulk loader writes: bench/bulk.py).
+NEW_SESSION_COLUMNS = (
     "id",
     "person_id",
     "province",
@@ -135,13 +136,13 @@ def _open_statement(also: str | None) -> Statement:
     """A new session on PostgreSQL in one statement: its row, its first refresh token and
     its audit row, with the CTE of a write that goes with it (AlsoWrite). The foreign keys
     are checked at the end of the statement, when the session row is there."""
-    sessions_ = ", ".join(_SESSION_COLUMNS)
+    sessions_ = ", ".join(NEW_SESSION_COLUMNS)
     audit = ", ".join(_AUDIT_COLUMNS)
     return Statement(
         postgresql=f"""
 WITH {f"{also}," if also else ""} new_session AS (
     INSERT INTO sessions ({sessions_})
-    VALUES ({", ".join(f"%(s_{c})s" for c in _SESSION_COLUMNS)})
+    VALUES ({", ".join(f"%(s_{c})s" for c in NEW_SESSION_COLUMNS)})
 ), new_token AS (
     INSERT INTO refresh_tokens (token_hash, session_id, issued_at, expires_at)
     VALUES (%(t_hash)s, %(s_id)s, %(s_created_at)s, %(t_expires_at)s)
