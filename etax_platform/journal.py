@@ -1,6 +1,6 @@
 """A local durable journal: rows on their way to the database, one JSON object a line.
 
-`BatchWriter` (etax_platform/db.py) appends every batch here before it inserts it, and
+`BatchWriter` (etax_platform/batches.py) appends every batch here before it inserts it, and
 keeps the rows while the database is away; the file is cut back to empty once all of it
 is in the database. One file per process and table,
 `<dir>/<service>-<pid>-<table>.jsonl`, held under an exclusive `flock` for the life of the

@@ -7,7 +7,7 @@ describe. Everything else (password and code checks, locks, refusals) goes to a
 background writer that inserts in batches: the hot path pays for a queue append, not a
 database round trip. None of those is lost: while the database is away they wait in a
 local durable journal and are written, in order and once each, when it is back
-(etax_platform.db.BatchWriter); every event carries a unique `event_id` for that.
+(etax_platform.batches.BatchWriter); every event carries a unique `event_id` for that.
 Accounts are masked before they get here; `detail` carries codes and counts only.
 """
 
@@ -26,8 +26,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from etax_platform.batches import BatchWriter
 from etax_platform.clock import Clock
-from etax_platform.db import BatchWriter, Database
+from etax_platform.db import Database
 from etax_platform.errors import DomainError, Reason
 from etax_platform.identifiers import normalize_phone
 from etax_platform.observability import request_id

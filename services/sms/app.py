@@ -8,8 +8,9 @@ from pathlib import Path
 
 from etax.sms.v1 import sms_pb2_grpc
 
+from etax_platform.batches import BatchWriter
 from etax_platform.clock import Clock, SystemClock
-from etax_platform.db import BatchWriter, Database
+from etax_platform.db import Database
 from etax_platform.kv import KeyValueStore
 from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost, Registration

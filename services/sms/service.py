@@ -11,8 +11,8 @@ from typing import cast
 
 from etax.sms.v1 import sms_pb2
 
+from etax_platform.batches import BatchWriter
 from etax_platform.clock import Clock, to_millis
-from etax_platform.db import BatchWriter
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.kv import KeyValueStore, owned_key
 from etax_platform.pii import PersonalData

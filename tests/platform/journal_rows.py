@@ -14,8 +14,9 @@ from pathlib import Path
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, text
 
+from etax_platform.batches import BatchWriter
 from etax_platform.clock import CST
-from etax_platform.db import BatchWriter, Database
+from etax_platform.db import Database
 from services.auth.models import Instant
 
 metadata = MetaData()
