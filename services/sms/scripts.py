@@ -190,8 +190,11 @@ def verify_outcome(reply: Reply) -> tuple[int, str, int] | DomainError:
 def verified_channel(reply: Reply) -> int | None:
     """The channel of the code VERIFY found (for the metrics); None: no live code."""
     kind = reply[0]
-    found = {b"ok": 1, b"wrong": 2, b"purpose": 1}.get(kind)
-    return None if found is None or reply[found] is None else int(reply[found])
+    if kind == b"wrong":
+        return int(reply[2])
+    if kind in (b"ok", b"purpose"):
+        return int(reply[1])
+    return None
 
 
 # --- the development outbox ---------------------------------------------------------------
