@@ -824,21 +824,39 @@ def profile_missed(bench: Bench, platform: Platform, data: LoadData) -> None:
             bench.log(f"{row.name}: single-use requests, not profiled")
             continue
         out = bench.workdir / f"profile-{row.name.replace(' ', '-')}.json"
-        with profiled_replica(platform, service, out, bench.workdir, cpus) as address:
+        client_cpus = OTHER_CPUS if cpus == SERVICE_CPUS else ALL_CPUS
+        warm_up = None
+        if load.warm_up_calls:
+            # The measured run's warm-up pass, before the profile starts, so the profile
+            # shows the steady state the figures were measured in, not a cold cache.
+            pass_ = replace(load, duration=None, total=load.warm_up_calls, skip_first=0)
+
+            def warm_up(
+                address: str, pass_: ghz.Load = pass_, cpus: frozenset[int] = client_cpus
+            ) -> None:
+                ghz.run(GHZ, replace(pass_, address=address), bench.workdir / "ghz", cpus)
+
+        with profiled_replica(
+            platform, service, out, bench.workdir, cpus, warm_up=warm_up
+        ) as address:
             load.address = address
             load.name = f"{row.name} (profiled)"
             load.duration = "4s"
             load.skip_first = 0  # yappi slows it down: every call counts
-            ghz.run(
-                GHZ, load, bench.workdir / "ghz", OTHER_CPUS if cpus == SERVICE_CPUS else ALL_CPUS
-            )
+            ghz.run(GHZ, load, bench.workdir / "ghz", client_cpus)
         bench.profiles[row.name] = json.loads(out.read_text())
         bench.log(f"profiled {row.name}: {out}")
 
 
 @contextlib.contextmanager
 def profiled_replica(
-    platform: Platform, service: str, out: Path, workdir: Path, cpus: frozenset[int]
+    platform: Platform,
+    service: str,
+    out: Path,
+    workdir: Path,
+    cpus: frozenset[int],
+    *,
+    warm_up: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -861,6 +879,8 @@ def profiled_replica(
     address = f"127.0.0.1:{port}"
     try:
         _wait_serving(address, process)
+        if warm_up is not None:
+            warm_up(address)
         process.send_signal(signal.SIGUSR1)  # profile the load, not start-up or shutdown
         time.sleep(0.5)
         yield address

@@ -12,16 +12,18 @@ mode, given `prepared_statements=False` where the pooler cannot carry psycopg's 
 prepared statements (PgBouncer before 1.21, or without `max_prepared_statements`).
 
 Hot statements (`Statement`, `Database.run`) are built once and, on PostgreSQL, run
-straight on a psycopg connection from a pool of their own (psycopg_pool), as prepared
-statements: SQLAlchemy's execution layer and pool checkout cost several times what the
-statement itself costs the client (bench/analysis.md). Tables, migrations and every other
-statement stay with SQLAlchemy.
+straight on libpq (psycopg's `pq` layer, its adapters for the values) on a connection from
+a pool of their own (psycopg_pool), as named prepared statements: SQLAlchemy's execution
+layer cost several times what the statement itself costs the client, and psycopg's cursor
+(query conversion, prepare bookkeeping, its wait loop) still four times (bench/analysis.md).
+Tables, migrations and every other statement stay with SQLAlchemy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +37,8 @@ import psycopg_pool
 import sqlalchemy.exc
 from alembic import command, context
 from alembic.config import Config
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import (
     Connection,
     Engine,
@@ -159,7 +163,7 @@ class Statement:
         self._build = build
         self.writes = writes
         self._postgresql = postgresql
-        self._compiled: tuple[str, dict[str, Any]] | None = None
+        self._prepared: _Prepared | None = None
         self._built: dict[str, Executable] = {}
 
     def construct_for(self, dialect_name: str) -> Executable | None:
@@ -171,16 +175,73 @@ class Statement:
             self._built[dialect_name] = self._build(dialect_name)
         return self._built[dialect_name]
 
-    def for_psycopg(self, dialect: Dialect) -> tuple[str, dict[str, Any]]:
-        """The SQL text and the parameters the construct fixes (compiled once)."""
-        if self._postgresql is not None:
-            return self._postgresql, {}
-        if self._compiled is None:
-            construct = self.construct_for(dialect.name)
-            assert construct is not None
-            compiled = construct.compile(dialect=dialect)  # type: ignore[attr-defined]
-            self._compiled = (str(compiled), dict(compiled.params))
-        return self._compiled
+    def for_psycopg(self, dialect: Dialect) -> _Prepared:
+        """The statement as libpq runs it (built once)."""
+        if self._prepared is None:
+            if self._postgresql is not None:
+                sql, fixed = self._postgresql, {}
+            else:
+                construct = self.construct_for(dialect.name)
+                assert construct is not None
+                compiled = construct.compile(dialect=dialect)  # type: ignore[attr-defined]
+                sql, fixed = str(compiled), dict(compiled.params)
+            self._prepared = _Prepared.of(sql, fixed)
+        return self._prepared
+
+
+# psycopg's named placeholders, and its escaped percent sign.
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement in libpq's terms: `$n` placeholders, the parameter name of each, the
+    values the construct fixes, and a name to prepare it under (the same in every process
+    and on every connection)."""
+
+    sql: str
+    text: bytes
+    name: bytes
+    names: tuple[str, ...]
+    fixed: Mapping[str, Any]
+    formats: tuple[PyFormat, ...]
+
+    @classmethod
+    def of(cls, sql: str, fixed: Mapping[str, Any]) -> _Prepared:
+        names: list[str] = []
+
+        def placeholder(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "%"
+            if name not in names:
+                names.append(name)
+            return f"${names.index(name) + 1}"
+
+        text = _PLACEHOLDER.sub(placeholder, sql)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:20]
+        return cls(
+            sql,
+            text.encode(),
+            f"etax_{digest}".encode(),
+            tuple(names),
+            fixed,
+            (PyFormat.TEXT,) * len(names),
+        )
+
+    def values(self, params: Mapping[str, Any]) -> list[Any]:
+        fixed = self.fixed
+        return [params[n] if n in params else fixed[n] for n in self.names]
+
+
+class _StatementConnection(psycopg.Connection[Any]):
+    """A statement pool connection: the statements prepared on it and the adapters of its
+    values, kept across checkouts."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[bytes] = set()
+        self.transformer = Transformer(self)
 
 
 def _translated(error: psycopg.Error, sql: str) -> sqlalchemy.exc.DBAPIError:
@@ -205,7 +266,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_settings)
         self._pool_settings = pool_settings or PoolSettings()
-        self._statements: psycopg_pool.ConnectionPool[Any] | None = None
+        self._statements: psycopg_pool.ConnectionPool[_StatementConnection] | None = None
         self._statements_lock = threading.Lock()
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
@@ -266,28 +327,20 @@ class Database:
     def _run_on_psycopg(
         self, statement: Statement, params: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
-        sql, fixed = statement.for_psycopg(self.engine.dialect)
+        prepared = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()
         try:
             connection = pool.getconn()
         except psycopg_pool.PoolTimeout:
             raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
         try:
-            cursor = connection.execute(
-                sql,
-                {**fixed, **params} if fixed else params,
-                prepare=self._pool_settings.prepared_statements,
-            )
-            # Not cursor.description: it builds a Column object per column on every call.
-            result = cursor.pgresult
-            returned = result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
-            return cursor.fetchall() if returned else []
+            return _execute(connection, prepared, params, self._pool_settings.prepared_statements)
         except psycopg.Error as error:
-            raise _translated(error, sql) from error
+            raise _translated(error, prepared.sql) from error
         finally:
             pool.putconn(connection)  # a broken connection is closed, not kept
 
-    def _statement_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+    def _statement_pool(self) -> psycopg_pool.ConnectionPool[_StatementConnection]:
         """Opened at the first hot statement, so a database that runs none opens nothing."""
         pool = self._statements
         if pool is not None:
@@ -298,6 +351,7 @@ class Database:
                 conninfo = make_url(self.url).set(drivername="postgresql")
                 self._statements = psycopg_pool.ConnectionPool(
                     conninfo.render_as_string(hide_password=False),
+                    connection_class=_StatementConnection,
                     kwargs={"autocommit": True, **_connect_args(self.url, settings)},
                     min_size=0,
                     max_size=max(1, settings.size + settings.max_overflow),
@@ -363,6 +417,47 @@ class Database:
                 self._statements.close()
                 self._statements = None
         self.engine.dispose()
+
+
+def _execute(
+    connection: _StatementConnection,
+    statement: _Prepared,
+    params: Mapping[str, Any],
+    prepare: bool,
+) -> list[tuple[Any, ...]]:
+    """One round trip on libpq (it releases the GIL while it waits). The parameters go as
+    text without types, so the server infers each from where it stands, as it does for
+    psycopg's strings; the rows come back as psycopg's cursor would load them."""
+    adapters = connection.transformer
+    values = adapters.dump_sequence(statement.values(params), statement.formats)
+    pgconn = connection.pgconn
+    if not prepare:
+        result = pgconn.exec_params(statement.text, values)
+    else:
+        if statement.name not in connection.prepared:
+            _check(pgconn.prepare(statement.name, statement.text), connection)
+            connection.prepared.add(statement.name)
+        # None is NULL, as for exec_params (the stub of exec_prepared omits it).
+        result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
+    if _check(result, connection) != pq.ExecStatus.TUPLES_OK:
+        return []
+    adapters.set_pgresult(result)
+    return adapters.load_rows(0, result.ntuples, tuple)
+
+
+_SUCCEEDED = frozenset((pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK))
+
+
+def _check(result: pq.abc.PGresult, connection: _StatementConnection) -> int:
+    status = result.status
+    if status in _SUCCEEDED:
+        return status
+    encoding = connection.info.encoding
+    if connection.pgconn.status != pq.ConnStatus.OK:
+        # A lost connection has no SQLSTATE: OperationalError, as psycopg's cursor raises
+        # (the call interceptor answers UNAVAILABLE; the pool drops the connection).
+        raise psycopg.OperationalError(pq.error_message(result, encoding=encoding))
+    raise psycopg.errors.error_from_result(result, encoding=encoding)
 
 
 def _database_name(url: str) -> str:

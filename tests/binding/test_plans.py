@@ -120,8 +120,9 @@ STATEMENTS: dict[str, tuple[Statement, dict[str, object]]] = {
 @pytest.mark.parametrize("name", list(STATEMENTS))
 def test_d5_f1_f4_access_statements_look_rows_up_by_index(conninfo: str, name: str) -> None:
     statement, params = STATEMENTS[name]
-    sql, fixed = statement.for_psycopg(postgresql.dialect())
-    values = {**fixed, **params, "indexes": [_index(7)], "now_ms": NOW_MS}
+    prepared = statement.for_psycopg(postgresql.dialect())
+    sql = prepared.sql
+    values = {**prepared.fixed, **params, "indexes": [_index(7)], "now_ms": NOW_MS}
     with psycopg.connect(conninfo, autocommit=True) as connection:
         plan = "\n".join(row[0] for row in connection.execute(f"EXPLAIN {sql}", values))
         rows = connection.execute(sql, values).fetchall()
