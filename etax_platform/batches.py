@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, String, Table
+from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 from etax_platform import journal, metrics
-from etax_platform.db import Database, dialect_insert
+from etax_platform.db import Database, Statement, dialect_insert
 
 log = logging.getLogger("etax.db")
 
@@ -51,6 +52,51 @@ def _refused_for_content(error: Exception) -> bool:
     return isinstance(error, sqlalchemy.exc.StatementError) and not isinstance(
         error, sqlalchemy.exc.DBAPIError
     )
+
+
+def _array_type(column: Column[Any], dialect: Dialect) -> str:
+    """The array a column's values travel in: strings as text[], so the INSERT's own
+    assignment to varchar(n) refuses a value too long (a cast to varchar(n)[] would cut
+    it short silently)."""
+    kind: Any = column.type
+    if isinstance(kind, TypeDecorator):
+        kind = kind.impl_instance
+    if isinstance(kind, String):
+        return "text[]"
+    return f"{kind.compile(dialect=dialect)}[]"
+
+
+class _Unnest:
+    """A batch as one statement on PostgreSQL: an array per column, unnested into rows,
+    ON CONFLICT DO NOTHING, run as a hot statement (libpq, prepared; bench/analysis.md:
+    SQLAlchemy's executemany cost more CPU per row than the request that queued it). The
+    values pass through each column type's bind processing, as SQLAlchemy's would."""
+
+    def __init__(self, table: Table, key: str, names: frozenset[str], dialect: Dialect) -> None:
+        columns = [c for c in table.columns if c.name in names]
+        self._names = [c.name for c in columns]
+        self._processors = [c.type.bind_processor(dialect) for c in columns]
+        arrays = ", ".join(f"%(c{n})s::{_array_type(c, dialect)}" for n, c in enumerate(columns))
+        self._sql = (
+            f'INSERT INTO "{table.name}" ({", ".join(self._names)}) '  # noqa: S608 - our own table and columns
+            f"SELECT * FROM unnest({arrays}) ON CONFLICT ({key}) DO NOTHING"
+        )
+        self.statement = Statement(postgresql=self._sql, writes=True)
+
+    def arrays(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        params: dict[str, list[Any]] = {}
+        for n, (name, process) in enumerate(zip(self._names, self._processors, strict=True)):
+            values = [row.get(name) for row in rows]
+            if process is not None:
+                try:
+                    values = [process(value) for value in values]
+                except (TypeError, ValueError) as error:
+                    # Refused before reaching the database, as SQLAlchemy refuses it.
+                    raise sqlalchemy.exc.StatementError(
+                        str(error), self._sql, None, error
+                    ) from error
+            params[f"c{n}"] = values
+        return params
 
 
 class BatchWriter:
@@ -98,6 +144,7 @@ class BatchWriter:
         self._retry_first, self._retry_most = retry_seconds
         self._datetimes = [c.name for c in table.columns if _is_datetime(c)]
         self._statement: Any = None
+        self._unnests: dict[frozenset[str], _Unnest] = {}
         self._journal_dir = journal_dir
         self._orphans = journal.adopt_orphans(journal_dir, service, table.name)
         self._own = journal.create_own(journal_dir, service, table.name)
@@ -310,6 +357,14 @@ class BatchWriter:
         self._recovered()
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if self._db.engine.dialect.name == "postgresql":
+            columns = frozenset(rows[0])
+            unnest = self._unnests.get(columns)
+            if unnest is None:
+                unnest = _Unnest(self._table, self._key, columns, self._db.engine.dialect)
+                self._unnests[columns] = unnest
+            self._db.run(unnest.statement, unnest.arrays(rows))
+            return
         with self._db.transaction() as connection:
             if self._statement is None:  # built once: the writer runs in every request's process
                 self._statement = dialect_insert(connection, self._table).on_conflict_do_nothing(

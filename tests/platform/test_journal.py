@@ -167,6 +167,23 @@ def test_rows_the_database_refuses_are_kept_aside_and_do_not_block_the_rest(
     journaled.close()
 
 
+def test_a_value_too_long_for_its_column_is_refused_not_cut_short(
+    db: Database, tmp_path: Path
+) -> None:
+    """PostgreSQL checks varchar lengths (SQLite keeps any length): the batch statement
+    must leave that check to the INSERT, never cut a value to fit."""
+    if db.is_sqlite:
+        pytest.skip("SQLite keeps a string of any length")
+    journaled = writer(db, tmp_path)
+    journaled.add(row(0))
+    journaled.add({**row(1), "label": "x" * 17})  # String(16)
+    assert journaled.flush()
+    assert [r[0] for r in written(db)] == [0]
+    (rejected,) = tmp_path.glob("*.rejected.jsonl")
+    assert [json.loads(line)["seq"] for line in rejected.read_text().splitlines()] == [1]
+    journaled.close()
+
+
 def test_two_writers_in_one_process_keep_separate_journals(db: Database, tmp_path: Path) -> None:
     """Two replicas of a service in one process (or on one machine): distinct files,
     and neither takes the other's for an orphan."""
