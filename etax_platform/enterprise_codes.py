@@ -11,12 +11,14 @@ I, O, Z, S and V. Older taxpayer identification numbers are accepted by format o
 
 from __future__ import annotations
 
+import functools
 import re
 
 from etax_platform.errors import DomainError, Reason
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _USCC_WEIGHTS = tuple(pow(3, position, 31) for position in range(17))
+_USCC_VALUE = {char: value for value, char in enumerate(USCC_ALPHABET)}
 _USCC_CHAR = "[0-9A-HJ-NP-RTUW-Y]"
 # re.ASCII: a bare \d also matches Arabic-Indic and other decimal digits, which NFKC leaves
 # alone, so one number would have several spellings (and blind indexes).
@@ -28,12 +30,16 @@ _TIN_SHAPES = {
 }
 
 
+_CODE_LENGTHS = frozenset((18, *_TIN_SHAPES))
+
+
 def uscc_check_character(first_17: str) -> str:
     """The GB 32100 check character for the first 17 characters of a USCC."""
-    total = sum(
-        USCC_ALPHABET.index(char) * weight
-        for char, weight in zip(first_17, _USCC_WEIGHTS, strict=True)
-    )
+    pairs = zip(first_17, _USCC_WEIGHTS, strict=True)  # ValueError unless 17 characters
+    try:
+        total = sum(_USCC_VALUE[char] * weight for char, weight in pairs)
+    except KeyError as error:
+        raise ValueError(f"{error.args[0]!r} is not a USCC character") from None
     return USCC_ALPHABET[(31 - total % 31) % 31]
 
 
@@ -44,10 +50,17 @@ def is_valid_uscc(code: str) -> bool:
 
 def is_valid_enterprise_code(code: str) -> bool:
     """A valid USCC, or a TIN of 15, 17 or 20 characters in its format (upper case)."""
+    # Only codes of a possible length reach the cache, so input cannot fill it with
+    # long strings.
+    return len(code) in _CODE_LENGTHS and _is_valid_code_of_its_length(code)
+
+
+# A pure function of the code, asked again for the same enterprises on every access check.
+@functools.lru_cache(maxsize=65_536)
+def _is_valid_code_of_its_length(code: str) -> bool:
     if len(code) == 18:
         return is_valid_uscc(code)
-    shape = _TIN_SHAPES.get(len(code))
-    return shape is not None and bool(shape.fullmatch(code))
+    return bool(_TIN_SHAPES[len(code)].fullmatch(code))
 
 
 def normalize_enterprise_code(raw: str, field_name: str = "enterprise_code") -> str:

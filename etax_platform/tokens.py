@@ -135,7 +135,7 @@ class SigningKey:
 
 class TokenIssuer:
     def __init__(self, key: SigningKey, clock: Clock, ttl: timedelta = timedelta(minutes=15)):
-        self._key = key
+        self.key = key
         self._clock = clock
         self.ttl = ttl
         self._header = _b64(_json({"alg": _ALGORITHM, "kid": key.kid, "typ": "JWT"}))
@@ -157,7 +157,7 @@ class TokenIssuer:
         """A compact JWS (RFC 7515) signed with EdDSA, as jwt.encode makes it, written out
         here because PyJWT's generic path costs twice the signature itself (bench/)."""
         signing_input = self._header + b"." + _b64(_json(payload))
-        signature = self._key.private_key.sign(signing_input)
+        signature = self.key.private_key.sign(signing_input)
         return (signing_input + b"." + _b64(signature)).decode("ascii")
 
 
