@@ -7,7 +7,7 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -275,6 +275,23 @@ def test_generated_code_is_fresh() -> None:
         capture_output=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "instant",
+    [
+        datetime(2026, 11, 27, 8, 30, 0, 123456, tzinfo=CST),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),  # before the epoch
+        EARLIEST_INSTANT,
+        LATEST_INSTANT,
+        datetime(2026, 11, 27, 8, 30),  # naive: read as UTC, as protobuf does
+    ],
+)
+def test_a_timestamp_is_what_protobufs_own_conversion_makes(instant: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(instant)
+    assert to_timestamp(instant) == expected
 
 
 def test_an_unset_timestamp_field_is_no_instant_and_a_set_one_reads_in_cst() -> None:
