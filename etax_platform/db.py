@@ -435,16 +435,26 @@ def _execute(
         result = pgconn.exec_params(statement.text, values)
     else:
         if statement.name not in connection.prepared:
-            _check(pgconn.prepare(statement.name, statement.text), connection)
-            connection.prepared.add(statement.name)
+            _prepare(connection, statement)
         # None is NULL, as for exec_params (the stub of exec_prepared omits it).
         result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
+        if result.error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT:
+            # Gone from the server connection (a DISCARD ALL, a pooler's reset): again once.
+            _prepare(connection, statement)
+            result = pgconn.exec_prepared(statement.name, values)  # type: ignore[arg-type]
     if _check(result, connection) != pq.ExecStatus.TUPLES_OK:
         return []
     adapters.set_pgresult(result)
     return adapters.load_rows(0, result.ntuples, tuple)
 
 
+def _prepare(connection: _StatementConnection, statement: _Prepared) -> None:
+    connection.prepared.discard(statement.name)
+    _check(connection.pgconn.prepare(statement.name, statement.text), connection)
+    connection.prepared.add(statement.name)
+
+
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name
 _SUCCEEDED = frozenset((pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK))
 
 

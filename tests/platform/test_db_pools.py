@@ -257,6 +257,25 @@ def test_hot_statements_are_prepared_on_their_connection(
         database.dispose()
 
 
+def test_a_hot_statement_gone_from_its_connection_is_prepared_again(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """A DISCARD ALL or DEALLOCATE (a pooler's reset) drops the server's prepared
+    statements behind the connection's back: the next run prepares it again."""
+    database = Database(postgres.url(database_name), PoolSettings(size=1, max_overflow=0))
+    try:
+        assert database.run(_PREPARED_HERE, {}) == [(1,)]
+        pool = database._statement_pool()
+        connection = pool.getconn()
+        try:
+            connection.pgconn.exec_(b"DEALLOCATE ALL")
+        finally:
+            pool.putconn(connection)
+        assert database.run(_PREPARED_HERE, {}) == [(1,)]
+    finally:
+        database.dispose()
+
+
 def test_hot_statements_keep_the_statement_timeout_and_answer_unavailable_errors(
     postgres: PostgresServer, database_name: str
 ) -> None:
