@@ -356,7 +356,11 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "the platform's Redis and PostgreSQL on the other core: echo-redis one script "
         "(`RedisStore.run`, an HGET), echo-postgres one prepared primary-key SELECT "
         "(`Database.run`), echo-grpc one unary call to a bare echo server on the other core "
-        "(`clients.call`, as auth calls sms, face and binding).",
+        "(`clients.call`, as auth calls sms, face and binding). Each judged scenario (the "
+        "direct rows) is compared with the platform echo and its fair ceiling measured just "
+        'before it (the rows named "... before <scenario>"): this machine\'s speed drifts '
+        "by up to a third within a run, so a ceiling of the run's start is no ceiling for a "
+        "scenario minutes later. The gateway rows use the ceilings of the run's start.",
         "",
         f"Argon2id (OWASP: 19 MiB, t=2, p=1) with {meta['cpus']} threads, measured at the start "
         "and again just before each login scenario, which is compared with the rate measured "
