@@ -309,10 +309,10 @@ class Database:
     def run(self, statement: Statement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Runs a hot statement (one round trip, its own transaction) and returns its rows.
 
-        PostgreSQL: on a psycopg connection in autocommit mode from the statement pool,
-        prepared on its first run on each connection unless `prepared_statements` is off
-        (PgBouncer before 1.21). SQLite: through SQLAlchemy, in a writing transaction if
-        the statement writes."""
+        PostgreSQL: on libpq (`_execute`), on a psycopg connection in autocommit mode from
+        the statement pool, as a named prepared statement made on its first run on each
+        connection unless `prepared_statements` is off (PgBouncer before 1.21). SQLite:
+        through SQLAlchemy, in a writing transaction if the statement writes."""
         if self.engine.dialect.name != "postgresql":
             construct = statement.construct_for(self.engine.dialect.name)
             if construct is None:
