@@ -54,6 +54,10 @@ def _refused_for_content(error: Exception) -> bool:
     )
 
 
+# Seconds a batch waits for a statement connection before it counts the database as away.
+_CONNECTION_WAIT = 0.5
+
+
 def _array_type(column: Column[Any], dialect: Dialect) -> str:
     """The array a column's values travel in: strings as text[], so the INSERT's own
     assignment to varchar(n) refuses a value too long (a cast to varchar(n)[] would cut
@@ -363,7 +367,9 @@ class BatchWriter:
             if unnest is None:
                 unnest = _Unnest(self._table, self._key, columns, self._db.engine.dialect)
                 self._unnests[columns] = unnest
-            self._db.run(unnest.statement, unnest.arrays(rows))
+            # Not the pool's whole timeout while the database is away: the rows wait in the
+            # journal instead, and the ones queued behind them are journaled too.
+            self._db.run(unnest.statement, unnest.arrays(rows), wait_seconds=_CONNECTION_WAIT)
             return
         with self._db.transaction() as connection:
             if self._statement is None:  # built once: the writer runs in every request's process

@@ -306,13 +306,24 @@ class Database:
         ):
             yield connection
 
-    def run(self, statement: Statement, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def run(
+        self,
+        statement: Statement,
+        params: Mapping[str, Any],
+        *,
+        wait_seconds: float | None = None,
+    ) -> list[tuple[Any, ...]]:
         """Runs a hot statement (one round trip, its own transaction) and returns its rows.
 
         PostgreSQL: on libpq (`_execute`), on a psycopg connection in autocommit mode from
         the statement pool, as a named prepared statement made on its first run on each
         connection unless `prepared_statements` is off (PgBouncer before 1.21). SQLite:
-        through SQLAlchemy, in a writing transaction if the statement writes."""
+        through SQLAlchemy, in a writing transaction if the statement writes.
+
+        wait_seconds: how long to wait for a connection of the statement pool, if not the
+        pool's timeout. While the database is away the pool keeps trying to connect in the
+        background and a caller waits the whole timeout; a writer with a journal to fall
+        back on wants to know at once."""
         if self.engine.dialect.name != "postgresql":
             construct = statement.construct_for(self.engine.dialect.name)
             if construct is None:
@@ -322,15 +333,15 @@ class Database:
                 result = connection.execute(construct, dict(params))
                 return [tuple(row) for row in result] if result.returns_rows else []
         with self._observed("statement", self._statement_seconds):
-            return self._run_on_psycopg(statement, params)
+            return self._run_on_psycopg(statement, params, wait_seconds)
 
     def _run_on_psycopg(
-        self, statement: Statement, params: Mapping[str, Any]
+        self, statement: Statement, params: Mapping[str, Any], wait_seconds: float | None
     ) -> list[tuple[Any, ...]]:
         prepared = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()
         try:
-            connection = pool.getconn()
+            connection = pool.getconn(timeout=wait_seconds)
         except psycopg_pool.PoolTimeout:
             raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
         try:

@@ -158,10 +158,20 @@ class Browser:
     def wait(
         self, condition: Callable[[Any], Any], what: str, timeout: float = WAIT_SECONDS
     ) -> Any:
+        def tolerant(driver: Any) -> Any:
+            try:
+                return condition(driver)
+            except WebDriverException as error:
+                # Chrome's word for a stale element when the page replaced the node between
+                # finding and reading it (not a StaleElementReferenceException): not yet.
+                if "does not belong to the document" in (error.msg or ""):
+                    return False
+                raise
+
         try:
             return WebDriverWait(
                 self.driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
-            ).until(condition)
+            ).until(tolerant)
         except TimeoutException:
             self.screenshot("timeout")
             raise AssertionError(
