@@ -244,6 +244,10 @@ class _StatementConnection(psycopg.Connection[Any]):
         self.transformer = Transformer(self)
 
 
+# A connection of the statement pool is had in milliseconds when the database is there.
+_UNREACHABLE_AFTER_SECONDS = 0.5
+
+
 def _translated(error: psycopg.Error, sql: str) -> sqlalchemy.exc.DBAPIError:
     """A driver error as SQLAlchemy raises it, so callers and the call interceptor (a
     database that is away: UNAVAILABLE) treat both paths alike."""
@@ -268,6 +272,10 @@ class Database:
         self._pool_settings = pool_settings or PoolSettings()
         self._statements: psycopg_pool.ConnectionPool[_StatementConnection] | None = None
         self._statements_lock = threading.Lock()
+        # Statement connections held by callers now, and until when the database counts as
+        # unreachable (_checkout_statement_connection).
+        self._statements_held = 0
+        self._unreachable_until = 0.0
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
         readers = self.engine.execution_options(**{_READ_ONLY: True})
@@ -340,16 +348,47 @@ class Database:
     ) -> list[tuple[Any, ...]]:
         prepared = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()
-        try:
-            connection = pool.getconn(timeout=wait_seconds)
-        except psycopg_pool.PoolTimeout:
-            raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
+        connection = self._checkout_statement_connection(pool, prepared, wait_seconds)
+        with self._statements_lock:
+            self._statements_held += 1
         try:
             return _execute(connection, prepared, params, self._pool_settings.prepared_statements)
         except psycopg.Error as error:
             raise _translated(error, prepared.sql) from error
         finally:
+            with self._statements_lock:
+                self._statements_held -= 1
             pool.putconn(connection)  # a broken connection is closed, not kept
+
+    def _checkout_statement_connection(
+        self,
+        pool: psycopg_pool.ConnectionPool[_StatementConnection],
+        prepared: _Prepared,
+        wait_seconds: float | None,
+    ) -> _StatementConnection:
+        """A connection of the statement pool. While the database is away the pool tries to
+        connect in the background and a caller would wait its whole timeout, a worker
+        thread held for every call. So: no connection had after a short wait while none is
+        held by any caller means the database is unreachable now (OperationalError,
+        UNAVAILABLE), not busy; and for a second after that, callers do not wait at all
+        unless a connection is there."""
+        timeout = self._pool_settings.timeout_seconds if wait_seconds is None else wait_seconds
+        first = min(timeout, _UNREACHABLE_AFTER_SECONDS)
+        if time.monotonic() < self._unreachable_until:
+            first = min(first, 0.01)
+        try:
+            return pool.getconn(timeout=first)
+        except psycopg_pool.PoolTimeout:
+            if self._statements_held == 0:
+                self._unreachable_until = time.monotonic() + 1.0
+                unreachable = psycopg.OperationalError("no connection to the database")
+                raise _translated(unreachable, prepared.sql) from None
+        try:
+            if timeout > first:
+                return pool.getconn(timeout=timeout - first)
+        except psycopg_pool.PoolTimeout:
+            pass
+        raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
 
     def _statement_pool(self) -> psycopg_pool.ConnectionPool[_StatementConnection]:
         """Opened at the first hot statement, so a database that runs none opens nothing."""

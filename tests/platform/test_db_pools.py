@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
 from etax_platform.db import Database, PoolSettings, Statement
 from services.sms.settings import SmsSettings
-from tests.harness.servers import PgBouncer, PostgresServer
+from tests.harness.servers import PgBouncer, PostgresServer, postgres_server
 
 # What a service behind PgBouncer 1.18 in transaction mode sets (README, "Shared stores").
 BEHIND_PGBOUNCER = PoolSettings(statement_timeout_ms=0, prepared_statements=False)
@@ -288,18 +288,26 @@ def test_hot_statements_keep_the_statement_timeout_and_answer_unavailable_errors
         with pytest.raises(OperationalError, match="statement timeout"):
             database.run(_SLEEP, {"seconds": 2})
         assert database.run(_PREPARED_HERE, {})  # the connection still serves
-        pool = database._statement_pool()
-        held = pool.getconn()  # the pool's one connection, busy elsewhere
-        try:
-            started = time.monotonic()
-            with pytest.raises(TimeoutError):
-                database.run(_PREPARED_HERE, {})
-            assert time.monotonic() - started >= 0.3
-        finally:
-            pool.putconn(held)
-        assert database.run(_PREPARED_HERE, {})
     finally:
         database.dispose()
+    busy = Database(
+        postgres.url(database_name),
+        PoolSettings(size=1, max_overflow=0, timeout_seconds=0.3),
+    )
+    try:
+        # The pool's one connection busy with another caller's statement: a timeout
+        # (UNAVAILABLE too), after the pool's wait, not "unreachable".
+        sleeper = threading.Thread(target=busy.run, args=(_SLEEP, {"seconds": 1.5}))
+        sleeper.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            busy.run(_PREPARED_HERE, {})
+        assert time.monotonic() - started >= 0.3
+        sleeper.join()
+        assert busy.run(_PREPARED_HERE, {})
+    finally:
+        busy.dispose()
 
 
 def test_a_hot_statement_on_a_lost_connection_is_unavailable_and_the_next_one_works(
@@ -320,6 +328,33 @@ def test_a_hot_statement_on_a_lost_connection_is_unavailable_and_the_next_one_wo
         assert again != backend
     finally:
         database.dispose()
+
+
+def test_hot_statements_while_the_database_is_away_fail_at_once_then_recover() -> None:
+    """Not the pool's whole timeout per call while it cannot connect (a worker thread held
+    for 10 s each): UNAVAILABLE at once (OperationalError), and statements run again once
+    the database is back."""
+    with postgres_server() as server:
+        database = Database(server.url(), PoolSettings(timeout_seconds=10))
+        try:
+            assert database.run(_PREPARED_HERE, {})
+            server.stop()
+            for _ in range(3):  # the first meets its broken connection; the rest, none
+                started = time.monotonic()
+                with pytest.raises(OperationalError):
+                    database.run(_PREPARED_HERE, {})
+                assert time.monotonic() - started < 2
+            server.start()
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    assert database.run(_PREPARED_HERE, {})
+                    break
+                except OperationalError:
+                    assert time.monotonic() < deadline, "statements did not recover"
+                    time.sleep(0.2)
+        finally:
+            database.dispose()
 
 
 def test_hot_statements_without_prepares_work_behind_pgbouncer(
