@@ -170,9 +170,7 @@ class Bench:
         client_cpus: frozenset[int],
     ) -> Row:
         """Runs a ghz load and records it, with the CPU the process `pid` spent per call."""
-        if load.warm_up_calls:
-            warm_up = replace(load, duration=None, total=load.warm_up_calls, skip_first=0)
-            ghz.run(GHZ, warm_up, self.workdir / "ghz-warm-up", client_cpus)
+        warm_up(load, self.workdir, client_cpus)
         self.log(f"{load.name}: {path}, {load.concurrency} in flight")
         before = cpu_seconds(pid) if pid else 0.0
         report = ghz.run(GHZ, load, self.workdir / "ghz", client_cpus)
@@ -193,6 +191,14 @@ class Bench:
     def pending(self, group: str, name: str, rpc: str, path: str, reason: str) -> None:
         self.rows.append(Row(group, name, rpc, path, "", pending=reason))
         self.log(f"{name}: {reason}")
+
+
+def warm_up(load: ghz.Load, workdir: Path, client_cpus: frozenset[int]) -> None:
+    """The load's unmeasured pass (`warm_up_calls`), if it has one: what a long-running
+    process holds in memory (binding's document indexes)."""
+    if load.warm_up_calls:
+        warm = replace(load, duration=None, total=load.warm_up_calls, skip_first=0)
+        ghz.run(GHZ, warm, workdir / "ghz-warm-up", client_cpus)
 
 
 # --- ceilings -----------------------------------------------------------------------------
@@ -327,21 +333,20 @@ def measure_ceilings(
     return rows
 
 
-def judged_against_adjacent_ceilings(
-    bench: Bench, platform: Platform, load: ghz.Load, measure: Callable[[], Row]
+def measured_against_ceilings(
+    bench: Bench, platform: Platform, load: ghz.Load, measure: Callable[[], Row], *, judged: bool
 ) -> Row:
-    """A judged scenario between the platform echo and its fair ceiling measured just
-    before it: this machine's speed drifts by a third within one run (echo-platform
-    143 to 242 µs per call between runs of the same day), so a ceiling measured minutes
-    earlier is no ceiling for it (bench/analysis.md)."""
-    base = load.name.split()[0]
-    ceilings = (
-        measure_ceilings(bench, platform, ["echo-platform", TARGETS[base][1]], before=load.name)
-        if platform.configuration == "production"
-        else None
-    )
+    """A scenario and its ratios. A judged one (direct) between the platform echo and its
+    fair ceiling measured just before it: this machine's speed drifts by a third within one
+    run (echo-platform 143 to 245 µs per call between runs of the same day), so a ceiling
+    measured minutes earlier is no ceiling for it (bench/analysis.md). The others against
+    the ceilings of the run's start."""
+    ceilings = None
+    if judged and platform.configuration == "production":
+        fair = TARGETS[load.name.split()[0]][1]
+        ceilings = measure_ceilings(bench, platform, ["echo-platform", fair], before=load.name)
     row = measure()
-    _rpc_targets(bench, row, judged=True, ceilings=ceilings)
+    _rpc_targets(bench, row, judged=judged, ceilings=ceilings)
     return row
 
 
@@ -534,7 +539,6 @@ def cheap(bench: Bench, platform: Platform, data: LoadData) -> None:
                 continue
             service = SERVICE_OF[load.call]
             listener = "internal (mTLS)" if "Internal" in load.call else "public"
-
             path = "direct" if where == "direct" else f"gateway {listener}"
 
             def measure(load: ghz.Load = load, service: str = service, path: str = path) -> Row:
@@ -548,10 +552,7 @@ def cheap(bench: Bench, platform: Platform, data: LoadData) -> None:
                     client_cpus=OTHER_CPUS,
                 )
 
-            if where == "direct":
-                judged_against_adjacent_ceilings(bench, platform, load, measure)
-            else:
-                _rpc_targets(bench, measure(), judged=False)
+            measured_against_ceilings(bench, platform, load, measure, judged=where == "direct")
 
 
 def overhead(bench: Bench, platform: Platform, data: LoadData) -> None:
@@ -772,10 +773,7 @@ def login(bench: Bench, platform: Platform, data: LoadData, challenges: int) -> 
                 client_cpus=OTHER_CPUS,
             )
 
-        if where == "direct":
-            judged_against_adjacent_ceilings(bench, platform, load, measure)
-        else:
-            _rpc_targets(bench, measure(), judged=False)
+        measured_against_ceilings(bench, platform, load, measure, judged=where == "direct")
 
 
 # --- scaling: processes per service ---------------------------------------------------------
@@ -821,9 +819,7 @@ def scaling(bench: Bench, platform: Platform, data: LoadData) -> None:
             for n, address in enumerate((platform.address(service), second.address))
         ]
         for half in halves:  # the new process learns what the first one has in memory
-            if half.warm_up_calls:
-                warm = replace(half, duration=None, total=half.warm_up_calls, skip_first=0)
-                ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", ALL_CPUS)
+            warm_up(half, bench.workdir, ALL_CPUS)
         pids = (platform.pid(service), second.process.pid)
         bench.log(f"{base}: 2 processes, {IN_FLIGHT} in flight")
         before = [cpu_seconds(pid) for pid in pids]
@@ -896,19 +892,16 @@ def profile_missed(bench: Bench, platform: Platform, data: LoadData) -> None:
             continue
         out = bench.workdir / f"profile-{row.name.replace(' ', '-')}.json"
         client_cpus = OTHER_CPUS if cpus == SERVICE_CPUS else ALL_CPUS
-        warm_up = None
-        if load.warm_up_calls:
-            # The measured run's warm-up pass, before the profile starts, so the profile
-            # shows the steady state the figures were measured in, not a cold cache.
-            pass_ = replace(load, duration=None, total=load.warm_up_calls, skip_first=0)
 
-            def warm_up(
-                address: str, pass_: ghz.Load = pass_, cpus: frozenset[int] = client_cpus
-            ) -> None:
-                ghz.run(GHZ, replace(pass_, address=address), bench.workdir / "ghz", cpus)
+        # The measured run's warm-up pass, before the profile starts, so the profile shows
+        # the steady state the figures were measured in, not a cold cache.
+        def warm_replica(
+            address: str, load: ghz.Load = load, cpus: frozenset[int] = client_cpus
+        ) -> None:
+            warm_up(replace(load, address=address), bench.workdir, cpus)
 
         with profiled_replica(
-            platform, service, out, bench.workdir, cpus, warm_up=warm_up
+            platform, service, out, bench.workdir, cpus, warm_up=warm_replica
         ) as address:
             load.address = address
             load.name = f"{row.name} (profiled)"

@@ -32,13 +32,16 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _stored_type(column: Column[Any]) -> Any:
+    """The type a column's values are stored as (a TypeDecorator's implementation)."""
+    kind: Any = column.type
+    return kind.impl_instance if isinstance(kind, TypeDecorator) else kind
+
+
 def _is_datetime(column: Column[Any]) -> bool:
     """A column whose values the journal writes as ISO 8601 text and reads back."""
-    kind: Any = column.type
-    if isinstance(kind, TypeDecorator):
-        kind = kind.impl_instance
     try:
-        return kind.python_type is datetime
+        return _stored_type(column).python_type is datetime
     except NotImplementedError:
         return False
 
@@ -62,9 +65,7 @@ def _array_type(column: Column[Any], dialect: Dialect) -> str:
     """The array a column's values travel in: strings as text[], so the INSERT's own
     assignment to varchar(n) refuses a value too long (a cast to varchar(n)[] would cut
     it short silently)."""
-    kind: Any = column.type
-    if isinstance(kind, TypeDecorator):
-        kind = kind.impl_instance
+    kind = _stored_type(column)
     if isinstance(kind, String):
         return "text[]"
     return f"{kind.compile(dialect=dialect)}[]"

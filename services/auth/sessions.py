@@ -251,7 +251,7 @@ class Sessions:
         self._clock = clock
         self.policy = policy
         self.verifier = TokenVerifier(keys.public_jwks, clock)
-        self._issuers: dict[str, TokenIssuer] = {}
+        self._issuer: TokenIssuer | None = None
         self.revocations = RevocationList(
             self.revoked_since, poll_seconds=revocation_poll_seconds, name="auth-revocations"
         )
@@ -260,11 +260,10 @@ class Sessions:
 
     def _sign(self, claims: AccessClaims) -> tuple[str, datetime]:
         key = self._keys.current()
-        issuer = self._issuers.get(key.kid)
+        issuer = self._issuer
         if issuer is None or issuer.key is not key:
             # One issuer per signing key (its JWS header encoded once), not one per token.
-            issuer = TokenIssuer(key, self._clock, self.policy.access_token_ttl)
-            self._issuers = {key.kid: issuer}
+            issuer = self._issuer = TokenIssuer(key, self._clock, self.policy.access_token_ttl)
         return issuer.issue(claims)
 
     def _new_refresh_token(self, session: Connection, session_id: str, now: datetime) -> str:
