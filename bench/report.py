@@ -109,11 +109,11 @@ def _login_chart(results: dict[str, Any], path: Path) -> None:
         ax.bar(["Argon2id raw"], [raw["rps"]], color="#4c72b0")
         ax.text(0.5, 0.5, "login pending", transform=ax.transAxes, ha="center")
     for i, login in enumerate(logins):
-        # Each login beside the raw rate measured just before it.
+        # Each login beside the raw rate measured around it.
         raw = _row(results, login["ceiling"])
         where = login["name"].removeprefix("login-start ")
         ax.bar(
-            [f"raw before\n{where}", f"login-start\n{where}"],
+            [f"raw beside\n{where}", f"login-start\n{where}"],
             [raw["rps"], login["rps"]],
             color=["#8c8c8c", "#4c72b0"],
         )
@@ -285,7 +285,8 @@ def _method(results: dict[str, Any]) -> list[str]:
         "test only) of the echo over that of the RPC, which does not depend on how fast the "
         "client is. Login and the raw Argon2id rate use every core: nothing is pinned, and "
         "the raw rate runs one hashing thread per core, as auth's hash pool does; it is "
-        "measured again just before each login scenario, which is compared with that rate.",
+        "measured again beside each login scenario (raw, login, login, raw), which is "
+        "compared with the mean of those two rates.",
         "",
         "**Why ratios.** Absolute figures move with whatever else runs on the machine; "
         "a ceiling measured minutes apart in the same run moves with them. Each scenario "
@@ -421,9 +422,22 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "The cheap RPCs direct to their service on a platform with metrics on (per-RPC "
         "metrics, store and database timers, domain counters; tracing off, as by default: "
         "`ETAX_OTEL_ENDPOINT` unset) and on one started with `ETAX_METRICS_ENABLED=false`; "
-        "the target is at most 5 % more service CPU per call.",
+        "the target is at most 5 % more service CPU per call. Both platforms run at once and "
+        "each RPC is measured in four short rounds on each, in the order on, off, off, on, "
+        "on, off, off, on, so the machine's drift falls on both alike; each row is a "
+        "platform's rounds together (calls and CPU summed, percentiles the calls-weighted "
+        "mean; the rounds themselves are under Rounds below).",
         "",
         *_table(_rows(results, "observability"), cpu=False),
+        "",
+        "## Rounds",
+        "",
+        "The measurements whose sums the login-start and metrics rows compare: login-start "
+        "and the raw Argon2id rate beside it in the order raw, login, login, raw; metrics on "
+        "and off in the order on, off, off, on, on, off, off, on. A rate that drifts "
+        "steadily over the rounds falls on both sides alike.",
+        "",
+        *_table(_rows(results, "rounds"), ratio=False),
         "",
         *_profiles(results),
         *_method(results),
