@@ -626,15 +626,24 @@ _ROUND_PHONE_PREFIXES = ("135", "137", "138", "139")
 _METRICS_STATES = (("true", "on"), ("false", "off"))  # ETAX_METRICS_ENABLED, as named
 
 
-def _round_load(load: ghz.Load, name: str, round_number: int, seconds: float) -> ghz.Load:
+def round_load(
+    load: ghz.Load, name: str, number: int, rounds: int, seconds: float | None = None
+) -> ghz.Load:
+    """Round `number` of `rounds` of a load: new phones in each round of SendCode (E2), its
+    share of single-use requests (a load of a `total`), `seconds` long if given."""
+    changes: dict[str, Any] = {"name": name}
     data = load.data
     if isinstance(data, dict) and "phone" in data:
-        prefix = _ROUND_PHONE_PREFIXES[round_number]
-        data = {**data, "phone": prefix + data["phone"][3:]}
-    return replace(load, name=name, data=data, duration=f"{seconds:g}s")
+        changes["data"] = {**data, "phone": _ROUND_PHONE_PREFIXES[number] + data["phone"][3:]}
+    if load.total is not None and isinstance(data, list):
+        share = data[number::rounds]
+        changes |= {"data": share, "total": len(share)}
+    if seconds is not None:
+        changes["duration"] = f"{seconds:g}s"
+    return replace(load, **changes)
 
 
-def _rounds_together(group: str, name: str, rounds: list[Row]) -> Row:
+def rounds_together(group: str, name: str, rounds: list[Row]) -> Row:
     """One figure of several rounds: calls and CPU summed, the rate of the time they took,
     percentiles the calls-weighted mean of the rounds'."""
     first = rounds[0]
@@ -690,7 +699,7 @@ def observability_cost(bench: Bench, configuration: Configuration, persons: int)
                 for enabled in order:
                     platform, loads = platforms[enabled]
                     label = f"{labels[enabled]} (round {number + 1})"
-                    load = _round_load(loads[name], label, number, seconds)
+                    load = round_load(loads[name], label, number, OBSERVABILITY_ROUNDS, seconds)
                     service = SERVICE_OF[load.call]
                     for other, _loads in platforms.values():
                         if other is not platform:
@@ -707,7 +716,7 @@ def observability_cost(bench: Bench, configuration: Configuration, persons: int)
                         )
                     )
             for enabled, measured_rounds in rounds.items():
-                together = _rounds_together("observability", labels[enabled], measured_rounds)
+                together = rounds_together("observability", labels[enabled], measured_rounds)
                 bench.rows.append(together)
                 measured.setdefault(base, {})[enabled] = together
     for base, pair in measured.items():
@@ -804,7 +813,7 @@ def login(bench: Bench, platform: Platform, data: LoadData, challenges: int) -> 
                     )
                 )
         raw = _hash_rates_together(f"argon2id-raw beside login-start {where}", raws)
-        row = _rounds_together("login", f"login-start {where}", logins)
+        row = rounds_together("login", f"login-start {where}", logins)
         bench.rows += [raw, row]
         _ratio(row, raw, LOGIN_RATIO)
         if row.server_cpu_us and raw.server_cpu_us:

@@ -1,28 +1,29 @@
 """The size comparison (`make bench-size`, or `make bench BENCH_ARGS="--persons 1000000"`):
-every hot RPC at 10,000 persons and again at N (bulk-loaded with COPY, bench/bulk.py),
-p50 and CPU per call at N over at 10,000. Target: <= 1.1 for each (index scans
-everywhere, so per-call work must not grow with the number of persons).
+every hot RPC at 10,000 persons and at N (bulk-loaded with COPY, bench/bulk.py), p50 and
+CPU per call at N over at 10,000. Target: <= 1.1 for each (index scans everywhere, so
+per-call work must not grow with the number of persons).
 
-This machine's speed drifts by up to a third within a run (bench/analysis.md), more than
-the 10% the target allows, so each RPC is measured just after a reference of the machine's
-speed: its fair ceiling on the same core (the raw Argon2id rate for StartLogin, which is
-almost all hashing). The verdict is on the ratio corrected by the reference's own ratio
-between the two sizes; the raw ratios stand beside it.
+Two platforms run at once, one loaded with 10,000 persons and one with N, and each RPC is
+measured on them in alternating rounds (small, large, large, small): this machine's speed
+drifts by up to a third within a run (bench/analysis.md), more than the 10% the target
+allows, and measured minutes apart the sizes would compare the machine's moments rather
+than the sizes. While one platform is measured (its service on core 0, the rest on core 1,
+login step 1 on every core) every process of the other waits on core 1.
 
 Writes bench/size-report.md and bench/size-results.json (bench/report.md stays the main
-run's). Each RPC is measured direct, placed as in the main run (the service on core 0,
-everything else on core 1; login step 1 on every core), against persons spread over the
-whole loaded range: CheckAccess targets and refresh tokens of 500 persons, StartLogin by
-their phones, login challenges made for 300 of them just before step 2 is measured.
+run's). Requests go to persons spread over the whole loaded range: CheckAccess targets and
+refresh tokens of 500 persons, StartLogin by their phones, login challenges made for 300 of
+them just before step 2 is measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,13 @@ from bench.platform import ALL_CPUS, OTHER_CPUS, Platform, running_platform
 from bench.run import (
     BENCH,
     GHZ,
-    TARGETS,
+    ROUNDS,
     UNLIMITED,
     Bench,
     Row,
     machine,
-    measure_ceilings,
-    raw_hash_rate,
+    round_load,
+    rounds_together,
 )
 from etax_platform.clock import CST
 from etax_platform.keyrings import HmacKeyring
@@ -64,7 +65,7 @@ SMALL = 10_000
 SAMPLE = 500
 CHALLENGES = 300
 SIZE_RATIO = 1.1
-REFERENCE = "reference"  # the group of the speed references
+SIZE_ROUNDS = 2  # per size and RPC: small, large, large, small
 SERVICE = {
     "sms-send": "sms",
     "face-get-ticket": "face",
@@ -214,116 +215,122 @@ def _loads(
     ]
 
 
-def _reference(bench: Bench, platform: Platform, scenario: str) -> Row:
-    """The machine's speed just before a scenario: the raw hash rate for StartLogin, the
-    RPC's fair ceiling for the others (the platform echo plus its one store call or hop,
-    so a store slowed by what the bulk load left it to do slows the reference too)."""
-    base = scenario.split(maxsplit=1)[0]
-    if base == "login-start":
-        row = raw_hash_rate(bench, f"argon2id-raw before {scenario}")
-    else:
-        (row,) = measure_ceilings(bench, platform, [TARGETS[base][1]], before=scenario)
-    row.group = REFERENCE
-    return row
+@dataclass
+class _Size:
+    label: str  # 10k, 1M
+    persons: int
+    parity: int  # odd or even persons: single-use material of the two never meets
+    platform: Platform
 
 
-def _measure_size(bench: Bench, platform: Platform, persons: int, parity: int, size: str) -> None:
-    for load in _loads(bench, platform, persons, parity, size):
-        base = load.name.split()[0]
-        service = SERVICE[base]
-        hashing = base == "login-start"
-        _reference(bench, platform, load.name)
-        platform.place(None if hashing else service)
-        row = bench.measure(
-            load,
-            group=size,
-            path="direct",
-            placement="every process on every core"
-            if hashing
-            else f"{service} core 0; ghz, stores, other services core 1",
-            pid=platform.pid(service),
-            client_cpus=ALL_CPUS if hashing else OTHER_CPUS,
-        )
-        row.extra["persons"] = persons
-    # Challenges expire after 5 minutes: made just before step 2 is measured.
+def _place(sizes: list[_Size], size: _Size, under_test: str | None) -> None:
+    """The service under test of one size's platform on core 0, every process of the
+    other size's platform on core 1 (`Platform.place`)."""
+    for other in sizes:
+        if other is not size:
+            other.platform.place("echo")
+    size.platform.place(under_test)
+
+
+def _challenge_load(size: _Size) -> ghz.Load:
+    """Login step 2 of CHALLENGES persons; challenges expire after 5 minutes, so they are
+    made just before step 2 is measured."""
+    platform = size.platform
     platform.place(None)
     channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
     try:
-        sample = _sample(persons, parity)[:CHALLENGES]
+        sample = _sample(size.persons, size.parity)[:CHALLENGES]
         challenges = login_challenges(channels, [_person(i) for i in sample], len(sample))
     finally:
         channels.close()
-    _reference(bench, platform, f"login-complete-sms {size}")
-    platform.place("auth")
-    row = bench.measure(
-        ghz.Load(
-            f"login-complete-sms {size}",
-            "etax.auth.v1.AuthService.CompleteLoginWithCode",
-            platform.address("auth"),
-            base="login-complete-sms",
-            data=[as_json(c) for c in challenges],
-            total=len(challenges),
-        ),
-        group=size,
-        path="direct",
-        placement="auth core 0; ghz, stores, other services core 1",
-        pid=platform.pid("auth"),
-        client_cpus=OTHER_CPUS,
+    return ghz.Load(
+        f"login-complete-sms {size.label}",
+        "etax.auth.v1.AuthService.CompleteLoginWithCode",
+        platform.address("auth"),
+        base="login-complete-sms",
+        data=[as_json(c) for c in challenges],
+        total=len(challenges),
     )
-    row.extra["persons"] = persons
+
+
+def _measure_in_rounds(bench: Bench, sizes: list[_Size], loads: list[ghz.Load]) -> None:
+    """One RPC (a load per size, in the order of `sizes`) in SIZE_ROUNDS rounds on each
+    size, alternating; the rounds of a size together are its figure."""
+    base = loads[0].name.split()[0]
+    service = SERVICE[base]
+    hashing = base == "login-start"
+    rounds: dict[str, list[Row]] = {size.label: [] for size in sizes}
+    for number in range(SIZE_ROUNDS):
+        order = list(zip(sizes, loads, strict=True))
+        for size, load in order if number % 2 == 0 else reversed(order):
+            _place(sizes, size, None if hashing else service)
+            name = f"{load.name} (round {number + 1})"
+            row = bench.measure(
+                round_load(load, name, number, SIZE_ROUNDS),
+                group=ROUNDS,
+                path="direct",
+                placement="every process on every core"
+                if hashing
+                else f"{service} core 0; ghz, stores, other services core 1",
+                pid=size.platform.pid(service),
+                client_cpus=ALL_CPUS if hashing else OTHER_CPUS,
+            )
+            row.extra["persons"] = size.persons
+            rounds[size.label].append(row)
+    for size, load in zip(sizes, loads, strict=True):
+        row = rounds_together(size.label, load.name, rounds[size.label])
+        row.extra["persons"] = size.persons
+        bench.rows.append(row)
+
+
+def _open_statement_connections(
+    bench: Bench, sizes: list[_Size], size: _Size, refresh: ghz.Load
+) -> None:
+    """Refreshes of other persons' sessions, as many at once as the measured ones: auth
+    opens its statement connections as calls need them, and a round of 250 single-use
+    refreshes would otherwise pay for opening up to 50 (a first round cost twice the
+    second at 1M)."""
+    _place(sizes, size, "auth")
+    tokens = [
+        {"refresh_token": bulk.refresh_token(i + 2)} for i in _sample(size.persons, size.parity)
+    ]
+    warm = replace(refresh, name=f"{refresh.name} warm-up", data=tokens, total=len(tokens))
+    ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", OTHER_CPUS)
+
+
+def _measure_sizes(bench: Bench, sizes: list[_Size]) -> None:
+    per_size = [_loads(bench, s.platform, s.persons, s.parity, s.label) for s in sizes]
+    for loads in zip(*per_size, strict=True):
+        if loads[0].name.startswith("token-refresh"):
+            for size, load in zip(sizes, loads, strict=True):
+                _open_statement_connections(bench, sizes, size, load)
+        _measure_in_rounds(bench, sizes, list(loads))
+    _measure_in_rounds(bench, sizes, [_challenge_load(size) for size in sizes])
 
 
 def _over(large: float | None, small: float | None) -> float | None:
     return large / small if large and small else None
 
 
-def _speed(reference: Row) -> tuple[float | None, float | None]:
-    """A reference's time per call and CPU per call: the echo's p50 and CPU, or the raw
-    hash's time and CPU per hash."""
-    if "ms_per_hash_per_core" in reference.extra:
-        return reference.extra["ms_per_hash_per_core"], reference.server_cpu_us
-    return reference.p50_ms, reference.server_cpu_us
-
-
 def compare(bench: Bench, small: str, large: str) -> list[dict[str, Any]]:
-    """Per RPC: p50 and CPU per call at the large size over the small one, raw and
-    corrected by the same ratio of the reference measured just before each."""
-
-    def measured(size: str, base: str) -> tuple[Row, Row]:
-        name = f"{base} {size}"
-        row = bench.row(name)
-        return row, next(r for r in bench.rows if r.group == REFERENCE and r.name.endswith(name))
-
+    """Per RPC: p50 and CPU per call at the large size over the small one, each over all
+    its rounds."""
     found = []
     for row in [r for r in bench.rows if r.group == large]:
         base = row.name.split()[0]
-        large_row, large_ref = measured(large, base)
-        small_row, small_ref = measured(small, base)
-        p50, cpu = (
-            _over(large_row.p50_ms, small_row.p50_ms),
-            _over(large_row.server_cpu_us, small_row.server_cpu_us),
-        )
-        (large_time, large_cpu), (small_time, small_cpu) = _speed(large_ref), _speed(small_ref)
-        speed_p50, speed_cpu = _over(large_time, small_time), _over(large_cpu, small_cpu)
-        p50_corrected = p50 / speed_p50 if p50 and speed_p50 else None
-        cpu_corrected = cpu / speed_cpu if cpu and speed_cpu else None
+        before = bench.row(f"{base} {small}")
+        p50 = _over(row.p50_ms, before.p50_ms)
+        cpu = _over(row.server_cpu_us, before.server_cpu_us)
         found.append(
             {
                 "rpc": base,
-                "reference": large_ref.name.split(" before ")[0],
-                "p50_small_ms": small_row.p50_ms,
-                "p50_large_ms": large_row.p50_ms,
-                "cpu_small_us": small_row.server_cpu_us,
-                "cpu_large_us": large_row.server_cpu_us,
+                "p50_small_ms": before.p50_ms,
+                "p50_large_ms": row.p50_ms,
+                "cpu_small_us": before.server_cpu_us,
+                "cpu_large_us": row.server_cpu_us,
                 "p50_ratio": p50,
                 "cpu_ratio": cpu,
-                "reference_p50_ratio": speed_p50,
-                "reference_cpu_ratio": speed_cpu,
-                "p50_corrected": p50_corrected,
-                "cpu_corrected": cpu_corrected,
-                "met": p50_corrected is not None
-                and cpu_corrected is not None
-                and max(p50_corrected, cpu_corrected) <= SIZE_RATIO,
+                "met": p50 is not None and cpu is not None and max(p50, cpu) <= SIZE_RATIO,
             }
         )
     return found
@@ -340,31 +347,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta = machine()
     bench.log(f"work directory {workdir}; {meta}")
     small, large = f"{SMALL // 1000}k", _label(args.persons)
-    with running_platform(
-        workdir / "platform", "production", gateway_overrides=UNLIMITED
-    ) as platform:
-        env = platform.env
-        loader = bulk.BulkLoader(
-            bulk.Databases.of(env),
-            Keyring.parse(
-                env["ETAX_PII_KEYS"], env["ETAX_PII_ACTIVE_KEY_ID"], env["ETAX_PII_INDEX_KEY"]
-            ),
-            HmacKeyring.parse(
-                env["ETAX_BINDING_INDEX_KEYS"], env["ETAX_BINDING_INDEX_ACTIVE_KEY_ID"]
-            ),
-        )
-        timings: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        sizes = []
+        for label, persons, parity in ((small, SMALL, 0), (large, args.persons, 1)):
+            platform = stack.enter_context(
+                running_platform(
+                    workdir / f"platform-{label}", "production", gateway_overrides=UNLIMITED
+                )
+            )
+            sizes.append(_Size(label, persons, parity, platform))
         try:
-            clock = datetime.now(CST)
-            loader.load(0, SMALL, bench.log)
-            timings["load_small_seconds"] = (datetime.now(CST) - clock).total_seconds()
-            _measure_size(bench, platform, SMALL, 0, small)
-            clock = datetime.now(CST)
-            loader.load(SMALL, args.persons, bench.log)
-            timings["load_large_seconds"] = (datetime.now(CST) - clock).total_seconds()
-            _measure_size(bench, platform, args.persons, 1, large)
+            for kind, size in zip(("small", "large"), sizes, strict=True):
+                size.platform.place(None)
+                clock = datetime.now(CST)
+                _loader(size.platform).load(0, size.persons, bench.log)
+                timings[f"load_{kind}_seconds"] = (datetime.now(CST) - clock).total_seconds()
+            _measure_sizes(bench, sizes)
         except Exception:
-            print(platform.logs(), file=sys.stderr)
+            for size in sizes:
+                print(size.platform.logs(), file=sys.stderr)
             raise
     return {
         "started": started.isoformat(timespec="seconds"),
@@ -379,6 +381,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [asdict(r) for r in bench.rows],
         "comparison": compare(bench, small, large),
     }
+
+
+def _loader(platform: Platform) -> bulk.BulkLoader:
+    env = platform.env
+    return bulk.BulkLoader(
+        bulk.Databases.of(env),
+        Keyring.parse(
+            env["ETAX_PII_KEYS"], env["ETAX_PII_ACTIVE_KEY_ID"], env["ETAX_PII_INDEX_KEY"]
+        ),
+        HmacKeyring.parse(env["ETAX_BINDING_INDEX_KEYS"], env["ETAX_BINDING_INDEX_ACTIVE_KEY_ID"]),
+    )
 
 
 def _label(persons: int) -> str:
@@ -406,12 +419,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Run: {results['started']} to {results['finished']} (China Standard Time)",
         f"- Machine: {meta['cpus']} cores ({meta['cpu_model']}), Python {meta['python']}; "
         f"load average at start {', '.join(f'{x:.2f}' for x in meta['load_average_at_start'])}",
-        f"- Bulk load (COPY): {small} in {timings.get('load_small_seconds', 0):.0f} s, the rest "
-        f"up to {results['persons']:,} in {timings.get('load_large_seconds', 0):.0f} s; each "
-        "person with a phone, a session and a refresh token; per 20 persons a client "
-        "enterprise, an agency with an agreement and a cross-region project (bench/bulk.py); "
-        "each load ends with ANALYZE, VACUUM and CHECKPOINT and waits (90 s at most) for the "
-        "machine's load average to fall under 1 before its RPCs are measured",
+        f"- Bulk load (COPY), one platform each: {small} in "
+        f"{timings.get('load_small_seconds', 0):.0f} s, {results['persons']:,} in "
+        f"{timings.get('load_large_seconds', 0):.0f} s; each person with a phone, a session "
+        "and a refresh token; per 20 persons a client enterprise, an agency with an "
+        "agreement and a cross-region project (bench/bulk.py); each load ends with ANALYZE, "
+        "VACUUM and CHECKPOINT and waits (90 s at most) for the machine's load average to "
+        "fall under 1",
         f"- {results['seconds_per_scenario']:g} s per throughput scenario at 50 calls in flight",
     ]
     if results.get("note"):
@@ -420,23 +434,20 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"## {large} over {small} (target: p50 and CPU per call <= {SIZE_RATIO:g} x)",
         "",
-        "Each ratio is corrected by the same ratio of a reference measured just before "
-        "each RPC at each size: the RPC's fair ceiling (the platform echo on the service's "
-        "core plus the one Redis script, PostgreSQL statement or gRPC hop it cannot avoid, "
-        "against the same stores), or the raw Argon2id rate for login-start. The verdict is "
-        "on the corrected ratios.",
+        "Both platforms run at once; each RPC is measured on them in alternating rounds "
+        f"({small}, {large}, {large}, {small}), so the machine's drift within the run falls "
+        "on both sizes alike, and each figure is a size's rounds together (calls and CPU "
+        "summed, percentiles the calls-weighted mean).",
         "",
-        f"| RPC | p50 ms at {small} | at {large} | ratio | reference | corrected | "
-        f"CPU µs/call at {small} | at {large} | ratio | reference | corrected | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| RPC | p50 ms at {small} | at {large} | ratio | CPU µs/call at {small} | at {large} "
+        "| ratio | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in results["comparison"]:
         lines.append(
             f"| {c['rpc']} | {_num(c['p50_small_ms'])} | {_num(c['p50_large_ms'])} | "
-            f"{_num(c['p50_ratio'])} | {_num(c.get('reference_p50_ratio'))} | "
-            f"**{_num(c.get('p50_corrected'))}** | {_num(c['cpu_small_us'], 0)} | "
+            f"{_num(c['p50_ratio'])} | {_num(c['cpu_small_us'], 0)} | "
             f"{_num(c['cpu_large_us'], 0)} | {_num(c['cpu_ratio'])} | "
-            f"{_num(c.get('reference_cpu_ratio'))} | **{_num(c.get('cpu_corrected'))}** | "
             f"{'met' if c['met'] else '**missed**'} |"
         )
     lines += [
@@ -455,15 +466,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Placement as in bench/report.md: the service under test on core 0 and everything "
-        "else on core 1, login step 1 on every core. Requests go to persons spread over the "
-        "whole loaded range (odd persons at the large size, even ones at the small, so "
-        "single-use refresh tokens and challenges never meet); ListMyIdentities uses one "
+        "else of its platform on core 1, login step 1 on every core; every process of the "
+        "other platform on core 1. Requests go to persons spread over the whole loaded range "
+        "(odd persons at the large size, even ones at the small); single-use refresh tokens "
+        "and challenges are shared out between a size's rounds; ListMyIdentities uses one "
         "person's token, as ghz sends one metadata object. SMS sends go to new phones and "
         "face tickets are made just before, so neither meets a person: their ratios show "
-        "what the machine and the stores did between the sizes. The rows named "
-        '"... before <scenario>" are the references (the fair ceiling\'s echo on the '
-        "service's core with every platform process on the other; the raw hash rate on "
-        "every core).",
+        'what is left of the machine\'s noise. The rows named "(round n)" are the rounds.',
         "",
     ]
     return "\n".join(lines)
