@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +131,18 @@ class Platform:
             pin(self.gateway.envoy.process.pid, rest)
         for pid in self.database_pids:
             pin(pid, rest, tree=True)
+
+    def set_aside(self) -> None:
+        """Every process onto the other cores, while something else is measured on the
+        service core."""
+        self.place("")
+
+    def place_beside(self, running: Iterable[Platform], under_test: str | None) -> None:
+        """As `place`, with the other platforms running at the same time set aside."""
+        for other in running:
+            if other is not self:
+                other.set_aside()
+        self.place(under_test)
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{p.log()[-3000:]}" for name, p in self.services.items())

@@ -30,12 +30,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
@@ -65,6 +65,8 @@ from bench.platform import (
 from etax_platform import topology
 from etax_platform.clock import CST
 from etax_platform.settings import REPO_ROOT
+
+T = TypeVar("T")
 
 BENCH = REPO_ROOT / "bench"
 RESULTS = BENCH / "results.json"
@@ -317,7 +319,7 @@ def measure_ceilings(
             "ETAX_BENCH_DATABASE_URL": platform.env["ETAX_BINDING_DATABASE_URL"],
             "ETAX_BENCH_DOWNSTREAM": downstream,
         }
-        platform.place("echo")  # every platform process on the other core
+        platform.set_aside()
         for name in names:
             kind, what = kinds[name]
             label = f"{name} before {before}" if before else name
@@ -626,6 +628,14 @@ _ROUND_PHONE_PREFIXES = ("135", "137", "138", "139")
 _METRICS_STATES = (("true", "on"), ("false", "off"))  # ETAX_METRICS_ENABLED, as named
 
 
+def alternating(sides: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
+    """(round, side) in the order a, b, b, a, a, b, ...: a drift that runs steadily through
+    the rounds falls on every side alike."""
+    for number in range(rounds):
+        for side in sides if number % 2 == 0 else reversed(sides):
+            yield number, side
+
+
 def round_load(
     load: ghz.Load, name: str, number: int, rounds: int, seconds: float | None = None
 ) -> ghz.Load:
@@ -694,27 +704,22 @@ def observability_cost(bench: Bench, configuration: Configuration, persons: int)
             base = name.removesuffix(" direct")
             labels = {enabled: f"{base} metrics {state}" for enabled, state in _METRICS_STATES}
             rounds: dict[str, list[Row]] = {"true": [], "false": []}
-            for number in range(OBSERVABILITY_ROUNDS):
-                order = ("true", "false") if number % 2 == 0 else ("false", "true")
-                for enabled in order:
-                    platform, loads = platforms[enabled]
-                    label = f"{labels[enabled]} (round {number + 1})"
-                    load = round_load(loads[name], label, number, OBSERVABILITY_ROUNDS, seconds)
-                    service = SERVICE_OF[load.call]
-                    for other, _loads in platforms.values():
-                        if other is not platform:
-                            other.place("echo")  # every process of the idle one on core 1
-                    platform.place(service)
-                    rounds[enabled].append(
-                        bench.measure(
-                            load,
-                            group=ROUNDS,
-                            path="direct",
-                            placement=f"{service} core 0; ghz, stores, other services core 1",
-                            pid=platform.pid(service),
-                            client_cpus=OTHER_CPUS,
-                        )
+            for number, enabled in alternating(("true", "false"), OBSERVABILITY_ROUNDS):
+                platform, loads = platforms[enabled]
+                label = f"{labels[enabled]} (round {number + 1})"
+                load = round_load(loads[name], label, number, OBSERVABILITY_ROUNDS, seconds)
+                service = SERVICE_OF[load.call]
+                platform.place_beside([other for other, _ in platforms.values()], service)
+                rounds[enabled].append(
+                    bench.measure(
+                        load,
+                        group=ROUNDS,
+                        path="direct",
+                        placement=f"{service} core 0; ghz, stores, other services core 1",
+                        pid=platform.pid(service),
+                        client_cpus=OTHER_CPUS,
                     )
+                )
             for enabled, measured_rounds in rounds.items():
                 together = rounds_together("observability", labels[enabled], measured_rounds)
                 bench.rows.append(together)
@@ -796,22 +801,21 @@ def login(bench: Bench, platform: Platform, data: LoadData, challenges: int) -> 
         # the rate of the start of the run is no ceiling for a scenario minutes later, and
         # even one measured just before differs by a quarter (bench/analysis.md).
         raws, logins = [], []
-        for number in range(LOGIN_ROUNDS):
-            for step in ("raw", "login") if number % 2 == 0 else ("login", "raw"):
-                suffix = f"login-start {where} (round {number + 1})"
-                if step == "raw":
-                    raws.append(raw_hash_rate(bench, f"argon2id-raw beside {suffix}", group=ROUNDS))
-                    continue
-                logins.append(
-                    bench.measure(
-                        login_start_load(bench, data, suffix, address),
-                        group=ROUNDS,
-                        path="direct" if where == "direct" else "gateway public",
-                        placement="every process on every core (as the raw hash rate)",
-                        pid=platform.pid("auth"),
-                        client_cpus=ALL_CPUS,
-                    )
+        for number, step in alternating(("raw", "login"), LOGIN_ROUNDS):
+            suffix = f"login-start {where} (round {number + 1})"
+            if step == "raw":
+                raws.append(raw_hash_rate(bench, f"argon2id-raw beside {suffix}", group=ROUNDS))
+                continue
+            logins.append(
+                bench.measure(
+                    login_start_load(bench, data, suffix, address),
+                    group=ROUNDS,
+                    path="direct" if where == "direct" else "gateway public",
+                    placement="every process on every core (as the raw hash rate)",
+                    pid=platform.pid("auth"),
+                    client_cpus=ALL_CPUS,
                 )
+            )
         raw = _hash_rates_together(f"argon2id-raw beside login-start {where}", raws)
         row = rounds_together("login", f"login-start {where}", logins)
         bench.rows += [raw, row]

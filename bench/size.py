@@ -53,6 +53,7 @@ from bench.run import (
     UNLIMITED,
     Bench,
     Row,
+    alternating,
     machine,
     round_load,
     rounds_together,
@@ -223,13 +224,8 @@ class _Size:
     platform: Platform
 
 
-def _place(sizes: list[_Size], size: _Size, under_test: str | None) -> None:
-    """The service under test of one size's platform on core 0, every process of the
-    other size's platform on core 1 (`Platform.place`)."""
-    for other in sizes:
-        if other is not size:
-            other.platform.place("echo")
-    size.platform.place(under_test)
+def _platforms(sizes: list[_Size]) -> list[Platform]:
+    return [size.platform for size in sizes]
 
 
 def _challenge_load(size: _Size) -> ghz.Load:
@@ -260,23 +256,22 @@ def _measure_in_rounds(bench: Bench, sizes: list[_Size], loads: list[ghz.Load]) 
     service = SERVICE[base]
     hashing = base == "login-start"
     rounds: dict[str, list[Row]] = {size.label: [] for size in sizes}
-    for number in range(SIZE_ROUNDS):
-        order = list(zip(sizes, loads, strict=True))
-        for size, load in order if number % 2 == 0 else reversed(order):
-            _place(sizes, size, None if hashing else service)
-            name = f"{load.name} (round {number + 1})"
-            row = bench.measure(
-                round_load(load, name, number, SIZE_ROUNDS),
-                group=ROUNDS,
-                path="direct",
-                placement="every process on every core"
-                if hashing
-                else f"{service} core 0; ghz, stores, other services core 1",
-                pid=size.platform.pid(service),
-                client_cpus=ALL_CPUS if hashing else OTHER_CPUS,
-            )
-            row.extra["persons"] = size.persons
-            rounds[size.label].append(row)
+    pairs = list(zip(sizes, loads, strict=True))
+    for number, (size, load) in alternating(pairs, SIZE_ROUNDS):
+        size.platform.place_beside(_platforms(sizes), None if hashing else service)
+        name = f"{load.name} (round {number + 1})"
+        row = bench.measure(
+            round_load(load, name, number, SIZE_ROUNDS),
+            group=ROUNDS,
+            path="direct",
+            placement="every process on every core"
+            if hashing
+            else f"{service} core 0; ghz, stores, other services core 1",
+            pid=size.platform.pid(service),
+            client_cpus=ALL_CPUS if hashing else OTHER_CPUS,
+        )
+        row.extra["persons"] = size.persons
+        rounds[size.label].append(row)
     for size, load in zip(sizes, loads, strict=True):
         row = rounds_together(size.label, load.name, rounds[size.label])
         row.extra["persons"] = size.persons
@@ -290,7 +285,7 @@ def _open_statement_connections(
     opens its statement connections as calls need them, and a round of 250 single-use
     refreshes would otherwise pay for opening up to 50 (a first round cost twice the
     second at 1M)."""
-    _place(sizes, size, "auth")
+    size.platform.place_beside(_platforms(sizes), "auth")
     tokens = [
         {"refresh_token": bulk.refresh_token(i + 2)} for i in _sample(size.persons, size.parity)
     ]
@@ -400,11 +395,6 @@ def _label(persons: int) -> str:
     return f"{persons // 1000}k"
 
 
-def _persons(row: dict[str, Any]) -> str:
-    persons = row["extra"].get("persons")
-    return "" if persons is None else f"{persons:,}"
-
-
 def _num(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
@@ -459,7 +449,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in results["rows"]:
         lines.append(
-            f"| {r['name']} | {_persons(r)} | {r['count']:,.0f} | "
+            f"| {r['name']} | {r['extra']['persons']:,} | {r['count']:,.0f} | "
             f"{r['rps']:,.0f} | {_num(r['p50_ms'])} | {_num(r['p90_ms'])} | "
             f"{_num(r['p99_ms'])} | {_num(r['server_cpu_us'], 0)} |"
         )
