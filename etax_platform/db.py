@@ -26,7 +26,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,26 +154,14 @@ class Statement:
         construct: Executable | None = None,
         *,
         postgresql: str | None = None,
-        build: Callable[[str], Executable] | None = None,
         writes: bool = False,
     ) -> None:
-        if construct is None and postgresql is None and build is None:
+        if construct is None and postgresql is None:
             raise ValueError("a statement needs a construct or its PostgreSQL text")
-        self._construct = construct
-        self._build = build
+        self.construct = construct
         self.writes = writes
         self._postgresql = postgresql
         self._prepared: _Prepared | None = None
-        self._built: dict[str, Executable] = {}
-
-    def construct_for(self, dialect_name: str) -> Executable | None:
-        """The construct for a dialect: `build(dialect_name)` (made once) where a clause
-        differs by database (PostgreSQL's `= ANY(array)` for SQLite's expanding IN)."""
-        if self._build is None:
-            return self._construct
-        if dialect_name not in self._built:
-            self._built[dialect_name] = self._build(dialect_name)
-        return self._built[dialect_name]
 
     def for_psycopg(self, dialect: Dialect) -> _Prepared:
         """The statement as libpq runs it (built once)."""
@@ -181,7 +169,7 @@ class Statement:
             if self._postgresql is not None:
                 sql, fixed = self._postgresql, {}
             else:
-                construct = self.construct_for(dialect.name)
+                construct = self.construct
                 assert construct is not None
                 compiled = construct.compile(dialect=dialect)  # type: ignore[attr-defined]
                 sql, fixed = str(compiled), dict(compiled.params)
@@ -333,7 +321,7 @@ class Database:
         background and a caller waits the whole timeout; a writer with a journal to fall
         back on wants to know at once."""
         if self.engine.dialect.name != "postgresql":
-            construct = statement.construct_for(self.engine.dialect.name)
+            construct = statement.construct
             if construct is None:
                 raise RuntimeError("this statement runs on PostgreSQL only")
             unit = self.transaction() if statement.writes else self.reading()

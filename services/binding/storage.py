@@ -39,7 +39,6 @@ from sqlalchemy import (
     String,
     Table,
     and_,
-    any_,
     bindparam,
     delete,
     literal_column,
@@ -52,7 +51,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as cast_
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
@@ -175,17 +173,16 @@ def _columns(*values: Any) -> list[Any]:
 
 
 class _Parts:
-    """The access statements' parts for one dialect: the person's indexes are one array
-    parameter on PostgreSQL (`= ANY`, one prepared statement whatever their number), an
-    expanding IN on SQLite."""
+    """The access statements' parts for a person with `count` indexes (one, or more while
+    a rotation's older keys are held), each index a parameter of its own."""
 
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
+    def __init__(self, count: int) -> None:
+        self.names = [f"index_{i}" for i in range(count)]
 
     def of_person(self, column: Any) -> ColumnElement[bool]:
-        if self.dialect == "postgresql":
-            return column == any_(bindparam("indexes", type_=ARRAY(String)))  # type: ignore[no-any-return]
-        return column.in_(bindparam("indexes", expanding=True))  # type: ignore[no-any-return]
+        if len(self.names) == 1:
+            return column == bindparam(self.names[0])  # type: ignore[no-any-return]
+        return column.in_([bindparam(name) for name in self.names])  # type: ignore[no-any-return]
 
     def active_now(self) -> ColumnElement[bool]:
         return and_(
@@ -344,14 +341,40 @@ class _Parts:
         )
 
 
-def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> Statement:
-    def build(dialect: str) -> Executable:
-        union = union_all(*parts(_Parts(dialect))).subquery("access")
+class PersonStatement:
+    """A hot statement about one person, built once for each number of indexes a person
+    has. Each index is a plain parameter: PostgreSQL's generic plan for a prepared
+    statement (what it runs after the fifth time) then looks every row up by index, where
+    one array parameter (`= ANY`) for any number of indexes had it scan every project."""
+
+    def __init__(self, build: Callable[[_Parts], Executable]) -> None:
+        self._build = build
+        self._by_count: dict[int, Statement] = {}
+
+    def shaped(self, count: int) -> Statement:
+        statement = self._by_count.get(count)
+        if statement is None:
+            # Built at most a few times at once, the first time a rotation's persons come.
+            statement = self._by_count.setdefault(count, Statement(self._build(_Parts(count))))
+        return statement
+
+    def run(
+        self, db: Database, indexes: Indexes, params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        values = dict(params)
+        for i, index in enumerate(indexes):
+            values[f"index_{i}"] = index
+        return db.run(self.shaped(len(indexes)), values)
+
+
+def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> PersonStatement:
+    def build(p: _Parts) -> Executable:
+        union = union_all(*parts(p)).subquery("access")
         return select(*(union.c[name] for name in _ACCESS_COLUMNS)).order_by(
             union.c.part, union.c.code, union.c.client_code
         )
 
-    return Statement(build=build)
+    return PersonStatement(build)
 
 
 def _everything(in_province: bool) -> Callable[[_Parts], Sequence[Select[Any]]]:
@@ -378,7 +401,7 @@ _SUBJECT_ACCESS = {
     in_province: _access_statement(_subjects(in_province)) for in_province in (False, True)
 }
 _AGENT_ACCESS = _access_statement(lambda p: (p.agent_clients(True),))
-_ENTERPRISE_ACCESS = Statement(build=lambda dialect: _Parts(dialect).enterprise())
+_ENTERPRISE_ACCESS = PersonStatement(_Parts.enterprise)
 _DOCUMENT_INDEX_OF = Statement(
     select(person_documents.c.document_index, person_documents.c.index_key_id).where(
         person_documents.c.person_id == bindparam("person_id")
@@ -588,33 +611,26 @@ class BindingStore:
 
     def identities(self, indexes: Indexes, now_ms: int, province: str) -> Access:
         return _access(
-            self._db.run(
-                _IDENTITIES[bool(province)],
-                {"indexes": list(indexes), "now_ms": now_ms, "province": province},
+            _IDENTITIES[bool(province)].run(
+                self._db, indexes, {"now_ms": now_ms, "province": province}
             )
         )
 
     def subject_access(self, indexes: Indexes, now_ms: int, province: str) -> list[ProjectAccess]:
-        rows = self._db.run(
-            _SUBJECT_ACCESS[bool(province)],
-            {"indexes": list(indexes), "now_ms": now_ms, "province": province},
+        rows = _SUBJECT_ACCESS[bool(province)].run(
+            self._db, indexes, {"now_ms": now_ms, "province": province}
         )
         return _access(rows).projects
 
     def agent_clients(self, indexes: Indexes, now_ms: int, agency_code: str) -> list[AgentClient]:
-        rows = self._db.run(
-            _AGENT_ACCESS,
-            {"indexes": list(indexes), "now_ms": now_ms, "agency_code": agency_code},
-        )
+        rows = _AGENT_ACCESS.run(self._db, indexes, {"now_ms": now_ms, "agency_code": agency_code})
         return _access(rows).agent_clients
 
     def enterprise_access(
         self, indexes: Indexes, now_ms: int, code: str
     ) -> tuple[Enterprise, frozenset[Role]] | None:
         """The enterprise and the person's active roles at it; None: no such enterprise."""
-        rows = self._db.run(
-            _ENTERPRISE_ACCESS, {"indexes": list(indexes), "now_ms": now_ms, "code": code}
-        )
+        rows = _ENTERPRISE_ACCESS.run(self._db, indexes, {"now_ms": now_ms, "code": code})
         if not rows:
             return None
         first = rows[0]
