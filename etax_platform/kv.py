@@ -60,6 +60,7 @@ import hiredis
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 
 from etax_platform import metrics, tracing
@@ -461,10 +462,14 @@ _TIMEOUTS: dict[str, Any] = {
     "socket_timeout": 5,
     "socket_connect_timeout": 2,
 }
+# What CLIENT SETINFO tells Redis, given once: left to itself, redis-py reads its version
+# from the installed packages' metadata for every new connection, 0.9 ms of CPU each
+# (20 times the rest of making one), paid again by every reconnect after Redis is back.
+_DRIVER = DriverInfo(lib_version=redis.__version__)
 
 
 def _redis_client(url: str, max_connections: int) -> redis.Redis | redis.RedisCluster:
-    timeouts = {"max_connections": max_connections, **_TIMEOUTS}
+    timeouts = {"max_connections": max_connections, "driver_info": _DRIVER, **_TIMEOUTS}
     if url.partition("://")[0] not in CLUSTER_SCHEMES:
         pool = redis.BlockingConnectionPool.from_url(url, health_check_interval=30, **timeouts)
         return redis.Redis(connection_pool=pool)
