@@ -172,12 +172,16 @@ def _columns(*values: Any) -> list[Any]:
     ]
 
 
+def _index_names(count: int) -> list[str]:
+    return [f"index_{i}" for i in range(count)]
+
+
 class _Parts:
     """The access statements' parts for a person with `count` indexes (one, or more while
     a rotation's older keys are held), each index a parameter of its own."""
 
     def __init__(self, count: int) -> None:
-        self.names = [f"index_{i}" for i in range(count)]
+        self.names = _index_names(count)
 
     def of_person(self, column: Any) -> ColumnElement[bool]:
         if len(self.names) == 1:
@@ -362,8 +366,7 @@ class PersonStatement:
         self, db: Database, indexes: Indexes, params: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
         values = dict(params)
-        for i, index in enumerate(indexes):
-            values[f"index_{i}"] = index
+        values.update(zip(_index_names(len(indexes)), indexes, strict=True))
         return db.run(self.shaped(len(indexes)), values)
 
 
