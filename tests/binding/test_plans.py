@@ -8,16 +8,15 @@ Plans, not timings, so the test holds on a busy machine."""
 
 from __future__ import annotations
 
-import re
-
 import psycopg
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from etax_platform.db import Database, _Prepared
+from etax_platform.db import Database
 from services.binding import storage
 from services.binding.app import MIGRATIONS
 from services.binding.domain import ACTIVE, Origin
+from tests.harness.plans import plans, scanned_tables
 from tests.harness.servers import PostgresServer
 
 ROWS = 3000
@@ -122,23 +121,6 @@ STATEMENTS: dict[str, tuple[storage.PersonStatement, dict[str, object]]] = {
 SHAPES = {"one index": [_index(7)], "two indexes": [_index(7), _index(ROWS + 1)]}
 
 
-def _plan(connection: psycopg.Connection[object], sql: str, values: dict[str, object]) -> str:
-    return "\n".join(str(row[0]) for row in connection.execute(f"EXPLAIN {sql}", values))
-
-
-def _generic_plan(connection: psycopg.Connection[object], prepared: _Prepared) -> str:
-    """The plan PostgreSQL settles on for a named prepared statement after its fifth run,
-    made for any value of its parameters (Database.run prepares every hot statement)."""
-    connection.execute("SET plan_cache_mode = force_generic_plan")
-    connection.execute(f"PREPARE generic AS {prepared.text.decode()}")  # type: ignore[arg-type]
-    try:
-        nulls = ", ".join("NULL" for _ in prepared.names)
-        rows = connection.execute(f"EXPLAIN EXECUTE generic({nulls})")  # type: ignore[arg-type]
-        return "\n".join(str(row[0]) for row in rows)
-    finally:
-        connection.execute("DEALLOCATE generic")
-
-
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("name", list(STATEMENTS))
 def test_d5_f1_f4_access_statements_look_rows_up_by_index(
@@ -151,12 +133,9 @@ def test_d5_f1_f4_access_statements_look_rows_up_by_index(
     person = dict(zip(storage._index_names(len(indexes)), indexes, strict=True))
     values = {**prepared.fixed, **params, **person, "now_ms": NOW_MS}
     with psycopg.connect(conninfo, autocommit=True) as connection:
-        plans = {
-            "custom": _plan(connection, sql, values),
-            "generic": _generic_plan(connection, prepared),
-        }
+        found = plans(connection, sql, values)
         rows = connection.execute(sql, values).fetchall()  # type: ignore[arg-type]
     assert rows, "the person has access of this kind"
-    for kind, plan in plans.items():
-        scanned = re.findall(r"Seq Scan on (\w+)", plan)
+    for kind, plan in found.items():
+        scanned = scanned_tables(plan)
         assert not scanned, f"{name} ({shape}, {kind} plan) scans {scanned}:\n{plan}"
