@@ -10,10 +10,9 @@ import psycopg
 import pytest
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 
-from etax_platform.db import Database
 from services.auth import storage
 from services.auth.app import MIGRATIONS
-from tests.harness.plans import plans, scanned_tables
+from tests.harness.plans import analysed_database, plans, scanned_tables
 from tests.harness.servers import PostgresServer
 
 ROWS = 3000
@@ -26,15 +25,7 @@ def _index(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def conninfo(postgres: PostgresServer) -> str:
-    url = postgres.url(postgres.create_database())
-    database = Database(url)
-    database.migrate(MIGRATIONS)
-    database.dispose()
-    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(plain, autocommit=True) as connection:
-        _fill(connection)
-        connection.execute("ANALYZE")
-    return plain
+    return analysed_database(postgres, MIGRATIONS, _fill)
 
 
 def _fill(connection: psycopg.Connection[object]) -> None:

@@ -12,11 +12,10 @@ import psycopg
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from etax_platform.db import Database
 from services.binding import storage
 from services.binding.app import MIGRATIONS
 from services.binding.domain import ACTIVE, Origin
-from tests.harness.plans import plans, scanned_tables
+from tests.harness.plans import analysed_database, plans, scanned_tables
 from tests.harness.servers import PostgresServer
 
 ROWS = 3000
@@ -34,15 +33,7 @@ def _code(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def conninfo(postgres: PostgresServer) -> str:
-    url = postgres.url(postgres.create_database())
-    database = Database(url)
-    database.migrate(MIGRATIONS)
-    database.dispose()
-    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(plain, autocommit=True) as connection:
-        _fill(connection)
-        connection.execute("ANALYZE")
-    return plain
+    return analysed_database(postgres, MIGRATIONS, _fill)
 
 
 def _copy(connection: psycopg.Connection[object], table: str, columns: str, rows: object) -> None:

@@ -7,11 +7,31 @@ prepares every hot statement, and psycopg prepares any query run five times)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import psycopg
 
-from etax_platform.db import _Prepared
+from etax_platform.db import Database, _Prepared
+from tests.harness.servers import PostgresServer
+
+
+def analysed_database(
+    postgres: PostgresServer,
+    migrations: Path,
+    fill: Callable[[psycopg.Connection[object]], None],
+) -> str:
+    """A new database at a service's newest migration, filled and analysed (so plans see
+    its real sizes); its libpq conninfo."""
+    url = postgres.url(postgres.create_database())
+    database = Database(url)
+    database.migrate(migrations)
+    database.dispose()
+    plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(plain, autocommit=True) as connection:
+        fill(connection)
+        connection.execute("ANALYZE")
+    return plain
 
 
 def plans(
