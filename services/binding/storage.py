@@ -172,16 +172,12 @@ def _columns(*values: Any) -> list[Any]:
     ]
 
 
-def _index_names(count: int) -> list[str]:
-    return [f"index_{i}" for i in range(count)]
-
-
 class _Parts:
     """The access statements' parts for a person with `count` indexes (one, or more while
     a rotation's older keys are held), each index a parameter of its own."""
 
     def __init__(self, count: int) -> None:
-        self.names = _index_names(count)
+        self.names = [f"index_{i}" for i in range(count)]
 
     def of_person(self, column: Any) -> ColumnElement[bool]:
         if len(self.names) == 1:
@@ -353,21 +349,28 @@ class PersonStatement:
 
     def __init__(self, build: Callable[[_Parts], Executable]) -> None:
         self._build = build
-        self._by_count: dict[int, Statement] = {}
+        self._by_count: dict[int, tuple[Statement, list[str]]] = {}
 
-    def shaped(self, count: int) -> Statement:
-        statement = self._by_count.get(count)
-        if statement is None:
+    def bound(
+        self, indexes: Indexes, params: Mapping[str, Any]
+    ) -> tuple[Statement, dict[str, Any]]:
+        """The statement for this many indexes, and `params` with the indexes added."""
+        shape = self._by_count.get(len(indexes))
+        if shape is None:
             # Built at most a few times at once, the first time a rotation's persons come.
-            statement = self._by_count.setdefault(count, Statement(self._build(_Parts(count))))
-        return statement
+            parts = _Parts(len(indexes))
+            shape = self._by_count.setdefault(
+                len(indexes), (Statement(self._build(parts)), parts.names)
+            )
+        statement, names = shape
+        values = dict(params)
+        values.update(zip(names, indexes, strict=True))
+        return statement, values
 
     def run(
         self, db: Database, indexes: Indexes, params: Mapping[str, Any]
     ) -> list[tuple[Any, ...]]:
-        values = dict(params)
-        values.update(zip(_index_names(len(indexes)), indexes, strict=True))
-        return db.run(self.shaped(len(indexes)), values)
+        return db.run(*self.bound(indexes, params))
 
 
 def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> PersonStatement:

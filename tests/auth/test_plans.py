@@ -23,6 +23,10 @@ def _index(i: int) -> str:
     return f"{i:064x}"
 
 
+def _phone_index(i: int) -> str:
+    return _index(i)[::-1]
+
+
 @pytest.fixture(scope="module")
 def conninfo(postgres: PostgresServer) -> str:
     return analysed_database(postgres, MIGRATIONS, _fill)
@@ -45,7 +49,7 @@ def _fill(connection: psycopg.Connection[object]) -> None:
         "COPY phones (id, person_id, number, number_index, created_at) FROM STDIN"
     ) as copy:
         for i in range(ROWS):
-            copy.write_row((f"ph{i}", f"p{i}", "x", f"{i:064x}"[::-1], AT))
+            copy.write_row((f"ph{i}", f"p{i}", "x", _phone_index(i), AT))
     offline = (
         "document_index, document_type, document_number, name, tax_authority_code, "
         "tax_authority_name, province, collected_at"
@@ -60,7 +64,7 @@ def test_c2_c3_login_candidates_are_looked_up_by_index(conninfo: str, keys: int)
     indexes = [_index(7), _index(ROWS + 1)][:keys]
     compiled = storage._LOGIN_CANDIDATES.compile(dialect=postgresql_psycopg.dialect())
     expanded = compiled.construct_expanded_state(
-        {"document_indexes": indexes, "username_key": "u8", "phone_index": f"{9:064x}"[::-1]}
+        {"document_indexes": indexes, "username_key": "u8", "phone_index": _phone_index(9)}
     )
     sql, values = expanded.statement, dict(expanded.parameters)
     with psycopg.connect(conninfo, autocommit=True) as connection:

@@ -117,12 +117,11 @@ SHAPES = {"one index": [_index(7)], "two indexes": [_index(7), _index(ROWS + 1)]
 def test_d5_f1_f4_access_statements_look_rows_up_by_index(
     conninfo: str, name: str, shape: str
 ) -> None:
-    statement, params = STATEMENTS[name]
-    indexes = SHAPES[shape]
-    prepared = statement.shaped(len(indexes)).for_psycopg(postgresql.dialect())
+    person_statement, params = STATEMENTS[name]
+    statement, bound = person_statement.bound(SHAPES[shape], {**params, "now_ms": NOW_MS})
+    prepared = statement.for_psycopg(postgresql.dialect())
     sql = prepared.sql
-    person = dict(zip(storage._index_names(len(indexes)), indexes, strict=True))
-    values = {**prepared.fixed, **params, **person, "now_ms": NOW_MS}
+    values = {**prepared.fixed, **bound}
     with psycopg.connect(conninfo, autocommit=True) as connection:
         found = plans(connection, sql, values)
         rows = connection.execute(sql, values).fetchall()  # type: ignore[arg-type]
