@@ -24,7 +24,6 @@ import json
 import os
 import platform as host
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from bench.platform import (
 from etax_platform import topology
 from etax_platform.clock import CST
 from etax_platform.settings import REPO_ROOT
+from tests.harness.servers import free_port
 
 T = TypeVar("T")
 
@@ -243,9 +243,7 @@ def echo_server(
     env: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, int]]:
     """bench/echo_server.py of a server type, on the service core by default."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = (workdir / f"echo-{kind}-{port}.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - our module
         [sys.executable, "-m", "bench.echo_server", kind, str(port)],
@@ -1003,9 +1001,7 @@ def profiled_replica(
     *,
     warm_up: Callable[[str], None] | None = None,
 ) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = (workdir / f"profiled-{service}.log").open("wb")
     process = subprocess.Popen(  # noqa: S603 - our modules
         [sys.executable, "-m", "bench.profiled", topology.service(service).module, str(out)],

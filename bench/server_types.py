@@ -8,7 +8,6 @@ does not depend on how fast the client is. Usage: python -m bench.server_types [
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 import grpc
 
 from bench.echo_server import METHOD
+from tests.harness.servers import free_port
 
 CLIENT_PROCESSES = 4
 IN_FLIGHT_PER_PROCESS = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -48,7 +42,7 @@ def _drive(address: str, calls: int) -> int:
 
 def measure(kind: str, calls: int) -> tuple[float, float]:
     """(server CPU microseconds per call, calls per second) for one server type."""
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     server = subprocess.Popen(  # noqa: S603 - fixed command, taskset from PATH
         ["taskset", "-c", "0", sys.executable, "-m", "bench.echo_server", kind, str(port)],  # noqa: S607

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,30 +27,43 @@ from pathlib import Path
 import psycopg
 import redis
 
+# Ports handed out by free_port in this process, never handed out again.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+# Not the global `random`, which a test may seed: two runs side by side must not pick alike.
+_choice = random.Random(os.urandom(16))
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
-
-def restart_safe_port() -> int:
-    """A free port below the kernel's ephemeral range, for a server that is stopped and
-    started again on the same port: while it is down no outgoing connection on this
-    busy machine can take its port as a local one (free_port's range is that one)."""
+def _below_ephemeral_range() -> range:
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return free_port()
-    for _ in range(200):
-        port = random.randrange(20000, max(20001, low))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
+        low = 32768  # Linux's default start of the range
+    return range(max(1024, low // 2), low)
+
+
+def free_port() -> int:
+    """A loopback port that is free now, for a server to bind soon after.
+
+    Below the kernel's ephemeral range, so no socket bound to port 0 (a metrics server, a
+    browser's driver) and no outgoing connection on this busy machine can be given it
+    before its server binds it, or while a stopped server is down before it starts again
+    on it. Never handed out twice in one process, so the ports picked for one test's
+    servers never coincide (a port picked but not yet bound is still free)."""
+    ports = _below_ephemeral_range()
+    for _ in range(1000):
+        port = _choice.choice(ports)
+        with _handed_out_lock:
+            if port in _handed_out:
                 continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
             return port
-    return free_port()
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1}")
 
 
 def _wait(check: object, what: str, timeout: float = 20.0) -> None:
@@ -102,7 +116,7 @@ class RedisServer:
 
     def __init__(self, *, appendonly: bool = True, appendfsync: str = "everysec") -> None:
         self.binary = _redis_binary()
-        self.port = restart_safe_port()
+        self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="etax-redis-"))
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.options = [
@@ -389,7 +403,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    port = restart_safe_port()
+    port = free_port()
     options = (
         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"

@@ -1,0 +1,56 @@
+"""The harness's loopback ports: every test server and the bench take theirs from
+free_port, so two servers of one test must never be handed the same port."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import servers
+from tests.harness.servers import free_port
+
+
+def test_free_port_never_hands_out_a_port_twice_even_before_it_is_bound() -> None:
+    # Nothing binds these while they are handed out, as when a test picks every port of
+    # its processes first and starts them one by one (a service's metrics port, then its
+    # gRPC port): a port only checked for being free now would come round again.
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_free_port_is_below_the_ephemeral_range_and_bindable() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        # A socket bound to port 0, or an outgoing connection, is never given such a port.
+        assert 1024 <= port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_free_port_skips_a_port_in_use_and_says_when_none_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = next(
+        port
+        for port in range(20000, 30000)
+        if _bindable(port) and _bindable(port + 1) and not {port, port + 1} & servers._handed_out
+    )
+    monkeypatch.setattr(servers, "_below_ephemeral_range", lambda: range(first, first + 2))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", first))
+        busy.listen()
+        assert free_port() == first + 1
+        with pytest.raises(RuntimeError, match="no free loopback port"):
+            free_port()  # first is in use, first + 1 handed out already
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
