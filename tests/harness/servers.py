@@ -50,20 +50,32 @@ def free_port() -> int:
     before its server binds it, or while a stopped server is down before it starts again
     on it. Never handed out twice in one process, so the ports picked for one test's
     servers never coincide (a port picked but not yet bound is still free)."""
+    return free_ports_apart(1, 1)
+
+
+def free_ports_apart(count: int, step: int) -> int:
+    """The first of `count` free ports `step` apart (a service's replicas listen on its
+    port + step * i), all handed out as free_port hands out one."""
     ports = _below_ephemeral_range()
     for _ in range(1000):
-        port = _choice.choice(ports)
+        first = _choice.choice(ports)
+        run = [first + step * i for i in range(count)]
         with _handed_out_lock:
-            if port in _handed_out:
-                continue
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            _handed_out.add(port)
-            return port
-    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1}")
+            if run[-1] in ports and not _handed_out & set(run) and all(map(port_is_free, run)):
+                _handed_out.update(run)
+                return run[0]
+    what = "port" if count == 1 else f"{count} ports {step} apart"
+    raise RuntimeError(f"no free loopback {what} in {ports.start}-{ports.stop - 1}")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a server could bind this loopback port now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _wait(check: object, what: str, timeout: float = 20.0) -> None:

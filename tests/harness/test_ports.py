@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import servers
-from tests.harness.servers import free_port
+from tests.harness.servers import free_port, free_ports_apart, port_is_free
 
 
 def test_free_port_never_hands_out_a_port_twice_even_before_it_is_bound() -> None:
@@ -36,7 +36,9 @@ def test_free_port_skips_a_port_in_use_and_says_when_none_is_left(
     first = next(
         port
         for port in range(20000, 30000)
-        if _bindable(port) and _bindable(port + 1) and not {port, port + 1} & servers._handed_out
+        if {port, port + 1}.isdisjoint(servers._handed_out)
+        and port_is_free(port)
+        and port_is_free(port + 1)
     )
     monkeypatch.setattr(servers, "_below_ephemeral_range", lambda: range(first, first + 2))
     with socket.socket() as busy:
@@ -47,10 +49,14 @@ def test_free_port_skips_a_port_in_use_and_says_when_none_is_left(
             free_port()  # first is in use, first + 1 handed out already
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+
+def test_free_ports_apart_hands_out_the_whole_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's replicas listen on its port + 100 * i (topology.REPLICA_PORT_STEP): the
+    later ports of the run are as taken as the first."""
+    first = free_ports_apart(3, 100)
+    run = [first, first + 100, first + 200]
+    assert all(port_is_free(port) for port in run)
+    # Only the run's own ports left to choose from: none of them is handed out again.
+    monkeypatch.setattr(servers, "_below_ephemeral_range", lambda: range(first, first + 201, 100))
+    with pytest.raises(RuntimeError, match="no free loopback port"):
+        free_port()

@@ -21,19 +21,10 @@ import pytest
 from etax_platform import topology
 from etax_platform.settings import REPO_ROOT
 from tests.harness.gateway import wait_until
-from tests.harness.servers import free_port
+from tests.harness.servers import free_port, free_ports_apart
 
 # A dozen Python processes start on a machine that may be busy: generous waits.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _listening(port: int) -> bool:
@@ -41,29 +32,20 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _base(step: int, count: int) -> int:
-    """A free port p with p + step * i free for every i < count."""
-    for _ in range(100):
-        port = free_port()
-        if port + step * count < 65536 and all(_free(port + step * i) for i in range(count)):
-            return port
-    raise RuntimeError("no free ports")
-
-
 @pytest.fixture
 def moved_ports() -> dict[str, str]:
     env = {
-        service.port_variable: str(_base(topology.REPLICA_PORT_STEP, 2))
+        service.port_variable: str(free_ports_apart(2, topology.REPLICA_PORT_STEP))
         for service in topology.SERVICES.values()
         if service.name != "web"
     }
-    env["ETAX_WEB_PORT"] = str(_base(1, 2))
+    env["ETAX_WEB_PORT"] = str(free_ports_apart(2, 1))
     for name in ("PUBLIC", "INTERNAL", "ADMIN"):
-        env[f"ETAX_GATEWAY_{name}_PORT"] = str(_base(1, 2))
+        env[f"ETAX_GATEWAY_{name}_PORT"] = str(free_ports_apart(2, 1))
     env["ETAX_SHARED_REDIS_PORT"] = str(free_port())
     env["ETAX_SHARED_POSTGRES_PORT"] = str(free_port())
     # Envoy's shared memory: distinct from a developer's `make run-shared` (37, 11).
-    env["ETAX_GATEWAY_BASE_ID"] = str(_base(1, 2) % 60000)
+    env["ETAX_GATEWAY_BASE_ID"] = str(free_ports_apart(2, 1) % 60000)
     return env
 
 
