@@ -61,7 +61,7 @@ def free_ports_apart(count: int, step: int) -> int:
         first = _choice.choice(ports)
         run = [first + step * i for i in range(count)]
         with _handed_out_lock:
-            if run[-1] in ports and not _handed_out & set(run) and all(map(port_is_free, run)):
+            if run[-1] in ports and _handed_out.isdisjoint(run) and all(map(port_is_free, run)):
                 _handed_out.update(run)
                 return run[0]
     what = "port" if count == 1 else f"{count} ports {step} apart"
