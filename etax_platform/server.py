@@ -42,7 +42,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from etax_platform import tracing
+from etax_platform import heap, tracing
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.kv import STORE_UNAVAILABLE
 from etax_platform.metrics import RpcStats
@@ -614,7 +614,8 @@ class GrpcHost:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def serve_until_signalled(self) -> None:
-        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+        """A service process's server: starts it, settles the heap (`etax_platform.heap`),
+        blocks until SIGTERM or SIGINT, then stops gracefully."""
         done = threading.Event()
 
         def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -624,5 +625,6 @@ class GrpcHost:
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
         self.start()
+        heap.settle_after_start()
         done.wait()
         self.stop()
