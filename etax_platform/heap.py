@@ -4,9 +4,9 @@ A service builds at start what lives as long as the process (modules, protobuf
 descriptors, settings, pools, keyrings, caches), then serves calls whose objects die within
 the call, almost all of them freed by reference counting. On Python's defaults the
 collector walks that start-up heap in every full collection: 2–4 collections of about
-90 ms per 8 s under load, each one a pause for every call in flight (the p99 of 150–230 ms
-against a p90 of 60–90 in `bench/analysis.md`), and a young collection every 700
-allocations.
+90 ms per 8 s under load, each one a pause for every call in flight (p99s of 134–248 ms
+against p90s of 48–134 in `bench/analysis.md`'s A/B runs), and a young collection every
+700 allocations.
 """
 
 from __future__ import annotations

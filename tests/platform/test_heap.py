@@ -7,13 +7,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from etax_platform.heap import YOUNG_THRESHOLD, settle_after_start
-
-REPO = Path(__file__).resolve().parents[2]
+from etax_platform.settings import REPO_ROOT
 
 # A server in its own process: once serving, it prints its collector's state and
 # signals itself to stop, as a service's main does on SIGTERM.
@@ -58,8 +56,8 @@ def test_settling_freezes_the_start_up_heap_and_widens_only_the_young_generation
 def test_a_service_process_settles_its_heap_once_serving_and_still_stops_on_sigterm() -> None:
     result = subprocess.run(
         [sys.executable, "-c", _SERVE_AND_REPORT],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
         timeout=60,
