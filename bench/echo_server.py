@@ -10,7 +10,7 @@ plus exactly one such call, through the clients the services use.
   platform-redis     + one script on ETAX_BENCH_REDIS_URL (RedisStore.run, one HGET)
   platform-postgres  + one prepared statement on ETAX_BENCH_DATABASE_URL (Database.run,
                        a primary-key SELECT)
-  platform-grpc      + one unary call to ETAX_BENCH_DOWNSTREAM (clients.call, as auth calls
+  platform-grpc      + one unary call to ETAX_BENCH_DOWNSTREAM (clients.Dependency, as auth calls
                        sms, face and binding)
 """
 
@@ -93,7 +93,8 @@ def one_store_call(kind: str) -> Callable[[], Any]:
         return lambda: database.run(_ONE_SELECT, {"person_id": "bench"})
     channel = clients.open_channel(os.environ["ETAX_BENCH_DOWNSTREAM"])
     downstream = channel.unary_unary(METHOD)
-    return lambda: clients.call(downstream, b"\n\x04echo", timeout=5, dependency="echo")
+    echo = clients.Dependency("echo", channel, timeout=5)
+    return lambda: echo.call(downstream, b"\n\x04echo")
 
 
 def main() -> None:

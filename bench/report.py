@@ -357,7 +357,7 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "the platform's Redis and PostgreSQL on the other core: echo-redis one script "
         "(`RedisStore.run`, an HGET), echo-postgres one prepared primary-key SELECT "
         "(`Database.run`), echo-grpc one unary call to a bare echo server on the other core "
-        "(`clients.call`, as auth calls sms, face and binding). Each judged scenario (the "
+        "(`clients.Dependency`, as auth calls sms, face and binding). Each judged scenario (the "
         "direct rows) is compared with the platform echo and its fair ceiling measured just "
         'before it (the rows named "... before <scenario>"): this machine\'s speed drifts '
         "by up to a third within a run, so a ceiling of the run's start is no ceiling for a "

@@ -92,7 +92,7 @@ SIZE_THRESHOLD = 10_000
 FAIR_CEILINGS = (
     ("echo-redis", "platform-redis", "+ one Redis script (RedisStore.run)"),
     ("echo-postgres", "platform-postgres", "+ one prepared statement (Database.run)"),
-    ("echo-grpc", "platform-grpc", "+ one unary gRPC call (clients.call)"),
+    ("echo-grpc", "platform-grpc", "+ one unary gRPC call (clients.Dependency)"),
 )
 IN_FLIGHT = 50
 OVERHEAD_CALLS = 2000

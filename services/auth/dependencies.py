@@ -3,7 +3,7 @@ only.
 
 Each call has a deadline; a reason raised by the called service (CODE_INVALID,
 TICKET_INVALID, FACE_SERVICE_BUSY, ...) reaches the user unchanged, and a service that is
-down becomes PROVIDER_UNAVAILABLE (etax_platform.clients.call).
+down becomes PROVIDER_UNAVAILABLE (etax_platform.clients.Dependency).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from etax.common.v1 import types_pb2
 from etax.face.v1 import face_pb2, face_pb2_grpc
 from etax.sms.v1 import sms_pb2, sms_pb2_grpc
 
-from etax_platform.clients import call
+from etax_platform.clients import Dependency
 from etax_platform.clock import optional_instant
 from etax_platform.documents import Document, parse_document
 from etax_platform.errors import DomainError
@@ -76,18 +76,16 @@ class SmsCodes:
 
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._stub = sms_pb2_grpc.InternalSmsServiceStub(channel)
-        self._timeout = timeout
+        self._dependency = Dependency("sms", channel, timeout)
 
     def verify(self, verification_id: str, code: str, purpose: Purpose) -> VerifiedCode:
-        response: sms_pb2.VerifyCodeResponse = call(
+        response: sms_pb2.VerifyCodeResponse = self._dependency.call(
             self._stub.VerifyCode,
             sms_pb2.VerifyCodeRequest(
                 verification_id=verification_id,
                 code=code,
                 purpose=int(purpose),  # type: ignore[arg-type]
             ),
-            timeout=self._timeout,
-            dependency="sms",
         )
         return VerifiedCode(
             channel=Channel(response.channel),
@@ -99,11 +97,9 @@ class SmsCodes:
         """InternalSmsService.SendAccountCode: a code to a phone (or, B6, an email) auth
         chose from the account (E2 applies)."""
         contact = {"email": recipient} if "@" in recipient else {"phone": recipient}
-        response: sms_pb2.SendAccountCodeResponse = call(
+        response: sms_pb2.SendAccountCodeResponse = self._dependency.call(
             self._stub.SendAccountCode,
             sms_pb2.SendAccountCodeRequest(purpose=int(purpose), **contact),  # type: ignore[arg-type]
-            timeout=self._timeout,
-            dependency="sms",
         )
         return SentCode(
             verification_id=response.verification_id,
@@ -117,14 +113,12 @@ class FaceChecks:
 
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._stub = face_pb2_grpc.InternalFaceServiceStub(channel)
-        self._timeout = timeout
+        self._dependency = Dependency("face", channel, timeout)
 
     def identity_matches(self, document: Document, name: str) -> bool:
-        response: face_pb2.CheckIdentityResponse = call(
+        response: face_pb2.CheckIdentityResponse = self._dependency.call(
             self._stub.CheckIdentity,
             face_pb2.CheckIdentityRequest(identity=_named_document(document, name)),
-            timeout=self._timeout,
-            dependency="face",
         )
         return response.match
 
@@ -133,15 +127,13 @@ class FaceChecks:
     ) -> FaceChallenge:
         """A ticket for the person; without a document, a subject-less ticket where the
         APP supplies the identity (D5 face login)."""
-        response: face_pb2.CreateTicketResponse = call(
+        response: face_pb2.CreateTicketResponse = self._dependency.call(
             self._stub.CreateTicket,
             face_pb2.CreateTicketRequest(
                 purpose=int(purpose),  # type: ignore[arg-type]
                 subject_ref=subject_ref,
                 identity=None if document is None else _named_document(document, name),
             ),
-            timeout=self._timeout,
-            dependency="face",
         )
         return FaceChallenge(
             ticket_id=response.ticket_id,
@@ -150,15 +142,13 @@ class FaceChecks:
         )
 
     def redeem(self, proof: str, purpose: Purpose, subject_ref: str) -> FaceResult:
-        response: face_pb2.RedeemProofResponse = call(
+        response: face_pb2.RedeemProofResponse = self._dependency.call(
             self._stub.RedeemProof,
             face_pb2.RedeemProofRequest(
                 proof=proof,
                 purpose=int(purpose),  # type: ignore[arg-type]
                 subject_ref=subject_ref,
             ),
-            timeout=self._timeout,
-            dependency="face",
         )
         return FaceResult(
             ticket_id=response.ticket_id,
@@ -168,11 +158,9 @@ class FaceChecks:
         )
 
     def collect_failures(self, ticket_id: str, subject_ref: str) -> CollectedFailures:
-        response: face_pb2.CollectFailuresResponse = call(
+        response: face_pb2.CollectFailuresResponse = self._dependency.call(
             self._stub.CollectFailures,
             face_pb2.CollectFailuresRequest(ticket_id=ticket_id, subject_ref=subject_ref),
-            timeout=self._timeout,
-            dependency="face",
         )
         return CollectedFailures(max(0, response.new_failures), response.state)
 
@@ -191,13 +179,13 @@ class Bindings:
 
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._stub = binding_pb2_grpc.InternalBindingServiceStub(channel)
-        self._timeout = timeout
+        self._dependency = Dependency("binding", channel, timeout)
 
     def search_subjects(
         self, person_id: str, subject_type: int, query: str, province: str
     ) -> list[binding_pb2.CrossRegionProject]:
         """D5 during login: the person's related subjects matching the query."""
-        response: binding_pb2.SearchPersonSubjectsResponse = call(
+        response: binding_pb2.SearchPersonSubjectsResponse = self._dependency.call(
             self._stub.SearchPersonSubjects,
             binding_pb2.SearchPersonSubjectsRequest(
                 person_id=person_id,
@@ -205,16 +193,12 @@ class Bindings:
                 query=query,
                 province=province,
             ),
-            timeout=self._timeout,
-            dependency="binding",
         )
         return list(response.subjects)
 
     def check_access(self, person_id: str, target: binding_pb2.Target) -> binding_pb2.Identity:
-        response: binding_pb2.CheckAccessResponse = call(
+        response: binding_pb2.CheckAccessResponse = self._dependency.call(
             self._stub.CheckAccess,
             binding_pb2.CheckAccessRequest(person_id=person_id, target=target),
-            timeout=self._timeout,
-            dependency="binding",
         )
         return response.identity

@@ -25,7 +25,7 @@ from etax.binding.v1.binding_pb2 import RelationState
 from etax.common.v1 import types_pb2
 from etax.common.v1.types_pb2 import Entry, Role, SubjectType
 
-from etax_platform.clients import call
+from etax_platform.clients import Dependency
 from etax_platform.clock import Clock, from_timestamp, to_millis, to_timestamp
 from etax_platform.db import Database
 from etax_platform.documents import Document
@@ -68,38 +68,32 @@ class Auth:
     def __init__(self, channel: grpc.Channel, timeout: float) -> None:
         self._internal = auth_pb2_grpc.InternalAuthServiceStub(channel)
         self._public = auth_pb2_grpc.AuthServiceStub(channel)
-        self._timeout = timeout
+        self._dependency = Dependency("auth", channel, timeout)
 
     def person(self, person_id: str) -> NamedDocument:
-        response = call(
+        response = self._dependency.call(
             self._internal.GetPerson,
             auth_pb2.GetPersonRequest(person_id=person_id),
-            timeout=self._timeout,
-            dependency="auth",
         )
         identity = response.person.identity
         document = domain.document(identity.document.type, identity.document.number, "person")
         return NamedDocument(document, " ".join(identity.name.split()))
 
     def registered_person_id(self, document: Document) -> str | None:
-        response = call(
+        response = self._dependency.call(
             self._internal.ResolvePerson,
             auth_pb2.ResolvePersonRequest(
                 document=types_pb2.Document(
                     type=cast(types_pb2.DocumentType, int(document.type)), number=document.number
                 )
             ),
-            timeout=self._timeout,
-            dependency="auth",
         )
         return response.person_id if response.registered and response.person_id else None
 
     def public_keys(self) -> list[dict[str, str]]:
-        response = call(
+        response = self._dependency.call(
             self._public.GetPublicKeys,
             auth_pb2.GetPublicKeysRequest(),
-            timeout=self._timeout,
-            dependency="auth",
         )
         return [
             {"kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.use}
@@ -111,9 +105,7 @@ class Auth:
         request = auth_pb2.ListRevokedSessionsRequest()
         if since is not None:
             request.since.CopyFrom(to_timestamp(since))
-        response = call(
-            self._internal.ListRevokedSessions, request, timeout=self._timeout, dependency="auth"
-        )
+        response = self._dependency.call(self._internal.ListRevokedSessions, request)
         return Revocations(
             session_ids=list(response.session_ids),
             as_of=from_timestamp(response.as_of),

@@ -80,6 +80,16 @@ class LateChannel:
     def connect(self, address: str) -> None:
         self._channel = grpc.insecure_channel(address)
 
+    def subscribe(
+        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
+    ) -> None:
+        assert self._channel is not None, "LateChannel used before connect()"
+        self._channel.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        assert self._channel is not None, "LateChannel used before connect()"
+        self._channel.unsubscribe(callback)
+
     def unary_unary(
         self,
         method: str,

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from etax_platform import metrics, topology, tracing
-from etax_platform.clients import call
+from etax_platform.clients import Dependency
 from etax_platform.errors import DomainError, Reason
 from etax_platform.kv import RedisStore
 from etax_platform.observability import JsonFormatter, request_id, resolve_format, text_formatter
@@ -249,7 +249,7 @@ def test_a_client_call_carries_its_span_to_the_called_service(
 ) -> None:
     with grpc.insecure_channel(host.address) as channel:
         echo = channel.unary_unary(f"/{SERVICE}/Echo")
-        assert call(echo, b"hello", timeout=5, dependency="probe") == b"hello"
+        assert Dependency("probe", channel, timeout=5).call(echo, b"hello") == b"hello"
     servers = [s for s in spans.get_finished_spans() if s.kind.name == "SERVER"]
     clients = [s for s in spans.get_finished_spans() if s.kind.name == "CLIENT"]
     assert len(servers) == 1 and len(clients) == 1
