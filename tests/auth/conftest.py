@@ -24,15 +24,18 @@ from etax_platform.pii import PersonalData
 from etax_platform.server import GrpcHost
 from etax_platform.settings import PlatformSettings
 from etax_platform.tokens import AccessClaims, TokenIssuer
+from services.auth.app import MIGRATIONS as AUTH_MIGRATIONS
 from services.auth.app import build
 from services.auth.keys import SigningKeys
 from services.auth.settings import AuthSettings
+from services.binding.app import MIGRATIONS as BINDING_MIGRATIONS
 from services.face.app import build as build_face
 from services.face.settings import FaceSettings
 from services.sms.app import build as build_sms
 from services.sms.settings import SmsSettings
 from tests.conftest import STORE_URL_FIXTURES
 from tests.harness.numbers import resident_id
+from tests.harness.schemas import migrated_sqlite_url
 
 if TYPE_CHECKING:
     from tests.auth.platform import Platform
@@ -67,15 +70,20 @@ def named(number: str, name: str = "张小三", kind: int = 201) -> types_pb2.Na
 
 @dataclass(frozen=True)
 class Backend:
+    # Auth's database, at its newest migration.
     database_url: str
     # A fresh, empty store per service (each service has its own keys).
     new_store: Callable[[], KeyValueStore]
-    # Another fresh, empty database (another service's).
+    # Another fresh database (another service's, by name: at its newest migration).
     new_database_url: Callable[[str], str]
     # A second client of the same store (a second replica's), or the same in-process one.
     same_store: Callable[[KeyValueStore], KeyValueStore]
     # Database settings every service's settings get (behind PgBouncer: no prepares).
     db_settings: dict[str, Any] = field(default_factory=dict)
+
+
+# The schemas a new database starts at, by service (tests/harness/schemas.py).
+MIGRATIONS = {"auth": AUTH_MIGRATIONS, "binding": BINDING_MIGRATIONS}
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
@@ -92,11 +100,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         return store
 
     if request.param == "sqlite+memory":
+
+        def new_sqlite(name: str) -> str:
+            return migrated_sqlite_url(tmp_path / f"{name}.sqlite3", MIGRATIONS[name])
+
         backend = Backend(
-            f"sqlite:///{tmp_path / 'auth.sqlite3'}",
-            lambda: track(MemoryStore()),
-            lambda name: f"sqlite:///{tmp_path / f'{name}.sqlite3'}",
-            lambda store: store,
+            new_sqlite("auth"), lambda: track(MemoryStore()), new_sqlite, lambda store: store
         )
     else:
         database_kind, store_kind = request.param.split("+")
@@ -109,8 +118,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             db_settings = {"db_prepared_statements": False, "db_statement_timeout_ms": 0}
         databases: list[str] = []
 
-        def new_database(_name: str = "") -> str:
-            databases.append(server.create_database())
+        def new_database(name: str) -> str:
+            databases.append(server.migrated_database(MIGRATIONS[name]))
             return through.url(databases[-1])
 
         def same_store(store: KeyValueStore) -> KeyValueStore:
@@ -118,7 +127,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             return track(RedisStore(redis_url, prefix=store._prefix))
 
         backend = Backend(
-            new_database(),
+            new_database("auth"),
             lambda: track(RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")),
             new_database,
             same_store,

@@ -14,10 +14,12 @@ from etax_platform.clock import ManualClock
 from etax_platform.pii import PersonalData
 from etax_platform.settings import PlatformSettings
 from etax_platform.tokens import SigningKey, TokenIssuer
-from services.binding.app import build
+from services.binding.app import MIGRATIONS, build
 from services.binding.settings import BindingSettings
 from tests.binding.fake_auth import FakeAuth
 from tests.binding.support import Binding
+from tests.harness.schemas import migrated_sqlite_url
+from tests.harness.servers import PostgresServer
 
 
 @pytest.fixture
@@ -32,11 +34,21 @@ def fake_auth(signing_key: SigningKey) -> Iterator[FakeAuth]:
     fake.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def binding_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Binding's database of each kind, at its newest migration: a copy of one migrated
+    once (tests/harness/schemas.py). The migrations' own test starts from `database_url`."""
+    if request.param == "sqlite":
+        return migrated_sqlite_url(tmp_path / "binding.sqlite3", MIGRATIONS)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.url(server.migrated_database(MIGRATIONS))
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> BindingSettings:
+def settings(binding_database_url: str, tmp_path: Path) -> BindingSettings:
     return BindingSettings(
         port=0,
-        database_url=database_url,
+        database_url=binding_database_url,
         platform=PlatformSettings(data_dir=tmp_path / "data"),
     )
 

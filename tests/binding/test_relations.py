@@ -449,14 +449,15 @@ def _all_wait_for_the_row(
 
 
 def test_f1_concurrent_double_confirmation_exactly_one_wins(
-    binding: Binding, company: tuple[str, Person, Person], database_url: str
+    binding: Binding, company: tuple[str, Person, Person], binding_database_url: str
 ) -> None:
     code, lr, fo = company
     applicant = binding.person("王申请")
     applied = binding.apply(code, applicant)
 
     confirmers = [lr, fo] * 6
-    with _all_wait_for_the_row(database_url, applied.relation_id, len(confirmers)) as release:
+    waiting = _all_wait_for_the_row(binding_database_url, applied.relation_id, len(confirmers))
+    with waiting as release:
         won, errors = _race(
             [lambda p=person: binding.confirm(applied.relation_id, p) for person in confirmers],
             once_started=release,
@@ -470,7 +471,7 @@ def test_f1_concurrent_double_confirmation_exactly_one_wins(
 
 
 def test_f1_concurrent_confirm_and_reject_exactly_one_wins(
-    binding: Binding, company: tuple[str, Person, Person], database_url: str
+    binding: Binding, company: tuple[str, Person, Person], binding_database_url: str
 ) -> None:
     code, lr, _ = company
     officer = binding.person("小明")
@@ -480,7 +481,7 @@ def test_f1_concurrent_confirm_and_reject_exactly_one_wins(
     for _ in range(5):
         calls.append(lambda: binding.confirm(added.relation_id, officer))
         calls.append(lambda: binding.reject(added.relation_id, officer))
-    with _all_wait_for_the_row(database_url, added.relation_id, len(calls)) as release:
+    with _all_wait_for_the_row(binding_database_url, added.relation_id, len(calls)) as release:
         won, errors = _race(calls, once_started=release)
 
     assert won == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import shutil
 import signal
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import psycopg
 import redis
+
+from etax_platform.db import Database
 
 # Ports handed out by free_port in this process, never handed out again.
 _handed_out: set[int] = set()
@@ -349,6 +352,14 @@ class PostgresServer:
         self.workdir = workdir
         # pg_ctl with its data directory (as the postgres user when running as root).
         self._control = control or []
+        # A database at each migrations directory's newest revision, copied by
+        # migrated_database (a template must have no connections while it is copied).
+        self._templates: dict[Path, str] = {}
+        self._templates_lock = threading.Lock()
+        # Copies of a template made ahead, by the copier thread, for the next test.
+        self._spares: dict[str, list[str]] = {}
+        self._copies_wanted: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._copier: threading.Thread | None = None
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -364,6 +375,40 @@ class PostgresServer:
             suffix = f" TEMPLATE {template}" if template else ""
             conn.execute(f'CREATE DATABASE "{name}"{suffix}')
         return name
+
+    def migrated_database(self, migrations: Path) -> str:
+        """A new database at the newest revision of a service's migrations: a copy of one
+        this server migrated once (CREATE DATABASE ... TEMPLATE), so that every test's
+        service starts on a schema already at head instead of running every migration.
+        Tests of the migrations themselves start from `create_database()`.
+
+        A copy takes about 0.1 s of PostgreSQL's time, so the next one is made in the
+        background while the test that asked for this one runs."""
+        with self._templates_lock:
+            template = self._templates.get(migrations)
+            if template is None:
+                template = self.create_database()
+                database = Database(self.url(template))
+                database.migrate(migrations)
+                database.dispose()
+                self._templates[migrations] = template
+                self._spares[template] = []
+            spare = self._spares[template].pop() if self._spares[template] else None
+            if self._copier is None:
+                self._copier = threading.Thread(target=self._copy_templates, daemon=True)
+                self._copier.start()
+        self._copies_wanted.put(template)
+        return spare or self.create_database(template)
+
+    def _copy_templates(self) -> None:
+        while True:
+            template = self._copies_wanted.get()
+            try:
+                copy = self.create_database(template)
+            except psycopg.Error:
+                continue  # the server is stopping: the test asking next makes its own
+            with self._templates_lock:
+                self._spares[template].append(copy)
 
     def stop(self, mode: str = "fast") -> None:
         """Stops the server (fast: clients are disconnected, nothing is lost)."""
