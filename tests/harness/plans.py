@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from etax_platform.db import Database, _Prepared
+from etax_platform.db import _Prepared
 from tests.harness.servers import PostgresServer
 
 
@@ -23,10 +23,7 @@ def analysed_database(
 ) -> str:
     """A new database at a service's newest migration, filled and analysed (so plans see
     its real sizes); its libpq conninfo."""
-    url = postgres.url(postgres.create_database())
-    database = Database(url)
-    database.migrate(migrations)
-    database.dispose()
+    url = postgres.url(postgres.migrated_database(migrations))
     plain = url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(plain, autocommit=True) as connection:
         fill(connection)

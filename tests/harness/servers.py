@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from etax_platform.db import Database
+from tests.harness.schemas import migrate
 
 # Ports handed out by free_port in this process, never handed out again.
 _handed_out: set[int] = set()
@@ -388,9 +388,7 @@ class PostgresServer:
             template = self._templates.get(migrations)
             if template is None:
                 template = self.create_database()
-                database = Database(self.url(template))
-                database.migrate(migrations)
-                database.dispose()
+                migrate(self.url(template), migrations)
                 self._templates[migrations] = template
                 self._spares[template] = []
             spare = self._spares[template].pop() if self._spares[template] else None
