@@ -5,7 +5,8 @@ PostgreSQL by URL. Races are settled by the database: unique constraints, upsert
 locks. On SQLite every writing transaction starts with BEGIN IMMEDIATE, so two writers
 queue on the file lock instead of failing when a read lock cannot be upgraded.
 
-PostgreSQL pools are sized by setting (`PoolSettings`, from each service's settings).
+PostgreSQL pools are sized by setting (`PoolSettings`, from each service's settings) and
+are psycopg_pool's (`etax_platform.pg_pools`), SQLAlchemy's included.
 The services keep no session state on a connection (no SET, no LISTEN, no session
 advisory locks, no temporary tables), so they work through PgBouncer in transaction
 mode, given `prepared_statements=False` where the pooler cannot carry psycopg's named
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import psycopg_pool
 import sqlalchemy.exc
 from alembic import command, context
 from alembic.config import Config
@@ -55,6 +54,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import Executable
 
 from etax_platform import metrics, tracing
+from etax_platform.pg_pools import Pool, UnitConnection
 
 log = logging.getLogger("etax.db")
 # psycopg_pool logs every checkout at INFO.
@@ -122,21 +122,27 @@ def _connect_args(url: str, settings: PoolSettings) -> dict[str, Any]:
     return connect_args
 
 
-def make_engine(url: str, settings: PoolSettings | None = None) -> Engine:
-    if url.startswith("sqlite"):
-        return _sqlite_engine(url)
-    settings = settings or PoolSettings()
-    connect_args = _connect_args(url, settings)
-    # No pre-ping: it costs a round trip on every checkout; a connection the server
-    # dropped fails its statement, which the call interceptor answers as UNAVAILABLE.
-    return create_engine(
-        url,
-        pool_size=settings.size,
-        max_overflow=settings.max_overflow,
-        pool_timeout=settings.timeout_seconds,
-        pool_recycle=settings.recycle_seconds,
-        connect_args=connect_args,
+def _pool(url: str, settings: PoolSettings, name: str, *, keep: int, **kwargs: Any) -> Pool:
+    """A pool of size + overflow connections at most, `keep` of them kept open."""
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return Pool(
+        conninfo,
+        kwargs={**_connect_args(url, settings), **kwargs.pop("connect", {})},
+        min_size=keep,
+        max_size=max(1, settings.size + settings.max_overflow),
+        timeout=settings.timeout_seconds,
+        max_lifetime=max(60.0, float(settings.recycle_seconds)),
+        name=name,
+        **kwargs,
     )
+
+
+def _postgresql_engine(url: str, units: Pool) -> Engine:
+    """SQLAlchemy on connections of `units`: NullPool, so SQLAlchemy keeps none itself,
+    and a connection's close() puts it back (close_returns). No pre-ping: it costs a
+    round trip on every checkout; a connection the server dropped fails its statement,
+    which the call interceptor answers as UNAVAILABLE, and the pool replaces it."""
+    return create_engine(url, poolclass=pool.NullPool, creator=units.getconn)
 
 
 class Statement:
@@ -232,10 +238,6 @@ class _StatementConnection(psycopg.Connection[Any]):
         self.transformer = Transformer(self)
 
 
-# A connection of the statement pool is had in milliseconds when the database is there.
-_UNREACHABLE_AFTER_SECONDS = 0.5
-
-
 def _translated(error: psycopg.Error, sql: str) -> sqlalchemy.exc.DBAPIError:
     """A driver error as SQLAlchemy raises it, so callers and the call interceptor (a
     database that is away: UNAVAILABLE) treat both paths alike."""
@@ -256,14 +258,34 @@ class Database:
 
     def __init__(self, url: str, pool_settings: PoolSettings | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_settings)
-        self._pool_settings = pool_settings or PoolSettings()
-        self._statements: psycopg_pool.ConnectionPool[_StatementConnection] | None = None
-        self._statements_lock = threading.Lock()
-        # Statement connections held by callers now, and until when the database counts as
-        # unreachable (_checkout_statement_connection).
-        self._statements_held = 0
-        self._unreachable_until = 0.0
+        settings = self._pool_settings = pool_settings or PoolSettings()
+        self._units: Pool | None = None
+        self._statements: Pool | None = None
+        pools: Any  # what the pool metrics read
+        if url.startswith("sqlite"):
+            self.engine = _sqlite_engine(url)
+            pools = self.engine.pool
+        else:
+            # The units of work keep `size` connections open. The hot statements' pool
+            # opens its connections (autocommit, with their prepared statements) as they
+            # are needed: a database that runs no hot statement holds none.
+            pools = self._units = _pool(
+                url,
+                settings,
+                "units",
+                keep=settings.size,
+                connection_class=UnitConnection,
+                close_returns=True,
+            )
+            self.engine = _postgresql_engine(url, self._units)
+            self._statements = _pool(
+                url,
+                settings,
+                "statements",
+                keep=0,
+                connection_class=_StatementConnection,
+                connect={"autocommit": True},
+            )
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
         readers = self.engine.execution_options(**{_READ_ONLY: True})
@@ -272,7 +294,7 @@ class Database:
         self._readers = readers
         # Metrics by the database's name (the SQLite file's stem, or PostgreSQL's database).
         self.name = _database_name(url)
-        metrics.POOLS.add(self.name, self.engine.pool)
+        metrics.POOLS.add(self.name, pools)
         self._waiting = metrics.DB_POOL_WAITING.labels(self.name)
         self._write_seconds = metrics.DB_SECONDS.labels(self.name, "transaction")
         self._read_seconds = metrics.DB_SECONDS.labels(self.name, "read")
@@ -336,69 +358,20 @@ class Database:
     ) -> list[tuple[Any, ...]]:
         prepared = statement.for_psycopg(self.engine.dialect)
         pool = self._statement_pool()
-        connection = self._checkout_statement_connection(pool, prepared, wait_seconds)
-        with self._statements_lock:
-            self._statements_held += 1
+        try:
+            connection = pool.getconn(wait_seconds)
+        except psycopg.Error as error:  # unreachable
+            raise _translated(error, prepared.sql) from None
         try:
             return _execute(connection, prepared, params, self._pool_settings.prepared_statements)
         except psycopg.Error as error:
             raise _translated(error, prepared.sql) from error
         finally:
-            with self._statements_lock:
-                self._statements_held -= 1
             pool.putconn(connection)  # a broken connection is closed, not kept
 
-    def _checkout_statement_connection(
-        self,
-        pool: psycopg_pool.ConnectionPool[_StatementConnection],
-        prepared: _Prepared,
-        wait_seconds: float | None,
-    ) -> _StatementConnection:
-        """A connection of the statement pool. While the database is away the pool tries to
-        connect in the background and a caller would wait its whole timeout, a worker
-        thread held for every call. So: no connection had after a short wait while none is
-        held by any caller means the database is unreachable now (OperationalError,
-        UNAVAILABLE), not busy; and for a second after that, callers do not wait at all
-        unless a connection is there."""
-        timeout = self._pool_settings.timeout_seconds if wait_seconds is None else wait_seconds
-        first = min(timeout, _UNREACHABLE_AFTER_SECONDS)
-        if time.monotonic() < self._unreachable_until:
-            first = min(first, 0.01)
-        try:
-            return pool.getconn(timeout=first)
-        except psycopg_pool.PoolTimeout:
-            if self._statements_held == 0:
-                self._unreachable_until = time.monotonic() + 1.0
-                unreachable = psycopg.OperationalError("no connection to the database")
-                raise _translated(unreachable, prepared.sql) from None
-        try:
-            if timeout > first:
-                return pool.getconn(timeout=timeout - first)
-        except psycopg_pool.PoolTimeout:
-            pass
-        raise sqlalchemy.exc.TimeoutError("no free connection for a statement") from None
-
-    def _statement_pool(self) -> psycopg_pool.ConnectionPool[_StatementConnection]:
-        """Opened at the first hot statement, so a database that runs none opens nothing."""
-        pool = self._statements
-        if pool is not None:
-            return pool
-        with self._statements_lock:
-            if self._statements is None:
-                settings = self._pool_settings
-                conninfo = make_url(self.url).set(drivername="postgresql")
-                self._statements = psycopg_pool.ConnectionPool(
-                    conninfo.render_as_string(hide_password=False),
-                    connection_class=_StatementConnection,
-                    kwargs={"autocommit": True, **_connect_args(self.url, settings)},
-                    min_size=0,
-                    max_size=max(1, settings.size + settings.max_overflow),
-                    timeout=settings.timeout_seconds,
-                    max_lifetime=max(60.0, float(settings.recycle_seconds)),
-                    name="statements",
-                    open=True,
-                )
-            return self._statements
+    def _statement_pool(self) -> Pool:
+        assert self._statements is not None  # PostgreSQL
+        return self._statements
 
     @contextmanager
     def _checkout(self, opening: Any) -> Iterator[Connection]:
@@ -450,11 +423,10 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
-        with self._statements_lock:
-            if self._statements is not None:
-                self._statements.close()
-                self._statements = None
         self.engine.dispose()
+        for pools in (self._units, self._statements):
+            if pools is not None:
+                pools.close()
 
 
 def _execute(

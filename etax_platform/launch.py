@@ -183,8 +183,10 @@ def shared_stores(environ: Mapping[str, str], replicas: int) -> Iterator[dict[st
         missing = [s for s in databases if not environ.get(f"{s.env_prefix}DATABASE_URL")]
         if missing:
             port = _int(environ, "ETAX_SHARED_POSTGRES_PORT", topology.POSTGRES_PORT)
-            # Every replica may open max_workers + 8 connections (pool and overflow).
-            per_replica = _int(environ, "ETAX_SHARED_CONNECTIONS_PER_REPLICA", 72)
+            # Every replica may open max_workers + 8 connections (pool and overflow) in
+            # each of its two pools (units of work, hot statements), and keeps them for ten
+            # idle minutes.
+            per_replica = _int(environ, "ETAX_SHARED_CONNECTIONS_PER_REPLICA", 2 * 72)
             server = stack.enter_context(
                 local_stores.postgres(
                     directory / "postgres", port, len(databases) * replicas * per_replica + 10

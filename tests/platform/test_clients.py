@@ -145,9 +145,7 @@ def test_a_service_that_comes_back_is_called_again(port: int, channel: grpc.Chan
         assert _echo(dependency, channel, b"again") == b"again"
 
 
-def test_a_refusal_of_the_called_service_keeps_its_reason(
-    port: int, channel: grpc.Channel
-) -> None:
+def test_a_refusal_of_the_called_service_keeps_its_reason(port: int, channel: grpc.Channel) -> None:
     dependency = Dependency("downstream", channel, timeout=DEADLINE)
     with downstream(port), pytest.raises(DomainError) as refusal:
         _echo(dependency, channel, b"refuse")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -117,6 +117,62 @@ def test_a_full_pool_makes_a_caller_wait_then_fail_unavailable(
             assert time.monotonic() - started >= 0.3
         with database.reading() as session:  # returned connections serve again
             assert session.scalar(text("SELECT 1")) == 1
+    finally:
+        database.dispose()
+
+
+_BACKEND = text("SELECT pg_backend_pid()")
+
+
+def _backends_at_once(database: Database, callers: int) -> set[int]:
+    """The server processes of `callers` units of work held at the same time."""
+    barrier = threading.Barrier(callers)
+
+    def one(_: int) -> int:
+        with database.reading() as session:
+            pid = session.scalar(_BACKEND)
+            barrier.wait(timeout=10)
+        assert isinstance(pid, int)
+        return pid
+
+    with ThreadPoolExecutor(callers) as pool:
+        return set(pool.map(one, range(callers)))
+
+
+def test_connections_opened_under_a_burst_are_kept_for_the_next(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """Beyond the pool's size, connections stay open once returned (psycopg_pool closes
+    them after ten idle minutes): a second burst opens no new PostgreSQL backend.
+    SQLAlchemy's QueuePool closed each at once, so every call of a sustained burst above
+    the size paid a new backend, and 50 at once waited seconds for their connections."""
+    database = Database(postgres.url(database_name), PoolSettings(size=2, max_overflow=10))
+    try:
+        first = _backends_at_once(database, 12)
+        assert len(first) == 12
+        assert _backends_at_once(database, 12) == first
+    finally:
+        database.dispose()
+
+
+def test_a_unit_of_work_stays_one_transaction_on_a_connection_reads_used(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """Reads run in autocommit mode; the same connection, back in the pool, carries a
+    writing unit of work as one transaction again, rolled back when its block raises."""
+    database = Database(postgres.url(database_name), PoolSettings(size=1, max_overflow=0))
+    try:
+        with database.reading() as session:
+            reader = session.scalar(_BACKEND)
+        with database.transaction() as session:
+            assert session.scalar(_BACKEND) == reader
+            first = session.scalar(text("SELECT txid_current()"))
+            assert session.scalar(text("SELECT txid_current()")) == first
+        with pytest.raises(RuntimeError), database.transaction() as session:
+            session.execute(counters.insert().values(name="rolled back", value=1))
+            raise RuntimeError
+        with database.reading() as session:
+            assert session.scalar(select(counters.c.name)) is None
     finally:
         database.dispose()
 
@@ -330,28 +386,41 @@ def test_a_hot_statement_on_a_lost_connection_is_unavailable_and_the_next_one_wo
         database.dispose()
 
 
-def test_hot_statements_while_the_database_is_away_fail_at_once_then_recover() -> None:
+def _select_one_in_a_unit_of_work(database: Database) -> object:
+    with database.reading() as session:
+        return session.scalar(text("SELECT 1"))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [lambda database: database.run(_PREPARED_HERE, {}), _select_one_in_a_unit_of_work],
+    ids=["hot statement", "unit of work"],
+)
+def test_calls_while_the_database_is_away_fail_at_once_then_recover(
+    call: Callable[[Database], object],
+) -> None:
     """Not the pool's whole timeout per call while it cannot connect (a worker thread held
-    for 10 s each): UNAVAILABLE at once (OperationalError), and statements run again once
-    the database is back."""
+    for 10 s each): UNAVAILABLE at once (OperationalError), saying why the last attempt to
+    connect failed, and calls work again once the database is back."""
     with postgres_server() as server:
-        database = Database(server.url(), PoolSettings(timeout_seconds=10))
+        database = Database(server.url(), PoolSettings(size=2, timeout_seconds=10))
         try:
-            assert database.run(_PREPARED_HERE, {})
+            assert call(database)
             server.stop()
-            for _ in range(3):  # the first meets its broken connection; the rest, none
+            for _ in range(5):  # the first meet their broken connections; the rest, none
                 started = time.monotonic()
-                with pytest.raises(OperationalError):
-                    database.run(_PREPARED_HERE, {})
+                with pytest.raises(OperationalError) as refused:
+                    call(database)
                 assert time.monotonic() - started < 2
+            assert "connection refused" in str(refused.value).lower()
             server.start()
             deadline = time.monotonic() + 20
             while True:
                 try:
-                    assert database.run(_PREPARED_HERE, {})
+                    assert call(database)
                     break
                 except OperationalError:
-                    assert time.monotonic() < deadline, "statements did not recover"
+                    assert time.monotonic() < deadline, "calls did not recover"
                     time.sleep(0.2)
         finally:
             database.dispose()
