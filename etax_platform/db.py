@@ -122,16 +122,26 @@ def _connect_args(url: str, settings: PoolSettings) -> dict[str, Any]:
     return connect_args
 
 
-def _pool(url: str, settings: PoolSettings, name: str, *, keep: int, **kwargs: Any) -> Pool:
+def _pool(
+    url: str,
+    settings: PoolSettings,
+    name: str,
+    *,
+    keep: int,
+    autocommit: bool = False,
+    **kwargs: Any,
+) -> Pool:
     """A pool of size + overflow connections at most, `keep` of them kept open."""
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    recycle = settings.recycle_seconds
     return Pool(
         conninfo,
-        kwargs={**_connect_args(url, settings), **kwargs.pop("connect", {})},
+        kwargs={**_connect_args(url, settings), "autocommit": autocommit},
         min_size=keep,
         max_size=max(1, settings.size + settings.max_overflow),
         timeout=settings.timeout_seconds,
-        max_lifetime=max(60.0, float(settings.recycle_seconds)),
+        # -1: never replaced for age (SQLAlchemy's meaning of pool_recycle=-1).
+        max_lifetime=float("inf") if recycle < 0 else max(60.0, float(recycle)),
         name=name,
         **kwargs,
     )
@@ -284,7 +294,7 @@ class Database:
                 "statements",
                 keep=0,
                 connection_class=_StatementConnection,
-                connect={"autocommit": True},
+                autocommit=True,
             )
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
