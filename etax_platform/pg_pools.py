@@ -3,14 +3,15 @@ database that cannot be reached from one that is busy.
 
 Both pools of a `Database` are of this kind: the units of work (SQLAlchemy takes its
 connections from it: `NullPool`, `creator=pool.getconn`, `close_returns=True`, as
-psycopg's documentation describes) and the hot statements (`Database.run`). SQLAlchemy's
-own QueuePool was the first: it opens a connection in the caller's thread whenever none
-is free, and closes every connection beyond its size as soon as it is returned. Under a
-burst above the size (binding's first access checks of the day ask auth for 50 persons
-at once) every call paid a new PostgreSQL backend, 24 threads connected at once, and
-calls waited up to 3.3 s for their connection (bench/analysis.md). psycopg_pool keeps the
-connections it opened until they idle for `max_idle` (ten minutes), hands a returned
-connection to the caller waiting longest, and opens new ones in background workers.
+psycopg's documentation describes) and the hot statements (`Database.run`). The units
+of work had SQLAlchemy's own QueuePool before: it opens a connection in the caller's
+thread whenever none is free, and closes every connection beyond its size as soon as it
+is returned. Under a burst above the size (a cold binding's first access checks ask auth
+for 50 persons at once) every call paid a new PostgreSQL backend, 24 threads connected
+at once, and calls waited up to 3.3 s for their connection (bench/analysis.md).
+psycopg_pool keeps the connections it opened until they idle for `max_idle` (ten
+minutes), hands a returned connection to the caller waiting longest, and opens new ones
+in background workers.
 """
 
 from __future__ import annotations
