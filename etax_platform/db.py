@@ -26,7 +26,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +162,9 @@ class Statement:
 
     Parameters go to the driver as they are: no type processing (pass aware datetimes,
     ints, strings), and no expanding IN lists. Rows come back as tuples, in the order of
-    the statement's columns.
+    the statement's columns, as the driver loads them; `typed`: each column through its
+    SQLAlchemy type's result processing on PostgreSQL too (a TypeDecorator's
+    `process_result_value`), as the construct's execution does on SQLite.
     """
 
     def __init__(
@@ -171,11 +173,15 @@ class Statement:
         *,
         postgresql: str | None = None,
         writes: bool = False,
+        typed: bool = False,
     ) -> None:
         if construct is None and postgresql is None:
             raise ValueError("a statement needs a construct or its PostgreSQL text")
+        if typed and (construct is None or postgresql is not None):
+            raise ValueError("typed results need the construct's columns, and no other text")
         self.construct = construct
         self.writes = writes
+        self.typed = typed
         self._postgresql = postgresql
         self._prepared: _Prepared | None = None
 
@@ -189,8 +195,16 @@ class Statement:
                 assert construct is not None
                 compiled = construct.compile(dialect=dialect)  # type: ignore[attr-defined]
                 sql, fixed = str(compiled), dict(compiled.params)
-            self._prepared = _Prepared.of(sql, fixed)
+            self._prepared = _Prepared.of(sql, fixed, self._processors(dialect))
         return self._prepared
+
+    def _processors(self, dialect: Dialect) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+        """(column, its type's result processor) for the columns that have one."""
+        if not self.typed:
+            return ()
+        columns = self.construct.selected_columns  # type: ignore[union-attr]
+        found = ((n, c.type.result_processor(dialect, None)) for n, c in enumerate(columns))
+        return tuple((n, process) for n, process in found if process is not None)
 
 
 # psycopg's named placeholders, and its escaped percent sign.
@@ -209,9 +223,15 @@ class _Prepared:
     names: tuple[str, ...]
     fixed: Mapping[str, Any]
     formats: tuple[PyFormat, ...]
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
     @classmethod
-    def of(cls, sql: str, fixed: Mapping[str, Any]) -> _Prepared:
+    def of(
+        cls,
+        sql: str,
+        fixed: Mapping[str, Any],
+        processors: tuple[tuple[int, Callable[[Any], Any]], ...] = (),
+    ) -> _Prepared:
         names: list[str] = []
 
         def placeholder(match: re.Match[str]) -> str:
@@ -231,11 +251,23 @@ class _Prepared:
             tuple(names),
             fixed,
             (PyFormat.TEXT,) * len(names),
+            processors,
         )
 
     def values(self, params: Mapping[str, Any]) -> list[Any]:
         fixed = self.fixed
         return [params[n] if n in params else fixed[n] for n in self.names]
+
+    def processed(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        if not self.processors:
+            return rows
+        done = []
+        for row in rows:
+            values = list(row)
+            for n, process in self.processors:
+                values[n] = process(values[n])
+            done.append(tuple(values))
+        return done
 
 
 class _StatementConnection(psycopg.Connection[Any]):
@@ -373,11 +405,12 @@ class Database:
         except psycopg.Error as error:  # unreachable
             raise _translated(error, prepared.sql) from None
         try:
-            return _execute(connection, prepared, params, self._pool_settings.prepared_statements)
+            rows = _execute(connection, prepared, params, self._pool_settings.prepared_statements)
         except psycopg.Error as error:
             raise _translated(error, prepared.sql) from error
         finally:
             pool.putconn(connection)  # a broken connection is closed, not kept
+        return prepared.processed(rows)
 
     def _statement_pool(self) -> Pool:
         assert self._statements is not None  # PostgreSQL

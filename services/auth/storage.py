@@ -9,6 +9,7 @@ usernames, and conditions in UPDATE statements decide once-a-year changes.
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,11 +17,12 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
-    Row,
+    Select,
     bindparam,
     case,
     delete,
     exists,
+    false,
     func,
     literal,
     or_,
@@ -30,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from etax_platform.db import Database, dialect_insert
+from etax_platform.db import Database, Statement, dialect_insert
 from etax_platform.documents import Document, DocumentType
 from etax_platform.errors import DomainError, Reason
 from etax_platform.pii import PersonalData
@@ -208,16 +210,10 @@ class AccountStore:
         self, *, document_indexes: list[str], username_key: str | None, phone_index: str | None
     ) -> list[LoginCandidate]:
         """Persons an account can name (C2, C3), each with the phone the login shows (D2),
-        in one query: login step 1 makes no other round trip."""
-        with self._db.reading() as session:
-            rows = session.execute(
-                _LOGIN_CANDIDATES,
-                {
-                    "document_indexes": document_indexes,
-                    "username_key": username_key,
-                    "phone_index": phone_index,
-                },
-            ).all()
+        in one prepared statement: login step 1 makes no other round trip."""
+        statement, params, row_of = _LOGIN_CANDIDATES.bound(document_indexes)
+        params |= {"username_key": username_key, "phone_index": phone_index}
+        rows = map(row_of, self._db.run(statement, params))
         return [
             LoginCandidate(
                 self._person(row),
@@ -567,7 +563,7 @@ class AccountStore:
 
     # --- mapping ------------------------------------------------------------------------
 
-    def _person(self, row: Row[Any]) -> PersonRecord:
+    def _person(self, row: Any) -> PersonRecord:
         return PersonRecord(
             person_id=row.id,
             document=Document(
@@ -624,24 +620,60 @@ def _person_query() -> Any:
     return select(*persons.c, collected.label("offline_collected"))
 
 
-# Built once (login step 1 is hot). A None key compares as NULL and an empty list as
-# an empty IN, so an account that names no person this way matches no row.
-_LOGIN_CANDIDATES = (
-    _person_query()
-    .add_columns(_default_phone_number().label("default_phone"))
-    .where(
-        or_(
-            persons.c.document_index.in_(bindparam("document_indexes", expanding=True)),
-            persons.c.username_key == bindparam("username_key", type_=persons.c.username_key.type),
-            persons.c.id
-            == select(phones.c.person_id)
-            .where(
-                phones.c.number_index == bindparam("phone_index", type_=phones.c.number_index.type)
+def login_candidates_query(document_indexes: int) -> Select[Any]:
+    """Login step 1's query for this many document indexes (the PII keys held), each a
+    plain parameter (`document_index_0`, ...), so PostgreSQL's generic plan looks each up
+    by index. A None key compares as NULL and no index as no condition, so an account
+    that names no person one way matches no row that way."""
+    named = [
+        bindparam(f"document_index_{n}", type_=persons.c.document_index.type)
+        for n in range(document_indexes)
+    ]
+    query: Select[Any] = (
+        _person_query()
+        .add_columns(_default_phone_number().label("default_phone"))
+        .where(
+            or_(
+                persons.c.document_index.in_(named) if named else false(),
+                persons.c.username_key
+                == bindparam("username_key", type_=persons.c.username_key.type),
+                persons.c.id
+                == select(phones.c.person_id)
+                .where(
+                    phones.c.number_index
+                    == bindparam("phone_index", type_=phones.c.number_index.type)
+                )
+                .scalar_subquery(),
             )
-            .scalar_subquery(),
         )
     )
-)
+    return query
+
+
+class _LoginCandidatesStatement:
+    """`login_candidates_query` as a hot statement (typed: its instants come back in
+    China Standard Time on PostgreSQL too), built once per number of indexes."""
+
+    def __init__(self) -> None:
+        self._by_count: dict[int, tuple[Statement, Callable[[tuple[Any, ...]], Any]]] = {}
+
+    def bound(
+        self, document_indexes: list[str]
+    ) -> tuple[Statement, dict[str, Any], Callable[[tuple[Any, ...]], Any]]:
+        """The statement, its index parameters, and what turns a row into named columns."""
+        shape = self._by_count.get(len(document_indexes))
+        if shape is None:
+            query = login_candidates_query(len(document_indexes))
+            row = namedtuple("LoginCandidateRow", [c.key for c in query.selected_columns])  # type: ignore[misc]
+            shape = self._by_count.setdefault(
+                len(document_indexes), (Statement(query, typed=True), row._make)
+            )
+        statement, row_of = shape
+        params = {f"document_index_{n}": index for n, index in enumerate(document_indexes)}
+        return statement, params, row_of
+
+
+_LOGIN_CANDIDATES = _LoginCandidatesStatement()
 
 
 def _count(result: Any) -> int:

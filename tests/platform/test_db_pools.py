@@ -9,9 +9,22 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, select, text, update
+from sqlalchemy import (
+    Column,
+    Dialect,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError, TimeoutError
 
 from etax_platform.db import Database, PoolSettings, Statement
@@ -309,6 +322,30 @@ def test_hot_statements_are_prepared_on_their_connection(
         database.run(_PREPARED_HERE, {})
         # The one connection of the pool prepared it on its first run.
         assert database.run(_PREPARED_HERE, {}) == [(1,)]
+    finally:
+        database.dispose()
+
+
+class _Shouting(TypeDecorator[str]):
+    """A type whose results SQLAlchemy processes (as auth's Instant turns them to CST)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value).upper()
+
+
+def test_a_typed_hot_statement_gets_its_columns_as_sqlalchemy_would(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """On PostgreSQL a hot statement's rows are the driver's; `typed` runs each column's
+    result processing too, as executing the construct does on SQLite."""
+    word = select(literal("calm", _Shouting()).label("word"), literal(7).label("n"))
+    database = Database(postgres.url(database_name))
+    try:
+        assert database.run(Statement(word), {}) == [("calm", 7)]
+        assert database.run(Statement(word, typed=True), {}) == [("CALM", 7)]
     finally:
         database.dispose()
 
