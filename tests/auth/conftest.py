@@ -28,6 +28,7 @@ from services.auth.app import MIGRATIONS as AUTH_MIGRATIONS
 from services.auth.app import build
 from services.auth.keys import SigningKeys
 from services.auth.settings import AuthSettings
+from services.auth.storage import AccountStore
 from services.binding.app import MIGRATIONS as BINDING_MIGRATIONS
 from services.face.app import build as build_face
 from services.face.settings import FaceSettings
@@ -84,6 +85,15 @@ class Backend:
 
 # The schemas a new database starts at, by service (tests/harness/schemas.py).
 MIGRATIONS = {"auth": AUTH_MIGRATIONS, "binding": BINDING_MIGRATIONS}
+
+
+@pytest.fixture
+def accounts(database_url: str, personal_data: PersonalData) -> Iterator[AccountStore]:
+    """Auth's storage alone, on a fresh database of each kind at the newest migration."""
+    database = Database(database_url)
+    database.migrate(AUTH_MIGRATIONS)
+    yield AccountStore(database, personal_data)
+    database.dispose()
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])

@@ -4,28 +4,14 @@ PostgreSQL a prepared statement on the driver, its instants in China Standard Ti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
-import pytest
-
 from etax_platform.clock import CST
-from etax_platform.db import Database
 from etax_platform.documents import Document, DocumentType
-from etax_platform.pii import PersonalData
-from services.auth.app import MIGRATIONS
 from services.auth.storage import AccountStore, NewPerson, PhoneClaim
 from tests.auth.conftest import new_phone, new_resident_id
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=CST)
-
-
-@pytest.fixture
-def accounts(database_url: str, personal_data: PersonalData) -> Iterator[AccountStore]:
-    database = Database(database_url)
-    database.migrate(MIGRATIONS)
-    yield AccountStore(database, personal_data)
-    database.dispose()
 
 
 def _register(accounts: AccountStore, phone: str) -> tuple[str, Document]:

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import func, select
 
 from etax_platform.clock import CST
-from etax_platform.db import Database
 from etax_platform.documents import Document, DocumentType
-from etax_platform.pii import PersonalData
-from services.auth.app import MIGRATIONS
 from services.auth.models import phones
 from services.auth.storage import AccountStore, NewPerson, PhoneClaim
 from tests.auth.conftest import new_phone, new_resident_id
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=CST)
-
-
-@pytest.fixture
-def accounts(database_url: str, personal_data: PersonalData) -> Iterator[AccountStore]:
-    database = Database(database_url)
-    database.migrate(MIGRATIONS)
-    yield AccountStore(database, personal_data)
-    database.dispose()
 
 
 def _person(accounts: AccountStore) -> str:
