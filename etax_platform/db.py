@@ -26,7 +26,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +205,45 @@ class Statement:
         columns = self.construct.selected_columns  # type: ignore[union-attr]
         found = ((n, c.type.result_processor(dialect, None)) for n, c in enumerate(columns))
         return tuple((n, process) for n, process in found if process is not None)
+
+
+class ListStatement:
+    """A hot statement with one list parameter (a person's document indexes: one, or more
+    while a rotation's older keys are held), built once for each length of the list. Each
+    value is a plain parameter (`{prefix}_0`, `{prefix}_1`, ...): PostgreSQL's generic
+    plan for a prepared statement (what it runs after the fifth time) then looks every row
+    up by index, where one array parameter (`= ANY`) for any length had it scan a table.
+
+    `build` gets the values' parameter names and returns the construct."""
+
+    def __init__(
+        self, build: Callable[[list[str]], Executable], prefix: str, *, typed: bool = False
+    ) -> None:
+        self._build = build
+        self._prefix = prefix
+        self._typed = typed
+        self._by_count: dict[int, tuple[Statement, list[str]]] = {}
+
+    def bound(
+        self, values: Sequence[Any], params: Mapping[str, Any]
+    ) -> tuple[Statement, dict[str, Any]]:
+        """The statement for this many values, and `params` with the values added."""
+        shape = self._by_count.get(len(values))
+        if shape is None:
+            # Built at most a few times at once, the first time a rotation's persons come.
+            names = [f"{self._prefix}_{n}" for n in range(len(values))]
+            shape = self._by_count.setdefault(
+                len(values), (Statement(self._build(names), typed=self._typed), names)
+            )
+        statement, names = shape
+        bound = dict(params)
+        bound.update(zip(names, values, strict=True))
+        return statement, bound
+
+    def run(
+        self, db: Database, values: Sequence[Any], params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        return db.run(*self.bound(values, params))
 
 
 # psycopg's named placeholders, and its escaped percent sign.

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from etax_platform.db import Database, Statement, dialect_insert
+from etax_platform.db import Database, ListStatement, dialect_insert
 from etax_platform.documents import Document, DocumentType
 from etax_platform.errors import DomainError, Reason
 from etax_platform.pii import PersonalData
@@ -211,9 +211,8 @@ class AccountStore:
     ) -> list[LoginCandidate]:
         """Persons an account can name (C2, C3), each with the phone the login shows (D2),
         in one prepared statement: login step 1 makes no other round trip."""
-        statement, params, row_of = _LOGIN_CANDIDATES.bound(document_indexes)
-        params |= {"username_key": username_key, "phone_index": phone_index}
-        rows = map(row_of, self._db.run(statement, params))
+        keys = {"username_key": username_key, "phone_index": phone_index}
+        rows = map(_login_candidate_row, _LOGIN_CANDIDATES.run(self._db, document_indexes, keys))
         return [
             LoginCandidate(
                 self._person(row),
@@ -620,15 +619,12 @@ def _person_query() -> Any:
     return select(*persons.c, collected.label("offline_collected"))
 
 
-def login_candidates_query(document_indexes: int) -> Select[Any]:
-    """Login step 1's query for this many document indexes (the PII keys held), each a
-    plain parameter (`document_index_0`, ...), so PostgreSQL's generic plan looks each up
-    by index. A None key compares as NULL and no index as no condition, so an account
-    that names no person one way matches no row that way."""
-    named = [
-        bindparam(f"document_index_{n}", type_=persons.c.document_index.type)
-        for n in range(document_indexes)
-    ]
+def login_candidates_query(document_indexes: list[str]) -> Select[Any]:
+    """Login step 1's query, the document indexes (one per PII key held) named by
+    `document_indexes`, each a parameter of its own. A None key compares as NULL and no
+    index as no condition, so an account that names no person one way matches no row
+    that way."""
+    named = [bindparam(name, type_=persons.c.document_index.type) for name in document_indexes]
     query: Select[Any] = (
         _person_query()
         .add_columns(_default_phone_number().label("default_phone"))
@@ -650,30 +646,13 @@ def login_candidates_query(document_indexes: int) -> Select[Any]:
     return query
 
 
-class _LoginCandidatesStatement:
-    """`login_candidates_query` as a hot statement (typed: its instants come back in
-    China Standard Time on PostgreSQL too), built once per number of indexes."""
-
-    def __init__(self) -> None:
-        self._by_count: dict[int, tuple[Statement, Callable[[tuple[Any, ...]], Any]]] = {}
-
-    def bound(
-        self, document_indexes: list[str]
-    ) -> tuple[Statement, dict[str, Any], Callable[[tuple[Any, ...]], Any]]:
-        """The statement, its index parameters, and what turns a row into named columns."""
-        shape = self._by_count.get(len(document_indexes))
-        if shape is None:
-            query = login_candidates_query(len(document_indexes))
-            row = namedtuple("LoginCandidateRow", [c.key for c in query.selected_columns])  # type: ignore[misc]
-            shape = self._by_count.setdefault(
-                len(document_indexes), (Statement(query, typed=True), row._make)
-            )
-        statement, row_of = shape
-        params = {f"document_index_{n}": index for n, index in enumerate(document_indexes)}
-        return statement, params, row_of
-
-
-_LOGIN_CANDIDATES = _LoginCandidatesStatement()
+# Built once per number of keys (login step 1 is hot); typed: its instants come back in
+# China Standard Time on PostgreSQL too.
+_LOGIN_CANDIDATES = ListStatement(login_candidates_query, "document_index", typed=True)
+# Its rows by column name (the columns are the same for any number of keys).
+_login_candidate_row: Callable[[tuple[Any, ...]], Any] = namedtuple(  # type: ignore[attr-defined]
+    "LoginCandidateRow", [str(c.key) for c in login_candidates_query([]).selected_columns]
+)._make
 
 
 def _count(result: Any) -> int:

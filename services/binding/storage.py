@@ -55,7 +55,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.expression import Executable
 
 from etax_platform.clock import from_millis, to_millis
-from etax_platform.db import Database, Statement, dialect_insert
+from etax_platform.db import Database, ListStatement, Statement, dialect_insert
 from etax_platform.errors import DomainError, Reason, invalid
 from etax_platform.pii import PersonalData, mask_document, mask_name
 from services.binding import domain
@@ -173,11 +173,11 @@ def _columns(*values: Any) -> list[Any]:
 
 
 class _Parts:
-    """The access statements' parts for a person with `count` indexes (one, or more while
-    a rotation's older keys are held), each index a parameter of its own."""
+    """The access statements' parts for a person's indexes (one, or more while a
+    rotation's older keys are held), each index a parameter of its own (`names`)."""
 
-    def __init__(self, count: int) -> None:
-        self.names = [f"index_{i}" for i in range(count)]
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
 
     def of_person(self, column: Any) -> ColumnElement[bool]:
         if len(self.names) == 1:
@@ -341,46 +341,19 @@ class _Parts:
         )
 
 
-class PersonStatement:
-    """A hot statement about one person, built once for each number of indexes a person
-    has. Each index is a plain parameter: PostgreSQL's generic plan for a prepared
-    statement (what it runs after the fifth time) then looks every row up by index, where
-    one array parameter (`= ANY`) for any number of indexes had it scan every project."""
-
-    def __init__(self, build: Callable[[_Parts], Executable]) -> None:
-        self._build = build
-        self._by_count: dict[int, tuple[Statement, list[str]]] = {}
-
-    def bound(
-        self, indexes: Indexes, params: Mapping[str, Any]
-    ) -> tuple[Statement, dict[str, Any]]:
-        """The statement for this many indexes, and `params` with the indexes added."""
-        shape = self._by_count.get(len(indexes))
-        if shape is None:
-            # Built at most a few times at once, the first time a rotation's persons come.
-            parts = _Parts(len(indexes))
-            shape = self._by_count.setdefault(
-                len(indexes), (Statement(self._build(parts)), parts.names)
-            )
-        statement, names = shape
-        values = dict(params)
-        values.update(zip(names, indexes, strict=True))
-        return statement, values
-
-    def run(
-        self, db: Database, indexes: Indexes, params: Mapping[str, Any]
-    ) -> list[tuple[Any, ...]]:
-        return db.run(*self.bound(indexes, params))
+def _person_statement(build: Callable[[_Parts], Executable]) -> ListStatement:
+    """A hot statement about one person, built for each number of indexes a person has."""
+    return ListStatement(lambda names: build(_Parts(names)), "index")
 
 
-def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> PersonStatement:
+def _access_statement(parts: Callable[[_Parts], Sequence[Select[Any]]]) -> ListStatement:
     def build(p: _Parts) -> Executable:
         union = union_all(*parts(p)).subquery("access")
         return select(*(union.c[name] for name in _ACCESS_COLUMNS)).order_by(
             union.c.part, union.c.code, union.c.client_code
         )
 
-    return PersonStatement(build)
+    return _person_statement(build)
 
 
 def _everything(in_province: bool) -> Callable[[_Parts], Sequence[Select[Any]]]:
@@ -407,7 +380,7 @@ _SUBJECT_ACCESS = {
     in_province: _access_statement(_subjects(in_province)) for in_province in (False, True)
 }
 _AGENT_ACCESS = _access_statement(lambda p: (p.agent_clients(True),))
-_ENTERPRISE_ACCESS = PersonStatement(_Parts.enterprise)
+_ENTERPRISE_ACCESS = _person_statement(_Parts.enterprise)
 _DOCUMENT_INDEX_OF = Statement(
     select(person_documents.c.document_index, person_documents.c.index_key_id).where(
         person_documents.c.person_id == bindparam("person_id")

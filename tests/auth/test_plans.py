@@ -62,9 +62,9 @@ def _fill(connection: psycopg.Connection[object]) -> None:
 @pytest.mark.parametrize("keys", [1, 2])
 def test_c2_c3_login_candidates_are_looked_up_by_index(conninfo: str, keys: int) -> None:
     indexes = [_index(7), _index(ROWS + 1)][:keys]
-    query = storage.login_candidates_query(keys)
-    compiled = query.compile(dialect=postgresql_psycopg.dialect())
     named = {f"document_index_{n}": index for n, index in enumerate(indexes)}
+    query = storage.login_candidates_query(list(named))
+    compiled = query.compile(dialect=postgresql_psycopg.dialect())
     sql = str(compiled)
     values = dict(
         compiled.construct_params(named | {"username_key": "u8", "phone_index": _phone_index(9)})

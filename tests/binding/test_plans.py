@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy.dialects import postgresql
 
+from etax_platform.db import ListStatement
 from services.binding import storage
 from services.binding.app import MIGRATIONS
 from services.binding.domain import ACTIVE, Origin
@@ -99,7 +100,7 @@ def _fill(connection: psycopg.Connection[object]) -> None:
     )
 
 
-STATEMENTS: dict[str, tuple[storage.PersonStatement, dict[str, object]]] = {
+STATEMENTS: dict[str, tuple[ListStatement, dict[str, object]]] = {
     "identities": (storage._IDENTITIES[False], {"province": ""}),
     "identities in a province": (storage._IDENTITIES[True], {"province": "11"}),
     "subject access": (storage._SUBJECT_ACCESS[False], {"province": ""}),
