@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,7 @@ from services.binding.service import INDEX_PURPOSE, document_message
 CHUNK = 20_000  # persons per COPY batch (a multiple of GROUP_SIZE)
 _TOKEN_SEED = b"etax-bench-refresh-tokens"
 INSPECTION = types_pb2.SUBJECT_TYPE_CROSS_REGION_INSPECTION
+_NATURAL_PERSON = encode_identity(binding_pb2.Identity(entry=types_pb2.ENTRY_NATURAL_PERSON))
 
 
 def person_id(i: int) -> str:
@@ -143,6 +145,48 @@ def _chunks(start: int, stop: int) -> Iterator[range]:
         yield range(first, min(stop, first + CHUNK))
 
 
+def _session_rows(
+    connection: psycopg.Connection[Any],
+    now: datetime,
+    identity: str,
+    owners: Sequence[str],
+    tokens: Sequence[str],
+) -> None:
+    """An open session for each owner (a person id), with the refresh token beside it."""
+    sessions = [uuid.uuid4().hex for _ in owners]
+    _copy(
+        connection,
+        "sessions",
+        NEW_SESSION_COLUMNS,
+        (
+            (session, owner, PROVINCE, identity, 1, "pwd,sms", "etax-web", now, now)
+            for session, owner in zip(sessions, owners, strict=True)
+        ),
+    )
+    expires = now + timedelta(hours=12)
+    _copy(
+        connection,
+        "refresh_tokens",
+        _TOKEN_COLUMNS,
+        (
+            (hashlib.sha256(token.encode()).hexdigest(), session, now, expires)
+            for token, session in zip(tokens, sessions, strict=True)
+        ),
+    )
+
+
+def open_sessions(auth: str, person_ids: Sequence[str], count: int) -> list[str]:
+    """`count` more open sessions, round the given persons, each with a new refresh token,
+    written into auth's database (`auth`, a psycopg conninfo). They are single-use
+    material for a RefreshSession run of many seconds, which logging in cannot make: a
+    login costs a hash and an SMS code, and E2 allows 5 codes per phone in 10 minutes."""
+    tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+    owners = [person_ids[n % len(person_ids)] for n in range(count)]
+    with psycopg.connect(auth) as connection:
+        _session_rows(connection, datetime.now(CST), _NATURAL_PERSON, owners, tokens)
+    return tokens
+
+
 class BulkLoader:
     """Loads persons [start, stop) into a running platform's databases: auth's rows under
     the platform's PII keys, binding's indexes under binding's own keyring."""
@@ -154,7 +198,7 @@ class BulkLoader:
         self._key_id = binding_keys.active_id
         self._hash = legacy_password_hash()
         self._now = datetime.now(CST)
-        self._identity = encode_identity(binding_pb2.Identity(entry=types_pb2.ENTRY_NATURAL_PERSON))
+        self._identity = _NATURAL_PERSON
 
     def load(self, start: int, stop: int, log: Any = print) -> None:
         if start % GROUP_SIZE or stop % GROUP_SIZE:
@@ -249,35 +293,12 @@ class BulkLoader:
                 for i, phone_id in zip(persons, phone_ids, strict=True)
             ),
         )
-        sessions = [uuid.uuid4().hex for _ in persons]
-        _copy(
+        _session_rows(
             connection,
-            "sessions",
-            NEW_SESSION_COLUMNS,
-            (
-                (
-                    session,
-                    person_id(i),
-                    PROVINCE,
-                    self._identity,
-                    1,
-                    "pwd,sms",
-                    "etax-web",
-                    now,
-                    now,
-                )
-                for i, session in zip(persons, sessions, strict=True)
-            ),
-        )
-        expires = now + timedelta(hours=12)
-        _copy(
-            connection,
-            "refresh_tokens",
-            _TOKEN_COLUMNS,
-            (
-                (hashlib.sha256(refresh_token(i).encode()).hexdigest(), session, now, expires)
-                for i, session in zip(persons, sessions, strict=True)
-            ),
+            now,
+            self._identity,
+            [person_id(i) for i in persons],
+            [refresh_token(i) for i in persons],
         )
 
     def _binding_rows(
