@@ -292,8 +292,14 @@ def _method(results: dict[str, Any]) -> list[str]:
         "a ceiling measured minutes apart in the same run moves with them. Each scenario "
         f"runs {results['seconds_per_scenario']:g} s at {results['in_flight']} in flight "
         "over 4 connections (the first 200 calls, 50 for login, are served but not "
-        "counted); single-use requests (refresh tokens, login challenges) run once each. "
-        "CheckAccess first gets one unmeasured pass over all its targets: binding keeps each "
+        "counted); single-use requests (refresh tokens, login challenges) run once each"
+        + (
+            f" (the {results['refresh_tokens_in_bulk']:,} refresh tokens are sessions written "
+            "into auth's database in bulk, bench/bulk.py; the challenges come from logging in). "
+            if results.get("refresh_tokens_in_bulk")
+            else ". "
+        )
+        + "CheckAccess first gets one unmeasured pass over all its targets: binding keeps each "
         "person's document index in memory, as a long-running process has them all. "
         "Gateway overhead runs one call at a time (2000 calls), so the p50 difference is "
         "Envoy's own latency rather than queueing: the public listener (plaintext, an "

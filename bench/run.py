@@ -1142,6 +1142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": args.note,
         "machine": meta,
         "login_available": data.login_available,
+        "refresh_tokens_in_bulk": len(data.refresh_tokens) if bulk_sessions else 0,
         "rows": [asdict(r) for r in bench.rows],
         "profiles": bench.profiles,
     }
