@@ -148,7 +148,6 @@ def _chunks(start: int, stop: int) -> Iterator[range]:
 def _session_rows(
     connection: psycopg.Connection[Any],
     now: datetime,
-    identity: str,
     owners: Sequence[str],
     tokens: Sequence[str],
 ) -> None:
@@ -159,7 +158,7 @@ def _session_rows(
         "sessions",
         NEW_SESSION_COLUMNS,
         (
-            (session, owner, PROVINCE, identity, 1, "pwd,sms", "etax-web", now, now)
+            (session, owner, PROVINCE, _NATURAL_PERSON, 1, "pwd,sms", "etax-web", now, now)
             for session, owner in zip(sessions, owners, strict=True)
         ),
     )
@@ -183,7 +182,7 @@ def open_sessions(auth: str, person_ids: Sequence[str], count: int) -> list[str]
     tokens = [secrets.token_urlsafe(32) for _ in range(count)]
     owners = [person_ids[n % len(person_ids)] for n in range(count)]
     with psycopg.connect(auth) as connection:
-        _session_rows(connection, datetime.now(CST), _NATURAL_PERSON, owners, tokens)
+        _session_rows(connection, datetime.now(CST), owners, tokens)
     return tokens
 
 
@@ -198,7 +197,6 @@ class BulkLoader:
         self._key_id = binding_keys.active_id
         self._hash = legacy_password_hash()
         self._now = datetime.now(CST)
-        self._identity = _NATURAL_PERSON
 
     def load(self, start: int, stop: int, log: Any = print) -> None:
         if start % GROUP_SIZE or stop % GROUP_SIZE:
@@ -296,7 +294,6 @@ class BulkLoader:
         _session_rows(
             connection,
             now,
-            self._identity,
             [person_id(i) for i in persons],
             [refresh_token(i) for i in persons],
         )

@@ -1116,10 +1116,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log=bench.log,
         )
         channels.close()
-        logins = len(data.refresh_tokens)
+        logins, in_bulk = len(data.refresh_tokens), 0
         if bulk_sessions and data.login_available:
             data.refresh_tokens = refresh_tokens_in_bulk(platform, data, 2 * REFRESH_CALLS)
-            bench.log(f"refresh tokens: {len(data.refresh_tokens):,} in bulk")
+            in_bulk = len(data.refresh_tokens)
+            bench.log(f"refresh tokens: {in_bulk:,} in bulk")
         try:
             fair_ceilings(bench, platform)
             cheap(bench, platform, data)
@@ -1142,7 +1143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": args.note,
         "machine": meta,
         "login_available": data.login_available,
-        "refresh_tokens_in_bulk": len(data.refresh_tokens) if bulk_sessions else 0,
+        "refresh_tokens_in_bulk": in_bulk,
         "rows": [asdict(r) for r in bench.rows],
         "profiles": bench.profiles,
     }
