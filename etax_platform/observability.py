@@ -10,13 +10,14 @@ auto (text when stderr is a terminal, as under `make run`).
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
+
+import orjson
 
 from etax_platform import tracing
 from etax_platform.pii import redact
@@ -97,8 +98,14 @@ class JsonFormatter(logging.Formatter):
             rid = str(entry["request_id"])
             if _MAYBE_PERSONAL.search(rid):
                 entry["request_id"] = redact(rid)
-            return json.dumps(entry, ensure_ascii=False)
-        return redact(json.dumps(entry, ensure_ascii=False))
+            return _json(entry)
+        return redact(_json(entry))
+
+
+def _json(entry: dict[str, object]) -> str:
+    """One compact JSON object, non-ASCII text as it is. orjson: the stdlib's encoder cost
+    7.5 µs of the RPC line's 29 on the AMD EPYC, orjson 0.6 (bench/analysis.md)."""
+    return orjson.dumps(entry, default=str).decode()
 
 
 def text_formatter(service: str) -> logging.Formatter:

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -144,6 +145,20 @@ def test_one_json_line_per_rpc_with_its_fields_and_personal_numbers_masked(
     (probe,) = [line for line in lines if line["logger"] == "etax.probe"]
     assert probe["message"] == "code for 138****5678"
     assert probe["request_id"] == "rid-139****5678"
+
+
+def test_a_json_line_keeps_chinese_text_and_carries_a_traceback_masked() -> None:
+    try:
+        raise ValueError("手机 13812345678 无效")
+    except ValueError:
+        record = logging.LogRecord(
+            "etax.x", logging.ERROR, __file__, 1, "发送失败 %s", ("13912345678",), sys.exc_info()
+        )
+    line = JsonFormatter("sms").format(record)
+    assert "\n" not in line and "发送失败" in line  # one line, not \\u-escaped
+    entry = json.loads(line)
+    assert entry["message"] == "发送失败 139****5678"
+    assert "ValueError: 手机 138****5678 无效" in entry["error"]
 
 
 def test_text_at_a_terminal_json_otherwise() -> None:
