@@ -428,10 +428,13 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "The cheap RPCs direct to their service on a platform with metrics on (per-RPC "
         "metrics, store and database timers, domain counters; tracing off, as by default: "
         "`ETAX_OTEL_ENDPOINT` unset) and on one started with `ETAX_METRICS_ENABLED=false`; "
-        "the target is at most 5 % more service CPU per call. Both platforms run at once and "
-        "each RPC is measured in four short rounds on each, in the order on, off, off, on, "
-        "on, off, off, on, so the machine's drift falls on both alike; each row is a "
-        "platform's rounds together (calls and CPU summed, percentiles the calls-weighted "
+        "the target is at most 5 % more service CPU per call. Two such platforms run at "
+        "once, and of two the one started first measures more CPU per call (bench/analysis.md), "
+        "so the comparison runs on two pairs, one started on then off (rounds 1 and 2) and "
+        "one started off then on (rounds 3 and 4): each RPC is measured in two short rounds "
+        "on each platform of a pair, in the order on, off, off, on and then off, on, on, off, "
+        "so the machine's drift and the start order fall on both alike; each row is a "
+        "state's four rounds together (calls and CPU summed, percentiles the calls-weighted "
         "mean; the rounds themselves are under Rounds below).",
         "",
         *_table(_rows(results, "observability"), cpu=False),
@@ -440,8 +443,8 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "",
         "The measurements whose sums the login-start and metrics rows compare: login-start "
         "and the raw Argon2id rate beside it in the order raw, login, login, raw; metrics on "
-        "and off in the order on, off, off, on, on, off, off, on. A rate that drifts "
-        "steadily over the rounds falls on both sides alike.",
+        "and off in the order on, off, off, on, then on a new pair off, on, on, off. A rate "
+        "that drifts steadily over the rounds falls on both sides alike.",
         "",
         *_table(_rows(results, "rounds"), ratio=False),
         "",

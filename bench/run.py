@@ -639,6 +639,8 @@ OBSERVABILITY_ROUNDS = 4
 # New phones for each round of sms-send (E2: at most 5 codes per phone in 10 minutes).
 _ROUND_PHONE_PREFIXES = ("135", "137", "138", "139")
 _METRICS_STATES = (("true", "on"), ("false", "off"))  # ETAX_METRICS_ENABLED, as named
+# The start order of the two platforms of each pair (observability_cost).
+_METRICS_ORDERS = (("true", "false"), ("false", "true"))
 
 
 def alternating(sides: Sequence[T], rounds: int) -> Iterator[tuple[int, T]]:
@@ -686,59 +688,48 @@ def observability_cost(bench: Bench, configuration: Configuration, persons: int)
     tracing off as by default) and on one started with ETAX_METRICS_ENABLED=false: the
     service's CPU per call with and without (issue 15: at most 5 % more).
 
-    Both platforms run at once (the idle one waits on the other core) and each RPC is
-    measured in OBSERVABILITY_ROUNDS short rounds on each, in the order on, off, off, on,
-    on, off, ... so the machine's drift within a run (a third, bench/analysis.md) falls on
-    both alike; the two are compared over all their rounds together."""
-    measured: dict[str, dict[str, Row]] = {}
+    Two platforms run at once (the idle one waits on the other core) and each RPC is
+    measured in short rounds on each, in the order a, b, b, a, so the machine's drift
+    within a run (a third, bench/analysis.md) falls on both alike. Of two platforms the one
+    started first measured up to a tenth more CPU per call (bench/analysis.md), so half
+    the rounds run on a pair started on, off and half on a new pair started off, on; the
+    two states are compared over all their rounds together."""
     seconds = max(1.0, bench.seconds / 2)  # the same time in all as two full scenarios
-    with contextlib.ExitStack() as stack:
-        platforms: dict[str, tuple[Platform, dict[str, ghz.Load]]] = {}
-        for enabled in ("true", "false"):
-            platform = stack.enter_context(
-                running_platform(
-                    bench.workdir / f"platform-metrics-{enabled}",
-                    configuration,
-                    gateway_overrides=UNLIMITED,
-                    env={"ETAX_METRICS_ENABLED": enabled},
+    half = OBSERVABILITY_ROUNDS // 2
+    rounds: dict[str, dict[str, list[Row]]] = {}  # the RPC -> metrics on or off -> rounds
+    for pair, order in enumerate(_METRICS_ORDERS):
+        with contextlib.ExitStack() as stack:
+            platforms = {
+                enabled: _metrics_platform(
+                    bench, stack, configuration, persons=persons, enabled=enabled, pair=pair
                 )
-            )
-            channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
-            platform.place(None)
-            data = set_up(channels, persons=persons, challenges=0, sessions=0, log=bench.log)
-            channels.close()
-            loads = {
-                load.name: load
-                for load, _ in cheap_loads(bench, platform, data, "direct")
-                if load is not None and load.name in OBSERVABILITY_LOADS
+                for enabled in order
             }
-            platforms[enabled] = (platform, loads)
-        for name in OBSERVABILITY_LOADS:
-            base = name.removesuffix(" direct")
-            labels = {enabled: f"{base} metrics {state}" for enabled, state in _METRICS_STATES}
-            rounds: dict[str, list[Row]] = {"true": [], "false": []}
-            for number, enabled in alternating(("true", "false"), OBSERVABILITY_ROUNDS):
-                platform, loads = platforms[enabled]
-                label = f"{labels[enabled]} (round {number + 1})"
-                load = round_load(loads[name], label, number, OBSERVABILITY_ROUNDS, seconds)
-                service = SERVICE_OF[load.call]
-                platform.place_beside([other for other, _ in platforms.values()], service)
-                rounds[enabled].append(
-                    bench.measure(
-                        load,
-                        group=ROUNDS,
-                        path="direct",
-                        placement=f"{service} core 0; ghz, stores, other services core 1",
-                        pid=platform.pid(service),
-                        client_cpus=OTHER_CPUS,
+            for name in OBSERVABILITY_LOADS:
+                base = name.removesuffix(" direct")
+                for within, enabled in alternating(order, half):
+                    number = pair * half + within
+                    platform, loads = platforms[enabled]
+                    label = f"{_metrics_label(base, enabled)} (round {number + 1})"
+                    load = round_load(loads[name], label, number, OBSERVABILITY_ROUNDS, seconds)
+                    service = SERVICE_OF[load.call]
+                    platform.place_beside([other for other, _ in platforms.values()], service)
+                    rounds.setdefault(base, {}).setdefault(enabled, []).append(
+                        bench.measure(
+                            load,
+                            group=ROUNDS,
+                            path="direct",
+                            placement=f"{service} core 0; ghz, stores, other services core 1",
+                            pid=platform.pid(service),
+                            client_cpus=OTHER_CPUS,
+                        )
                     )
-                )
-            for enabled, measured_rounds in rounds.items():
-                together = rounds_together("observability", labels[enabled], measured_rounds)
-                bench.rows.append(together)
-                measured.setdefault(base, {})[enabled] = together
-    for base, pair in measured.items():
-        on, off = pair["true"], pair["false"]
+    for base, states in rounds.items():
+        on, off = (
+            rounds_together("observability", _metrics_label(base, enabled), states[enabled])
+            for enabled in ("true", "false")
+        )
+        bench.rows += [on, off]
         on.ceiling = off.name
         on.target = f"CPU/call <= {1 + OBSERVABILITY_OVERHEAD:g} x metrics off"
         if on.server_cpu_us and off.server_cpu_us:
@@ -746,6 +737,41 @@ def observability_cost(bench: Bench, configuration: Configuration, persons: int)
             on.met = on.ratio <= 1 + OBSERVABILITY_OVERHEAD
             on.extra["added_cpu_us"] = on.server_cpu_us - off.server_cpu_us
         bench.log(f"{base}: metrics on/off CPU per call {on.ratio}")
+
+
+def _metrics_label(base: str, enabled: str) -> str:
+    return f"{base} metrics {dict(_METRICS_STATES)[enabled]}"
+
+
+def _metrics_platform(
+    bench: Bench,
+    stack: contextlib.ExitStack,
+    configuration: Configuration,
+    *,
+    persons: int,
+    enabled: str,
+    pair: int,
+) -> tuple[Platform, dict[str, ghz.Load]]:
+    """A platform of the metrics comparison, with ETAX_METRICS_ENABLED=`enabled`, its
+    persons set up, and its loads of the RPCs compared."""
+    platform = stack.enter_context(
+        running_platform(
+            bench.workdir / f"platform-metrics-{enabled}-{pair + 1}",
+            configuration,
+            gateway_overrides=UNLIMITED,
+            env={"ETAX_METRICS_ENABLED": enabled},
+        )
+    )
+    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    platform.place(None)
+    data = set_up(channels, persons=persons, challenges=0, sessions=0, log=bench.log)
+    channels.close()
+    loads = {
+        load.name: load
+        for load, _ in cheap_loads(bench, platform, data, "direct")
+        if load is not None and load.name in OBSERVABILITY_LOADS
+    }
+    return platform, loads
 
 
 def observability_table(rows: list[Row]) -> str:
