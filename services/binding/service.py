@@ -23,7 +23,7 @@ import grpc
 from etax.auth.v1 import auth_pb2, auth_pb2_grpc
 from etax.binding.v1.binding_pb2 import RelationState
 from etax.common.v1 import types_pb2
-from etax.common.v1.types_pb2 import Entry, Role, SubjectType
+from etax.common.v1.types_pb2 import Role, SubjectType
 
 from etax_platform.clients import Dependency
 from etax_platform.clock import Clock, from_timestamp, to_millis, to_timestamp
@@ -390,14 +390,14 @@ class BindingService:
 
     def check_access(self, person_id: str, target: Target) -> Identity:
         """May the person act as the target, and as what? RELATION_NOT_FOUND otherwise."""
-        if target.entry == Entry.ENTRY_NATURAL_PERSON:
-            return Identity(Entry.ENTRY_NATURAL_PERSON)
+        if target.entry == types_pb2.ENTRY_NATURAL_PERSON:
+            return Identity(types_pb2.ENTRY_NATURAL_PERSON)
         indexes = self._directory.indexes_of(person_id)
         now_ms = to_millis(self._clock.now())
-        if target.entry == Entry.ENTRY_AGENT:
+        if target.entry == types_pb2.ENTRY_AGENT:
             clients = self._store.agent_clients(indexes, now_ms, target.agency_code)
             return domain.agent_identity(clients, target)
-        if target.entry == Entry.ENTRY_ENTERPRISE and not target.subject_number:
+        if target.entry == types_pb2.ENTRY_ENTERPRISE and not target.subject_number:
             found = self._store.enterprise_access(indexes, now_ms, target.enterprise_code)
             if found is None:
                 raise domain.relation_not_found()
@@ -411,7 +411,7 @@ class BindingService:
         empty), agent clients."""
         indexes = self._directory.indexes_of(person_id)
         access = self._store.identities(indexes, to_millis(self._clock.now()), province)
-        found = [Identity(Entry.ENTRY_NATURAL_PERSON)]
+        found = [Identity(types_pb2.ENTRY_NATURAL_PERSON)]
         found += [domain.enterprise_identity(e, access.roles[e.code]) for e in access.enterprises]
         found += [project.listed_identity() for project in access.projects]
         found += [client.identity() for client in access.agent_clients]
