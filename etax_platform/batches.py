@@ -109,8 +109,10 @@ class BatchWriter:
 
     For records a request must not wait for but that must not be lost (audit events no
     transaction carries, the SMS delivery log): the request pays for a queue append, not a
-    database round trip. A writer thread takes what is queued, appends it to this process's
-    journal file (etax_platform/journal.py) and inserts it. While the database is away the
+    database round trip. A writer thread takes what is queued, letting a batch fill for up
+    to `batch_seconds` after its first row (rows only in memory meanwhile, lost if the
+    process is killed), appends it to this process's journal file
+    (etax_platform/journal.py) and inserts it. While the database is away the
     rows stay in the journal (fsynced) and so do all rows after them, in order; the writer
     retries with a growing pause and replays the journal in order once it is back, then
     cuts it back to empty. A full queue spills to the journal too. Every row carries a
@@ -134,7 +136,7 @@ class BatchWriter:
         service: str,
         journal_dir: Path,
         key: str,
-        batch_seconds: float = 0.2,
+        batch_seconds: float = 0.05,
         batch_rows: int = 500,
         max_queued: int = 50_000,
         retry_seconds: tuple[float, float] = (0.25, 2.0),
@@ -165,6 +167,7 @@ class BatchWriter:
         # Rows added (or adopted) and not yet in the database: the backlog.
         self._pending = sum(orphan.pending for orphan in self._orphans)
         self._stopping = False
+        self._flushing = 0  # callers of flush(): no batch waits to fill meanwhile
         # While the database fails: when to try again, and the pause after that.
         self._retry_at = 0.0
         self._retry_pause = 0.0
@@ -185,7 +188,7 @@ class BatchWriter:
             self._pending += 1
             if len(self._queue) < self._max_queued:
                 self._queue.append(row)
-                if len(self._queue) == 1:
+                if len(self._queue) in (1, self._batch_rows):  # a batch begins or is full
                     self._wake.notify()
                 return
             # Full (the writer is held up by the database): this row and all queued
@@ -228,7 +231,12 @@ class BatchWriter:
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until every row is in the database; False if some still wait."""
         with self._lock:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+            self._flushing += 1
+            self._wake.notify()
+            try:
+                return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
+            finally:
+                self._flushing -= 1
 
     def close(self, timeout: float = 10.0) -> None:
         """Writes what it can (not waiting while the database is known to be away), then
@@ -264,6 +272,7 @@ class BatchWriter:
             with self._lock:
                 while not (self._queue or self._stopping or self._replay_due()):
                     self._wake.wait(self._wait_seconds())
+                self._fill()
                 count = min(self._batch_rows, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(count)]
                 stopping = self._stopping and not self._queue
@@ -281,6 +290,20 @@ class BatchWriter:
                 self._failed(error)
             if stopping:
                 return
+
+    def _fill(self) -> None:
+        """Lets a batch fill for up to `batch_seconds` after the writer found its first row
+        (called with _lock held): under load one insert then carries the rows of many
+        requests, where it carried one or two (bench/analysis.md). Not while a caller
+        flushes or the writer stops; a full batch goes at once."""
+        if not self._queue:
+            return
+        until = time.monotonic() + self._batch_seconds
+        while len(self._queue) < self._batch_rows and not (self._stopping or self._flushing):
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(left)
 
     def _take(self, batch: list[dict[str, Any]]) -> None:
         """Journals a batch (the journal lock is held on entry, released here) and writes

@@ -92,7 +92,7 @@ class AuditEvent:
 
 class AuditLog:
     def __init__(
-        self, database: Database, clock: Clock, *, journal_dir: Path, batch_seconds: float = 0.2
+        self, database: Database, clock: Clock, *, journal_dir: Path, batch_seconds: float = 0.05
     ) -> None:
         self._clock = clock
         self._writer = BatchWriter(

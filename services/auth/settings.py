@@ -69,7 +69,7 @@ class AuthSettings(ServiceSettings):
     iit_jwks_file: Path | None = None
 
     # Audit events outside a transaction are written in batches this often; 0: at once.
-    audit_batch_seconds: float = Field(default=0.2, ge=0, le=10)
+    audit_batch_seconds: float = Field(default=0.05, ge=0, le=10)
 
     @field_validator("legacy_login_closes_at", "jwks_file", "iit_jwks_file", mode="before")
     @classmethod

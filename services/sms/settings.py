@@ -33,7 +33,7 @@ class SmsSettings(ServiceSettings):
     http_timeout_seconds: float = Field(default=3.0, gt=0)
     http_attempts: int = Field(default=3, ge=1, le=10)
     # The delivery log is written in batches off the request path; 0: at once.
-    delivery_log_batch_seconds: float = Field(default=0.2, ge=0)
+    delivery_log_batch_seconds: float = Field(default=0.05, ge=0, le=10)
 
     @model_validator(mode="after")
     def _provider_is_complete(self) -> SmsSettings:

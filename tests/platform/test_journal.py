@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select, text
 
 from etax_platform.db import Database
@@ -133,6 +134,31 @@ def test_a_full_queue_spills_to_the_journal_in_order(db: Database, tmp_path: Pat
         blocker.close()
     assert journaled.flush()
     assert [r[0] for r in written(db)] == list(range(9))
+    journaled.close()
+
+
+def _inserts(db: Database) -> float:
+    """Units of work that wrote on `db` so far (a batch is one on either database)."""
+    kind = "transaction" if db.is_sqlite else "statement"
+    labels = {"database": db.name, "kind": kind}
+    return REGISTRY.get_sample_value("etax_db_unit_seconds_count", labels) or 0.0
+
+
+def test_rows_added_together_go_in_as_one_batch(db: Database, tmp_path: Path) -> None:
+    """The writer lets a batch fill for `batch_seconds` after its first row, so the rows of
+    many requests take one insert, not one each; and a flush does not wait for that."""
+    journaled = writer(db, tmp_path, batch_seconds=0.5)
+    before = _inserts(db)
+    for seq in range(30):
+        journaled.add(row(seq))
+        time.sleep(0.002)  # requests a little apart, as under load
+    wait_until(lambda: len(written(db)) == 30, "30 rows written")
+    assert _inserts(db) - before == 1
+    journaled.add(row(30))
+    started = time.monotonic()
+    assert journaled.flush(timeout=5)
+    assert time.monotonic() - started < 0.4  # not the 0.5 s a batch may wait
+    assert [r[0] for r in written(db)] == list(range(31))
     journaled.close()
 
 
