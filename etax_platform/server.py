@@ -42,11 +42,11 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from etax_platform import heap, tracing
+from etax_platform import heap, observability, tracing
 from etax_platform.errors import DomainError, Reason, internal_status, to_status
 from etax_platform.kv import STORE_UNAVAILABLE
 from etax_platform.metrics import RpcStats
-from etax_platform.observability import PLAIN, request_id
+from etax_platform.observability import PLAIN, RPC_LOGGER, request_id, rpc_message
 from etax_platform.policy import (
     GATEWAY_HEADER,
     PROVINCE_HEADER,
@@ -60,7 +60,7 @@ from etax_platform.policy import (
 )
 from etax_platform.settings import ServiceSettings
 
-log = logging.getLogger("etax.rpc")
+log = logging.getLogger(RPC_LOGGER)
 
 REQUEST_ID_HEADER = "x-request-id"
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -315,12 +315,12 @@ def _log_call(method: str, code: str, reason: str, seconds: float, error: Except
     if not log.isEnabledFor(logging.INFO):
         return
     millis = round(seconds * 1e3, 3)
+    lines = observability.rpc_lines
+    if lines is not None:
+        lines.write(method, code, reason, millis)
+        return
     log.info(
-        "rpc %s -> %s%s %.1fms",
-        method,
-        code,
-        f" {reason}" if reason else "",
-        millis,
+        rpc_message(method, code, reason, millis),
         extra={
             "rpc": method,
             "status": code,

@@ -141,11 +141,11 @@ class FaceService:
     def _unseal(self, sealed: str) -> Identity:
         return Identity.from_json(self._personal_data.decrypt(sealed, _IDENTITY_CONTEXT))
 
-    def _load(self, ticket_id: str) -> Ticket:
+    def _view(self, ticket_id: str) -> TicketView:
         current = self._store.get(self._key(ticket_id))
         if current is None:
             raise DomainError(Reason.TICKET_INVALID)
-        return Ticket.from_bytes(current.value)
+        return domain.stored_view(current.value, self._clock.now())
 
     def _change(self, ticket_id: str, transition: Callable[[Ticket], tuple[Ticket, R]]) -> R:
         """Applies a pure transition atomically; an unknown ticket is TICKET_INVALID."""
@@ -192,7 +192,7 @@ class FaceService:
 
     def get_ticket(self, ticket_id: str) -> TicketView:
         domain.check_ticket_id(ticket_id)
-        return domain.view(self._load(ticket_id), self._clock.now())
+        return self._view(ticket_id)
 
     def watch_ticket(
         self, ticket_id: str, *, stopping: threading.Event, active: Callable[[], bool]
@@ -211,7 +211,7 @@ class FaceService:
         last: TicketView | None = None
         with self._watchers.watching(ticket_id):
             while True:
-                current = domain.view(self._load(ticket_id), self._clock.now())
+                current = self._view(ticket_id)
                 if current != last:
                     yield current
                     last = current

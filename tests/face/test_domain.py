@@ -79,6 +79,29 @@ def test_records_round_trip_byte_for_byte(clock: ManualClock) -> None:
         assert Ticket.from_bytes(raw).to_bytes() == raw
 
 
+def test_b7_a_polled_view_read_from_the_record_is_the_view_of_the_whole_ticket(
+    clock: ManualClock,
+) -> None:
+    """GetTicket and WatchTicket read `stored_view` (B7's states, the deadline, attempts
+    left, the proof only while passed): the same answer as `view` of the whole ticket."""
+    now = clock.now()
+    failure = Failure(FailureKind.POOR_IMAGE, ImageHint.TOO_DARK, "环境光线较暗")
+    tickets = [
+        _ticket(clock),
+        _ticket(clock, identity_sealed=None, state=TicketState.SCANNED, last_failure=failure),
+        _ticket(clock, state=TicketState.PASSED, proof="p", mismatches=1),
+        _ticket(clock, state=TicketState.FAILED, mismatches=5),  # more than allowed: 0 left
+        _ticket(clock, state=TicketState.CONSUMED, proof="p"),
+    ]
+    for ticket in tickets:
+        for at in (now, ticket.expires_at - timedelta(microseconds=1), ticket.expires_at):
+            assert domain.stored_view(ticket.to_bytes(), at) == domain.view(ticket, at)
+    passed = tickets[2]
+    assert domain.stored_view(passed.to_bytes(), now).proof == "p"
+    expired = domain.stored_view(passed.to_bytes(), passed.expires_at)
+    assert expired.state is TicketState.EXPIRED and expired.proof == ""
+
+
 def test_g2_qr_payload_opens_only_genuine_and_unexpired(clock: ManualClock) -> None:
     expires = clock.now() + timedelta(seconds=120)
     payload = SIGNER.qr_payload("T" * 32, expires)

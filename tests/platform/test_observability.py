@@ -4,13 +4,16 @@ The whole platform with a real Prometheus: tests/observability."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import grpc
 import httpx
@@ -18,11 +21,19 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
-from etax_platform import metrics, topology, tracing
+from etax_platform import metrics, observability, topology, tracing
 from etax_platform.clients import Dependency
+from etax_platform.clock import CST
 from etax_platform.errors import DomainError, Reason
 from etax_platform.kv import RedisStore
-from etax_platform.observability import JsonFormatter, request_id, resolve_format, text_formatter
+from etax_platform.observability import (
+    JsonFormatter,
+    _Clock,
+    configure_logging,
+    request_id,
+    resolve_format,
+    text_formatter,
+)
 from etax_platform.observe import DEFAULT_CONFIG
 from etax_platform.observe import main as observe_main
 from etax_platform.server import GrpcHost, Registration
@@ -145,6 +156,68 @@ def test_one_json_line_per_rpc_with_its_fields_and_personal_numbers_masked(
     (probe,) = [line for line in lines if line["logger"] == "etax.probe"]
     assert probe["message"] == "code for 138****5678"
     assert probe["request_id"] == "rid-139****5678"
+
+
+@pytest.fixture
+def service_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """configure_logging as a service process calls it, its stderr a file."""
+    path = tmp_path / "stderr.log"
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with path.open("w", encoding="utf-8") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        configure_logging("INFO", "probe", "json")
+        try:
+            yield path
+        finally:
+            root.handlers[:], root.level = handlers, level
+            observability.rpc_lines = None
+
+
+def test_a_service_writes_its_rpc_lines_itself_in_the_shape_of_the_json_formatter(
+    host: GrpcHost, service_logs: Path
+) -> None:
+    """The interceptor's lines skip the logging module in a service (RpcLines), and each
+    is the line JsonFormatter writes for the same call, the request id masked alike."""
+    assert observability.rpc_lines is not None
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    calls = ((b"phone 13812345678", "rid-13912345678"), (b"refuse", "rid-2"))
+
+    def call_both() -> None:
+        for payload, rid in calls:
+            with contextlib.suppress(grpc.RpcError):
+                _echo(host, payload, (("x-request-id", rid),))
+
+    root.handlers[:] = []  # the first two lines can come only from RpcLines
+    call_both()
+    root.handlers[:] = handlers
+    observability.rpc_lines = None  # the same calls through the logging module
+    call_both()
+    logged = [json.loads(line) for line in service_logs.read_text("utf-8").splitlines()]
+    rpc = [line for line in logged if line["logger"] == "etax.rpc"]
+    assert len(rpc) == 4
+    for written, formatted in zip(rpc[:2], rpc[2:], strict=True):
+        assert list(written) == list(formatted)  # the same keys in the same order
+        for entry in (written, formatted):
+            entry["time"] = entry["time"][:4]  # the year: both are stamped now
+            entry["message"] = entry["message"].rsplit(" ", 1)[0]  # without the duration
+            assert entry.pop("duration_ms") >= 0
+        assert written == formatted
+    assert rpc[0]["request_id"] == "rid-139****5678" and rpc[0]["status"] == "OK"
+    assert (rpc[1]["status"], rpc[1]["reason"]) == ("RESOURCE_EXHAUSTED", "SMS_RATE_LIMITED")
+    assert rpc[1]["message"] == f"rpc /{SERVICE}/Echo -> RESOURCE_EXHAUSTED SMS_RATE_LIMITED"
+
+
+def test_the_log_clock_stamps_local_time_to_the_millisecond() -> None:
+    stamp = _Clock().stamp
+    created = datetime(2026, 12, 4, 9, 30, 5, 678_900, tzinfo=CST).timestamp()
+    local = time.localtime(int(created))
+    offset = time.strftime("%z", local)
+    expected = time.strftime("%Y-%m-%dT%H:%M:%S", local) + ".678" + offset[:3] + ":" + offset[3:]
+    assert stamp(created) == expected
+    assert stamp(created + 1).startswith(time.strftime("%Y-%m-%dT%H:%M:", local))
+    assert stamp(created) == expected  # an earlier second after a later one
 
 
 def test_a_json_line_keeps_chinese_text_and_carries_a_traceback_masked() -> None:
