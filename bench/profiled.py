@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yappi  # type: ignore[import-untyped]
 
-TOP = 25
+TOP = int(__import__("os").environ.get("ETAX_PROFILE_TOP", "25"))
 
 
 def _package(module: str) -> str:

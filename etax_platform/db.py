@@ -54,7 +54,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import Executable
 
 from etax_platform import metrics, tracing
-from etax_platform.pg_pools import Pool, UnitConnection
+from etax_platform.pg_pools import Pool, StatementPool, UnitConnection
 
 log = logging.getLogger("etax.db")
 # psycopg_pool logs every checkout at INFO.
@@ -122,29 +122,19 @@ def _connect_args(url: str, settings: PoolSettings) -> dict[str, Any]:
     return connect_args
 
 
-def _pool(
-    url: str,
-    settings: PoolSettings,
-    name: str,
-    *,
-    keep: int,
-    autocommit: bool = False,
-    **kwargs: Any,
-) -> Pool:
-    """A pool of size + overflow connections at most, `keep` of them kept open."""
+def _pool_options(url: str, settings: PoolSettings, *, keep: int, autocommit: bool) -> Any:
+    """A pool's options: size + overflow connections at most, `keep` of them kept open."""
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     recycle = settings.recycle_seconds
-    return Pool(
-        conninfo,
-        kwargs={**_connect_args(url, settings), "autocommit": autocommit},
-        min_size=keep,
-        max_size=max(1, settings.size + settings.max_overflow),
-        timeout=settings.timeout_seconds,
+    return {
+        "conninfo": conninfo,
+        "kwargs": {**_connect_args(url, settings), "autocommit": autocommit},
+        "min_size": keep,
+        "max_size": max(1, settings.size + settings.max_overflow),
+        "timeout": settings.timeout_seconds,
         # -1: never replaced for age (SQLAlchemy's meaning of pool_recycle=-1).
-        max_lifetime=float("inf") if recycle < 0 else max(60.0, float(recycle)),
-        name=name,
-        **kwargs,
-    )
+        "max_lifetime": float("inf") if recycle < 0 else max(60.0, float(recycle)),
+    }
 
 
 def _postgresql_engine(url: str, units: Pool) -> Engine:
@@ -341,7 +331,7 @@ class Database:
         self.url = url
         settings = self._pool_settings = pool_settings or PoolSettings()
         self._units: Pool | None = None
-        self._statements: Pool | None = None
+        self._statements: StatementPool | None = None
         pools: Any  # what the pool metrics read
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url)
@@ -350,22 +340,17 @@ class Database:
             # The units of work keep `size` connections open. The hot statements' pool
             # opens its connections (autocommit, with their prepared statements) as they
             # are needed: a database that runs no hot statement holds none.
-            pools = self._units = _pool(
-                url,
-                settings,
-                "units",
-                keep=settings.size,
+            pools = self._units = Pool(
+                **_pool_options(url, settings, keep=settings.size, autocommit=False),
+                name="units",
                 connection_class=UnitConnection,
                 close_returns=True,
             )
             self.engine = _postgresql_engine(url, self._units)
-            self._statements = _pool(
-                url,
-                settings,
-                "statements",
-                keep=0,
+            self._statements = StatementPool(
+                **_pool_options(url, settings, keep=0, autocommit=True),
+                name="statements",
                 connection_class=_StatementConnection,
-                autocommit=True,
             )
         # Reads need no BEGIN/COMMIT round trips: in READ COMMITTED (PostgreSQL) and in
         # SQLite's WAL mode every statement sees its own snapshot either way.
@@ -451,7 +436,7 @@ class Database:
             pool.putconn(connection)  # a broken connection is closed, not kept
         return prepared.processed(rows)
 
-    def _statement_pool(self) -> Pool:
+    def _statement_pool(self) -> StatementPool:
         assert self._statements is not None  # PostgreSQL
         return self._statements
 

@@ -423,6 +423,36 @@ def test_a_hot_statement_on_a_lost_connection_is_unavailable_and_the_next_one_wo
         database.dispose()
 
 
+def test_hot_statements_keep_the_connections_given_back_at_hand_while_idle_and_young(
+    postgres: PostgresServer, database_name: str
+) -> None:
+    """The statement pool keeps a connection given back on a stack, past psycopg_pool's
+    getconn/putconn; not one left in a transaction or past its age, and none once the
+    database is disposed of. Those at hand are not counted as checked out."""
+    database = Database(postgres.url(database_name), PoolSettings(size=1, max_overflow=1))
+    pid = Statement(postgresql="SELECT pg_backend_pid()")
+    try:
+        [(first,)] = database.run(pid, {})
+        pool = database._statement_pool()
+        assert len(pool._at_hand) == 1 and pool.checkedout() == 0
+        assert database.run(pid, {}) == [(first,)]
+        in_transaction = pool.getconn()
+        assert pool.checkedout() == 1
+        in_transaction.pgconn.exec_(b"BEGIN")
+        pool.putconn(in_transaction)  # to psycopg_pool, which rolls it back
+        assert not pool._at_hand and pool.checkedout() == 0
+        old = pool.getconn()
+        old._expire_at = time.monotonic() - 1
+        pool.putconn(old)  # to psycopg_pool, which closes it for its age
+        assert not pool._at_hand and old.closed
+        [(second,)] = database.run(pid, {})
+        assert second != first
+        [kept] = pool._at_hand
+    finally:
+        database.dispose()
+    assert kept.closed and not pool._at_hand
+
+
 def _select_one_in_a_unit_of_work(database: Database) -> object:
     with database.reading() as session:
         return session.scalar(text("SELECT 1"))
