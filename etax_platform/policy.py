@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,13 +155,20 @@ def _call() -> CallContext:
     return _current.get() or _NOBODY
 
 
-@contextmanager
-def calling(context: CallContext) -> Iterator[None]:
-    token = _current.set(context)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class calling:
+    """`with calling(context):` makes it the current call's context. A class, not a
+    generator: it wraps every RPC, and @contextmanager costs twice as much."""
+
+    __slots__ = ("_context", "_token")
+
+    def __init__(self, context: CallContext) -> None:
+        self._context = context
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._context)
+
+    def __exit__(self, *_exc: object) -> None:
+        _current.reset(self._token)
 
 
 def caller() -> AccessClaims:

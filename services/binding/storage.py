@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from etax.binding.v1.binding_pb2 import RelationState
 from etax.common.v1.types_pb2 import Role, SubjectType
@@ -417,9 +417,10 @@ def _enterprise(row: Any) -> Enterprise:
     return Enterprise(row.code, row.name, _tax_authority(row))
 
 
-@dataclass(frozen=True)
-class AccessRow:
-    """One row of the access statements (columns as _ACCESS_COLUMNS)."""
+class AccessRow(NamedTuple):
+    """One row of the access statements (columns as _ACCESS_COLUMNS); a named tuple, as
+    the row is one (a frozen dataclass of these twelve fields costs 1.2 µs to make, this
+    0.2, on every row of every access check and identity list)."""
 
     part: int
     code: str
@@ -453,7 +454,7 @@ def _access(rows: Iterable[tuple[Any, ...]]) -> Access:
     found_projects: list[AccessRow] = []
     clients: list[AgentClient] = []
     for raw in rows:
-        row = AccessRow(*raw)
+        row = AccessRow._make(raw)
         if row.part == ROLE:
             roles[row.code].add(cast(Role, row.role))
             enterprises_.setdefault(row.code, _enterprise(row))

@@ -6,12 +6,12 @@ slot back and forgets the code, so a failed delivery records nothing as sent.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
 import httpx
+import orjson
 from etax.common.v1 import types_pb2
 
 from etax_platform.kv import KeyValueStore
@@ -58,7 +58,7 @@ class Outbox:
 
     def deliver(self, message: Message) -> None:
         # vars(), not asdict(): the fields are plain values, and asdict deep-copies them.
-        entry = json.dumps(vars(message), ensure_ascii=False)
+        entry = orjson.dumps(vars(message))
         ttl_ms = int(self.TTL.total_seconds() * 1000)
         self._store.run(
             OUTBOX_ADD, [self._key(message.recipient_index)], [entry, self.KEEP, ttl_ms]
@@ -66,7 +66,7 @@ class Outbox:
 
     def messages(self, recipient_index: str) -> list[Message]:
         found = self._store.run(OUTBOX_READ, [self._key(recipient_index)], [self.KEEP])
-        return [Message(**json.loads(entry)) for entry in found]
+        return [Message(**orjson.loads(entry)) for entry in found]
 
 
 class HttpProvider:
