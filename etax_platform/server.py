@@ -388,7 +388,7 @@ class _CallRecord:
         self._token = request_id.set(self.rid)
         self._started = time.perf_counter()
         if stats is not None:
-            stats.in_flight.inc()
+            stats.serving.add(self)
         self._traced = (
             tracing.start_server_span(method, headers.traceparent, headers.tracestate)
             if tracing.ENABLED
@@ -399,7 +399,7 @@ class _CallRecord:
         seconds = time.perf_counter() - self._started
         stats = self._stats
         if stats is not None:
-            stats.in_flight.dec()
+            stats.serving.discard(self)
             if code == "OK":
                 stats.ok(seconds)
             else:

@@ -19,7 +19,7 @@ import grpc
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from etax_platform import metrics, observability, topology, tracing
 from etax_platform.clients import Dependency
@@ -48,6 +48,8 @@ def _probe(request: bytes, context: grpc.ServicerContext) -> bytes:
         raise DomainError(Reason.SMS_RATE_LIMITED, retry_after=timedelta(seconds=1))
     if request.startswith(b"phone "):
         logging.getLogger("etax.probe").info("code for %s", request[6:].decode())
+    if request == b"in flight":
+        return str(_value("etax_rpc_in_flight", **RPC)).encode()
     return request
 
 
@@ -112,7 +114,24 @@ def test_each_rpc_is_counted_by_code_and_reason_timed_and_leaves_in_flight(
         == reason + 1
     )
     assert _value("grpc_server_handling_seconds_count", **RPC, grpc_type="unary") == timed + 3
+    assert _echo(host, b"in flight") == b"1.0"  # the call asking, while it is served
     assert _value("etax_rpc_in_flight", **RPC) == 0
+
+
+def test_the_fast_histogram_fills_the_buckets_the_library_would() -> None:
+    registry = CollectorRegistry()
+    bounds = metrics.STORE_BUCKETS
+    ours = metrics.FastHistogram("ours", "", buckets=bounds, registry=registry)
+    theirs = Histogram("theirs", "", buckets=bounds, registry=registry)
+    amounts = [0.0, *bounds, *(b * 1.01 for b in bounds), *(b * 0.99 for b in bounds), 1e9]
+    for amount in amounts:
+        ours.observe(amount)
+        theirs.observe(amount)
+    (our_family,) = [m for m in registry.collect() if m.name == "ours"]
+    (their_family,) = [m for m in registry.collect() if m.name == "theirs"]
+    assert [(s.name[4:], s.labels, s.value) for s in our_family.samples] == [
+        (s.name[6:], s.labels, s.value) for s in their_family.samples
+    ]
 
 
 def test_a_host_without_metrics_counts_nothing() -> None:
