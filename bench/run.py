@@ -451,7 +451,7 @@ def cheap_loads(
 
     tls = None if direct else _tls(platform)
     prefix = "135" if direct else "136"  # distinct phones for each run (E2: 5 per phone)
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     tickets = [as_json(t) for t in face_tickets(channels, 500)]
     channels.close()
     loads: list[tuple[ghz.Load | None, str]] = [
@@ -576,7 +576,7 @@ def overhead(bench: Bench, platform: Platform, data: LoadData) -> None:
     """Gateway overhead: one call at a time, so the p50 difference is Envoy's own latency,
     not queueing."""
     assert platform.gateway is not None
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     tickets = [as_json(t) for t in face_tickets(channels, 200)]
     channels.close()
     cases = [
@@ -762,7 +762,7 @@ def _metrics_platform(
             env={"ETAX_METRICS_ENABLED": enabled},
         )
     )
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     platform.place(None)
     data = set_up(channels, persons=persons, challenges=0, sessions=0, log=bench.log)
     channels.close()
@@ -865,7 +865,7 @@ def login(
         if row.server_cpu_us and raw.server_cpu_us:
             row.cpu_ratio = raw.server_cpu_us / row.server_cpu_us
     # Challenges expire after 5 minutes: made now, after the sessions' persons.
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     platform.place(None)
     data.challenges = login_challenges(channels, data.persons, 2 * challenges, first=codes_sent)
     channels.close()
@@ -1129,7 +1129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with running_platform(
         workdir / "platform", configuration, gateway_overrides=UNLIMITED
     ) as platform:
-        channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+        channels = Channels.direct(platform.address)
         platform.place(None)
         # On PostgreSQL RefreshSession's single-use tokens come in bulk (many seconds of
         # calls); logging in makes only what the embedded default measures with.

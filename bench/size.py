@@ -134,7 +134,7 @@ def _loads(
     bench: Bench, platform: Platform, persons: int, parity: int, size: str
 ) -> list[ghz.Load]:
     sample = _sample(persons, parity)
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     try:
         tickets = [as_json(t) for t in face_tickets(channels, 500)]
         # An access token of one person in the middle (ghz sends one metadata object).
@@ -233,7 +233,7 @@ def _challenge_load(size: _Size) -> ghz.Load:
     made just before step 2 is measured."""
     platform = size.platform
     platform.place(None)
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     try:
         sample = _sample(size.persons, size.parity)[:CHALLENGES]
         challenges = login_challenges(channels, [_person(i) for i in sample], len(sample))

@@ -24,7 +24,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def test_bulk_refresh_tokens_refresh_once_each_for_their_person(platform: Platform) -> None:
-    channels = Channels(*(platform.address(s) for s in ("auth", "binding", "sms", "face")))
+    channels = Channels.direct(platform.address)
     try:
         persons = import_persons(channels, 2)
     finally:
