@@ -149,8 +149,14 @@ class RpcLines:
         self._stream = stream
 
     def write(self, method: str, code: str, reason: str, millis: float) -> None:
-        self._stream.write(self._formatter.rpc_line(method, code, reason, millis))
-        self._stream.flush()
+        line = self._formatter.rpc_line(method, code, reason, millis)
+        try:
+            self._stream.write(line)
+            self._stream.flush()
+        except (OSError, ValueError):
+            # A closed or broken stderr never fails the call it logs (the logging module's
+            # handlers swallow such errors too); the line is lost.
+            pass
 
 
 # Set by configure_logging when it writes JSON lines; None: the RPC line goes through the

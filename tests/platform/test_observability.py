@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -226,6 +227,25 @@ def test_a_service_writes_its_rpc_lines_itself_in_the_shape_of_the_json_formatte
     assert rpc[0]["request_id"] == "rid-139****5678" and rpc[0]["status"] == "OK"
     assert (rpc[1]["status"], rpc[1]["reason"]) == ("RESOURCE_EXHAUSTED", "SMS_RATE_LIMITED")
     assert rpc[1]["message"] == f"rpc /{SERVICE}/Echo -> RESOURCE_EXHAUSTED SMS_RATE_LIMITED"
+
+
+def test_an_rpc_line_that_cannot_be_written_does_not_fail_the_call(host: GrpcHost) -> None:
+    class Broken(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, _data: Any) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    observability.rpc_lines = observability.RpcLines(JsonFormatter("probe"), Broken())
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        assert _echo(host, b"hello") == b"hello"
+    finally:
+        observability.rpc_lines = None
+        root.setLevel(level)
 
 
 def test_the_log_clock_stamps_local_time_to_the_millisecond() -> None:
