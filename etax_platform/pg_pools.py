@@ -162,10 +162,11 @@ class StatementPool(Pool):
         super().putconn(conn)
 
     def close(self, timeout: float = 5.0) -> None:
-        at_hand, self._at_hand = self._at_hand, []
-        for conn in at_hand:
-            super().putconn(conn)
+        # Closed first, so a connection given back meanwhile is closed, not kept at hand;
+        # psycopg_pool closes those given back to it once it is closed.
         super().close(timeout)
+        while self._at_hand:
+            super().putconn(self._at_hand.pop())
 
     def checkedout(self) -> int:
         return max(self._held - len(self._at_hand), 0)
