@@ -11,9 +11,9 @@ than the sizes. While one platform is measured (its service on core 0, the rest 
 login step 1 on every core) every process of the other waits on core 1.
 
 Writes bench/size-report.md and bench/size-results.json (bench/report.md stays the main
-run's). Requests go to persons spread over the whole loaded range: CheckAccess targets and
-refresh tokens of 500 persons, StartLogin by their phones, login challenges made for 300 of
-them just before step 2 is measured.
+run's). Requests go to persons spread over the whole loaded range: CheckAccess targets of
+500 persons and StartLogin by their phones, refresh tokens of 2,000, login challenges made
+for 1,000 just before step 2 is measured.
 """
 
 from __future__ import annotations
@@ -64,7 +64,12 @@ from etax_platform.pii import Keyring
 
 SMALL = 10_000
 SAMPLE = 500
-CHALLENGES = 300
+# Single-use requests per size, shared out between its rounds: enough for each round to
+# last most of a second (250 refreshes a round lasted 0.1-0.3 s, and its ramp-up made the
+# rounds of one size differ by two to one at p50). A refresh sample of a quarter of the
+# small size at most: its warm-up refreshes the persons two further on.
+REFRESHES = 2_000
+CHALLENGES = 1_000
 SIZE_RATIO = 1.1
 SIZE_ROUNDS = 2  # per size and RPC: small, large, large, small
 SERVICE = {
@@ -78,11 +83,11 @@ SERVICE = {
 }
 
 
-def _sample(persons: int, parity: int) -> list[int]:
-    """SAMPLE persons spread over [0, persons), odd or even ones (single-use material of
+def _sample(persons: int, parity: int, count: int = SAMPLE) -> list[int]:
+    """`count` persons spread over [0, persons), odd or even ones (single-use material of
     the two sizes never meets)."""
-    step = max(2, persons // SAMPLE)
-    return [i - i % 2 + parity for i in range(0, persons - 1, step)][:SAMPLE]
+    step = max(2, persons // count)
+    return [i - i % 2 + parity for i in range(0, persons - 1, step)][:count]
 
 
 def _person(i: int) -> Person:
@@ -146,6 +151,11 @@ def _loads(
         ).session.access_token
     finally:
         channels.close()
+    refreshes = [
+        {"refresh_token": bulk.refresh_token(i)}
+        for i in _sample(persons, parity, REFRESHES)
+        if i != middle
+    ]
     address = platform.address
     return [
         ghz.Load(
@@ -193,8 +203,8 @@ def _loads(
             "etax.auth.v1.AuthService.RefreshSession",
             address("auth"),
             base="token-refresh",
-            data=[{"refresh_token": bulk.refresh_token(i)} for i in sample if i != middle],
-            total=len(sample) - 1,
+            data=refreshes,
+            total=len(refreshes),
         ),
         ghz.Load(
             f"login-start {size}",
@@ -235,7 +245,7 @@ def _challenge_load(size: _Size) -> ghz.Load:
     platform.place(None)
     channels = Channels.direct(platform.address)
     try:
-        sample = _sample(size.persons, size.parity)[:CHALLENGES]
+        sample = _sample(size.persons, size.parity, CHALLENGES)
         challenges = login_challenges(channels, [_person(i) for i in sample], len(sample))
     finally:
         channels.close()
@@ -282,12 +292,13 @@ def _open_statement_connections(
     bench: Bench, sizes: list[_Size], size: _Size, refresh: ghz.Load
 ) -> None:
     """Refreshes of other persons' sessions, as many at once as the measured ones: auth
-    opens its statement connections as calls need them, and a round of 250 single-use
+    opens its statement connections as calls need them, and a round of single-use
     refreshes would otherwise pay for opening up to 50 (a first round cost twice the
     second at 1M)."""
     size.platform.place_beside(_platforms(sizes), "auth")
     tokens = [
-        {"refresh_token": bulk.refresh_token(i + 2)} for i in _sample(size.persons, size.parity)
+        {"refresh_token": bulk.refresh_token(i + 2)}
+        for i in _sample(size.persons, size.parity, REFRESHES)
     ]
     warm = replace(refresh, name=f"{refresh.name} warm-up", data=tokens, total=len(tokens))
     ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", OTHER_CPUS)
