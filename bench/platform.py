@@ -155,10 +155,12 @@ def running_platform(
     *,
     gateway_overrides: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    postgres_settings: dict[str, str] | None = None,
 ) -> Iterator[Platform]:
     """Starts the stores, the four services and Envoy; stops them all on the way out.
 
-    env: more environment for every service process (ETAX_METRICS_ENABLED, ETAX_OTEL_...)."""
+    env: more environment for every service process (ETAX_METRICS_ENABLED, ETAX_OTEL_...);
+    postgres_settings: more PostgreSQL server settings (bench-size's shared_buffers)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         platform = Platform(configuration, workdir)
@@ -179,7 +181,7 @@ def running_platform(
         }
         if configuration == "production":
             env["ETAX_KV_URL"] = redis_url = stack.enter_context(redis_server())
-            postgres = stack.enter_context(postgres_server())
+            postgres = stack.enter_context(postgres_server(postgres_settings))
             platform.postgres = postgres
             for service in (s for s in topology.SERVICES.values() if s.database):
                 env[f"{service.env_prefix}DATABASE_URL"] = postgres.url(postgres.create_database())

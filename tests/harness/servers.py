@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -435,7 +435,8 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(settings: Mapping[str, str] | None = None) -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own on a free port; `settings`: more server settings (`-c`)."""
     bin_dir = _pg_bin()
     as_root = os.geteuid() == 0
     workdir = Path(tempfile.mkdtemp(prefix="etax-pg-"))
@@ -468,7 +469,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     options = (
         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-    )
+    ) + "".join(f" -c {name}={value}" for name, value in (settings or {}).items())
     control = [
         *prefix,
         str(bin_dir / "pg_ctl"),
