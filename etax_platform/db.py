@@ -123,7 +123,9 @@ def _connect_args(url: str, settings: PoolSettings) -> dict[str, Any]:
     return connect_args
 
 
-def _pool_options(url: str, settings: PoolSettings, *, keep: int, autocommit: bool) -> Any:
+def _pool_options(
+    url: str, settings: PoolSettings, *, keep: int, autocommit: bool
+) -> dict[str, Any]:
     """A pool's options: size + overflow connections at most, `keep` of them kept open."""
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     recycle = settings.recycle_seconds
