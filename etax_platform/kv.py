@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 
 import hiredis
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import ClusterNode
 from redis.driver_info import DriverInfo
@@ -544,10 +545,32 @@ class _Connections:
         for connection in idle:
             connection.disconnect()
 
-    def _once(self, connection: _Connection, args: tuple[Any, ...]) -> Any:
-        # hiredis packs the command in C (redis-py's serializer loops in Python).
-        connection.send_packed_command([hiredis.pack_command(args)], check_health=False)
-        return connection.read_response()
+    @staticmethod
+    def _once(connection: _Connection, args: tuple[Any, ...]) -> Any:
+        """One command: hiredis packs it in C, one sendall, then recv_into until the
+        connection's hiredis reader has the reply. redis-py's Connection only connects
+        (its handshake: TLS, AUTH, SELECT, CLIENT SETINFO) and sets the socket's timeouts;
+        its per-call wrappers (send_packed_command, read_response: health checks, push
+        handling, error translation) cost twice this loop's CPU. The socket and reader
+        are the ones redis-py keeps on the connection (`_sock`, `_parser._reader`, with
+        its error replies as ResponseError subclasses; redis is pinned)."""
+        sock = connection._sock
+        if sock is None:
+            connection.connect()
+            sock = connection._sock
+        parser = connection._parser
+        reader, buffer = parser._reader, parser._buffer
+        sock.sendall(hiredis.pack_command(args))
+        reply = reader.gets()
+        while reply is _NOT_ENOUGH_DATA:
+            received = sock.recv_into(buffer)
+            if not received:
+                raise redis.exceptions.ConnectionError("Redis closed the connection")
+            reader.feed(buffer, 0, received)
+            reply = reader.gets()
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def execute(self, *args: Any) -> Any:
         for attempt in (1, 2):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -14,7 +14,15 @@ import redis
 from pydantic import ValidationError
 from redis.crc import key_slot
 
-from etax_platform.kv import KeyValueStore, Records, RedisStore, Script, cluster_nodes, owned_key
+from etax_platform.kv import (
+    KeyValueStore,
+    Records,
+    RedisStore,
+    Script,
+    Versioned,
+    cluster_nodes,
+    owned_key,
+)
 from etax_platform.settings import PlatformSettings
 from tests.conftest import STORE_URL_FIXTURES
 
@@ -267,3 +275,53 @@ def test_new_connections_are_made_without_reading_package_metadata(
         assert store.get("k") is not None
     finally:
         store.close()
+
+
+# --- the store's own connections to a standalone Redis (kv._Connections) ------------------
+
+
+@pytest.fixture
+def standalone(redis_url: str) -> Iterator[RedisStore]:
+    store = RedisStore(redis_url, prefix=f"t{uuid.uuid4().hex}:")
+    yield store
+    store.close()
+
+
+_FAILS = Script(
+    "fails", "return redis.error_reply('ERR refused by the script')", lambda *_args: None
+)
+
+
+def test_an_error_reply_is_raised_and_leaves_the_connection_usable(
+    standalone: RedisStore,
+) -> None:
+    with pytest.raises(redis.exceptions.ResponseError, match="refused by the script"):
+        standalone.run(_FAILS, ["t:fails"], [])
+    assert standalone.pool_usage() == (0, 128)  # given back, not dropped
+    assert standalone.create("k", b"v", TTL) is not None
+    assert standalone.get("k") == Versioned(b"v", 1)
+
+
+def test_a_script_flushed_from_redis_is_loaded_again(standalone: RedisStore) -> None:
+    """EVALSHA of a script the server no longer has (a restart, SCRIPT FLUSH) answers
+    NOSCRIPT, which must reach the store as NoScriptError to be loaded again."""
+    assert standalone.create("k", b"v", TTL) is not None
+    standalone._redis.script_flush()
+    assert standalone.replace("k", 1, b"w", TTL) == Versioned(b"w", 2)
+
+
+def test_a_reply_larger_than_one_read_arrives_whole(standalone: RedisStore) -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB: many reads of the connection's buffer
+    assert standalone.create("big", value, TTL) is not None
+    assert standalone.get("big") == Versioned(value, 1)
+
+
+def test_a_connection_redis_closed_is_replaced_on_the_next_call(standalone: RedisStore) -> None:
+    """A call on a connection Redis has closed (a restart, CLIENT KILL) is sent once more
+    on a new one, so the caller sees its answer, not the broken connection."""
+    assert standalone.create("k", b"v", TTL) is not None
+    assert standalone._connections is not None
+    (idle,) = standalone._connections._idle
+    standalone._redis.client_kill_filter(_id=standalone._connections.execute("CLIENT", "ID"))
+    assert standalone.get("k") == Versioned(b"v", 1)
+    assert standalone._connections._idle and standalone._connections._idle[0] is not idle
