@@ -8,6 +8,7 @@ checked against the injected clock, not the wall clock, so tests can move time.
 from __future__ import annotations
 
 import base64
+import secrets
 import threading
 import time
 import uuid
@@ -149,7 +150,7 @@ class TokenIssuer:
             "aud": AUDIENCE,
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
-            "jti": uuid.uuid4().hex,
+            "jti": secrets.token_hex(16),
         }
         return self._encode(payload), expires
 
