@@ -22,6 +22,8 @@ import yappi  # type: ignore[import-untyped]
 
 # The functions listed, self and inclusive (ETAX_PROFILE_TOP: more, to look further down).
 TOP = int(os.environ.get("ETAX_PROFILE_TOP", "25"))
+# Names of functions whose callers to list too (comma-separated), to find who runs them.
+CALLERS = [name for name in os.environ.get("ETAX_PROFILE_CALLERS", "").split(",") if name]
 
 
 def _package(module: str) -> str:
@@ -42,6 +44,18 @@ def _where(stat: yappi.YFuncStat) -> str:
     return f"{stat.name} ({module}:{stat.lineno})"
 
 
+def _callers(stats: yappi.YFuncStats) -> dict[str, list[list[object]]]:
+    """Who calls the functions CALLERS names: caller, time in the callee, calls."""
+    found: dict[str, list[list[object]]] = defaultdict(list)
+    for stat in stats:
+        for child in stat.children:
+            if child.name in CALLERS:
+                found[f"{child.name} ({child.lineno})"].append(
+                    [_where(stat), child.ttot, child.ncall]
+                )
+    return found
+
+
 def _write(out: Path) -> None:
     yappi.stop()
     stats = yappi.get_func_stats()
@@ -57,6 +71,7 @@ def _write(out: Path) -> None:
                 "packages": sorted(packages.items(), key=lambda kv: kv[1], reverse=True),
                 "self": [[_where(s), s.tsub, s.ncall] for s in by_self],
                 "inclusive": [[_where(s), s.ttot, s.ncall] for s in by_total],
+                "callers": _callers(stats),
             },
             ensure_ascii=False,
             indent=1,
