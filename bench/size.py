@@ -435,8 +435,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{timings.get('load_large_seconds', 0):.0f} s; each person with a phone, a session "
         "and a refresh token; per 20 persons a client enterprise, an agency with an "
         "agreement and a cross-region project (bench/bulk.py); each load ends with ANALYZE, "
-        "VACUUM and CHECKPOINT and waits (90 s at most) for the machine's load average to "
-        "fall under 1",
+        "VACUUM and CHECKPOINT, reads every table and index into shared buffers (pg_prewarm) "
+        "and waits (90 s at most) for the machine's load average to fall under 1",
         "- PostgreSQL: the test harness's settings"
         + "".join(f", {k} {v}" for k, v in results.get("postgres_settings", {}).items()),
         f"- {results['seconds_per_scenario']:g} s per throughput scenario at 50 calls in flight",
