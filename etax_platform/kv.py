@@ -48,6 +48,8 @@ import functools
 import hashlib
 import logging
 import random
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -493,6 +495,22 @@ _DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSErro
 _Connection = Any
 
 
+def _timeouts_in_the_kernel(sock: socket.socket, seconds: float | None) -> None:
+    """A plain TCP or Unix socket's timeout moved from Python to the kernel (SO_RCVTIMEO,
+    SO_SNDTIMEO) and the socket made blocking. With a Python timeout every recv and send
+    is a poll and then the call, two syscalls and two releases of the GIL, each a thread
+    switch in a busy server; blocking, it is one. A timeout still ends the call, as
+    BlockingIOError (EAGAIN) instead of TimeoutError, both OSErrors. TLS sockets keep
+    Python's timeout (the ssl module reads on its own)."""
+    if type(sock) is not socket.socket or not seconds:
+        return
+    whole = int(seconds)
+    interval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+    sock.settimeout(None)
+
+
 class _Connections:
     """Connections to one standalone Redis for the store's own calls: a stack under one
     lock, each call one send and one read on a redis-py `Connection` (its protocol
@@ -549,25 +567,33 @@ class _Connections:
     def _once(connection: _Connection, args: tuple[Any, ...]) -> Any:
         """One command: hiredis packs it in C, one sendall, then recv_into until the
         connection's hiredis reader has the reply. redis-py's Connection only connects
-        (its handshake: TLS, AUTH, SELECT, CLIENT SETINFO) and sets the socket's timeouts;
-        its per-call wrappers (send_packed_command, read_response: health checks, push
-        handling, error translation) cost twice this loop's CPU. The socket and reader
-        are the ones redis-py keeps on the connection (`_sock`, `_parser._reader`, with
-        its error replies as ResponseError subclasses; redis is pinned)."""
+        (its handshake: TLS, AUTH, SELECT, CLIENT SETINFO), after which the socket's
+        timeout moves into the kernel (`_timeouts_in_the_kernel`); its per-call wrappers
+        (send_packed_command, read_response: health checks, push handling, error
+        translation) cost twice this loop's CPU. The socket and reader are the ones
+        redis-py keeps on the connection (`_sock`, `_parser._reader`, with its error
+        replies as ResponseError subclasses; redis is pinned)."""
         sock = connection._sock
         if sock is None:
             connection.connect()
             sock = connection._sock
+            _timeouts_in_the_kernel(sock, connection.socket_timeout)
         parser = connection._parser
         reader, buffer = parser._reader, parser._buffer
-        sock.sendall(hiredis.pack_command(args))
-        reply = reader.gets()
-        while reply is _NOT_ENOUGH_DATA:
-            received = sock.recv_into(buffer)
-            if not received:
-                raise redis.exceptions.ConnectionError("Redis closed the connection")
-            reader.feed(buffer, 0, received)
+        try:
+            sock.sendall(hiredis.pack_command(args))
             reply = reader.gets()
+            while reply is _NOT_ENOUGH_DATA:
+                received = sock.recv_into(buffer)
+                if not received:
+                    raise redis.exceptions.ConnectionError("Redis closed the connection")
+                reader.feed(buffer, 0, received)
+                reply = reader.gets()
+        # As redis-py names them, so that callers see STORE_UNAVAILABLE, not an OSError.
+        except (BlockingIOError, TimeoutError) as error:
+            raise redis.exceptions.TimeoutError("Redis did not answer in time") from error
+        except OSError as error:
+            raise redis.exceptions.ConnectionError(f"Redis connection lost: {error}") from error
         if isinstance(reply, Exception):
             raise reply
         return reply

@@ -4,6 +4,7 @@ real three-primary Redis Cluster (E3); the key layout that lets scripts span key
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from etax_platform.kv import (
+    STORE_UNAVAILABLE,
     KeyValueStore,
     Records,
     RedisStore,
@@ -325,3 +327,31 @@ def test_a_connection_redis_closed_is_replaced_on_the_next_call(standalone: Redi
     standalone._redis.client_kill_filter(_id=standalone._connections.execute("CLIENT", "ID"))
     assert standalone.get("k") == Versioned(b"v", 1)
     assert standalone._connections._idle and standalone._connections._idle[0] is not idle
+
+
+def test_a_call_redis_does_not_answer_ends_at_the_socket_timeout_as_unavailable(
+    redis_url: str,
+) -> None:
+    """The socket timeout still ends a call once it lives in the kernel (SO_RCVTIMEO on a
+    blocking socket), and ends it as a store error the servers answer UNAVAILABLE with,
+    not an OSError (INTERNAL). CLIENT PAUSE WRITE holds every script but lets the new
+    connection's handshake through, so both attempts time out in the store's own read."""
+    store = RedisStore(
+        redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=0.3",
+        prefix=f"t{uuid.uuid4().hex}:",
+    )
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert store.create("k", b"v", TTL) is not None  # connected before the pause
+        admin.client_pause(20_000, all=False)
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.TimeoutError) as raised:
+            store.create("k2", b"v", TTL)
+        assert time.monotonic() - started < 10  # two timeouts, not the pause
+        assert isinstance(raised.value, STORE_UNAVAILABLE)
+        admin.client_unpause()
+        assert store.get("k") == Versioned(b"v", 1)  # a new connection once Redis answers
+    finally:
+        admin.client_unpause()
+        admin.close()
+        store.close()
