@@ -91,9 +91,14 @@ SERVICE = {
 
 def _sample(persons: int, parity: int, count: int = SAMPLE) -> list[int]:
     """`count` persons spread over [0, persons), odd or even ones (single-use material of
-    the two sizes never meets)."""
-    step = max(2, persons // count)
-    return [i - i % 2 + parity for i in range(0, persons - 1, step)][:count]
+    the two sizes never meets), none of them a group's first person (the client's legal
+    representative, whose relations differ from the rest of the group's): both sizes'
+    samples hold the same kind of person. With even persons every 20th, the old sample
+    of 10k held nothing but first persons, where the 1M one held none."""
+    step = max(bulk.GROUP_SIZE, persons // count // bulk.GROUP_SIZE * bulk.GROUP_SIZE)
+    offsets = [o for o in range(1, bulk.GROUP_SIZE) if o % 2 == parity]
+    starts = range(0, persons - bulk.GROUP_SIZE + 1, step)
+    return [start + offsets[k % len(offsets)] for k, start in enumerate(starts)][:count]
 
 
 def _person(i: int) -> Person:
