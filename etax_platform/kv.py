@@ -500,8 +500,8 @@ def _timeouts_in_the_kernel(sock: socket.socket, seconds: float | None) -> None:
     SO_SNDTIMEO) and the socket made blocking. With a Python timeout every recv and send
     is a poll and then the call, two syscalls and two releases of the GIL, each a thread
     switch in a busy server; blocking, it is one. A timeout still ends the call, as
-    BlockingIOError (EAGAIN) instead of TimeoutError, both OSErrors. TLS sockets keep
-    Python's timeout (the ssl module reads on its own)."""
+    BlockingIOError (EAGAIN), which `_once` raises as redis-py's TimeoutError. TLS
+    sockets keep Python's timeout (the ssl module reads on its own)."""
     if type(sock) is not socket.socket or not seconds:
         return
     whole = int(seconds)
