@@ -337,7 +337,7 @@ def test_a_call_redis_does_not_answer_ends_at_the_socket_timeout_as_unavailable(
     not an OSError (INTERNAL). CLIENT PAUSE WRITE holds every script but lets the new
     connection's handshake through, so both attempts time out in the store's own read."""
     store = RedisStore(
-        redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=0.3",
+        redis_url + ("&" if "?" in redis_url else "?") + "socket_timeout=1",
         prefix=f"t{uuid.uuid4().hex}:",
     )
     admin = redis.Redis.from_url(redis_url)
