@@ -364,10 +364,13 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "(`RedisStore.run`, an HGET), echo-postgres one prepared primary-key SELECT "
         "(`Database.run`), echo-grpc one unary call to a bare echo server on the other core "
         "(`clients.Dependency`, as auth calls sms, face and binding). Each judged scenario (the "
-        "direct rows) is compared with the platform echo and its fair ceiling measured just "
-        'before it (the rows named "... before <scenario>"): this machine\'s speed drifts '
-        "by up to a third within a run, so a ceiling of the run's start is no ceiling for a "
-        "scenario minutes later. The gateway rows use the ceilings of the run's start.",
+        "direct rows) is measured in two rounds alternating with the platform echo and its "
+        "fair ceiling (echo, fair, RPC, RPC, fair, echo, each half a scenario's time) and "
+        'compared with their rounds summed (the rows named "... beside <scenario>"; the '
+        "rounds are under Rounds below): this machine's speed drifts by up to a third within "
+        "a run and changes within a minute, so a ceiling of the run's start, or one measured "
+        "once just before, is no ceiling for a scenario. The gateway rows use the ceilings of "
+        "the run's start.",
         "",
         f"Argon2id (OWASP: 19 MiB, t=2, p=1) with {meta['cpus']} threads, measured at the start "
         "and again just before each login scenario, which is compared with the rate measured "
@@ -441,8 +444,10 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "",
         "## Rounds",
         "",
-        "The measurements whose sums the login-start and metrics rows compare: login-start "
-        "and the raw Argon2id rate beside it in the order raw, login, login, raw; metrics on "
+        "The measurements whose sums the judged, login-start and metrics rows compare: each "
+        "judged RPC and its ceilings in the order echo, fair, RPC, RPC, fair, echo; "
+        "login-start and the raw Argon2id rate beside it in the order raw, login, login, raw; "
+        "metrics on "
         "and off in the order on, off, off, on, then on a new pair off, on, on, off. A rate "
         "that drifts steadily over the rounds falls on both sides alike.",
         "",

@@ -85,6 +85,7 @@ TARGETS = {
 FAIR_RATIO = 0.8
 LOGIN_RATIO = 0.85
 LOGIN_ROUNDS = 2  # login-start and the raw rate beside it: raw, login, login, raw
+JUDGED_ROUNDS = 2  # a judged RPC and its two ceilings: echo, fair, RPC, RPC, fair, echo
 ROUNDS = "rounds"  # the group of the rounds whose sums are compared
 SCALING_RATIO = 1.7
 GATEWAY_P50_MS = 1.0
@@ -306,11 +307,11 @@ def fair_ceilings(bench: Bench, platform: Platform) -> None:
 
 
 def measure_ceilings(
-    bench: Bench, platform: Platform, names: list[str], *, before: str = ""
+    bench: Bench, platform: Platform, names: list[str], *, beside: str = ""
 ) -> list[Row]:
     """Ceilings by name (echo-platform or a fair ceiling), the echo server on the service
-    core and every platform process on the other; `before` names the scenario they are
-    measured just before (a row "echo-platform before sms-send direct")."""
+    core and every platform process on the other; `beside` names the scenario round they
+    are measured with (a row "echo-platform beside sms-send direct (round 1)")."""
     kinds = {name: (kind, what) for name, kind, what in FAIR_CEILINGS}
     kinds["echo-platform"] = ("platform", "(the platform echo)")
     rows = []
@@ -324,7 +325,7 @@ def measure_ceilings(
         platform.set_aside()
         for name in names:
             kind, what = kinds[name]
-            label = f"{name} before {before}" if before else name
+            label = f"{name} beside {beside}" if beside else name
             with echo_server(kind, bench.workdir, env=env) as (address, pid):
                 row = bench.measure(
                     _echo_load(bench, label, address),
@@ -340,19 +341,45 @@ def measure_ceilings(
 
 
 def measured_against_ceilings(
-    bench: Bench, platform: Platform, load: ghz.Load, measure: Callable[[], Row], *, judged: bool
+    bench: Bench,
+    platform: Platform,
+    load: ghz.Load,
+    measure: Callable[[ghz.Load], Row],
+    *,
+    judged: bool,
 ) -> Row:
-    """A scenario and its ratios. A judged one (direct) between the platform echo and its
-    fair ceiling measured just before it: this machine's speed drifts by a third within one
-    run (echo-platform 143 to 245 µs per call between runs of the same day), so a ceiling
-    measured minutes earlier is no ceiling for it (bench/analysis.md). The others against
-    the ceilings of the run's start."""
-    ceilings = None
-    if judged and platform.configuration == "production":
-        fair = TARGETS[load.name.split()[0]][1]
-        ceilings = measure_ceilings(bench, platform, ["echo-platform", fair], before=load.name)
-    row = measure()
-    _rpc_targets(bench, row, judged=judged, ceilings=ceilings)
+    """A scenario and its ratios. A judged one (direct) in rounds alternating with the
+    platform echo and its fair ceiling (echo, fair, RPC, RPC, fair, echo; each half as
+    long), each side's rounds then summed: this machine's speed drifts by a third within
+    one run and changes within a minute (bench/analysis.md), so a ceiling measured minutes
+    earlier, or even once just before, is no ceiling for it. The others against the
+    ceilings of the run's start."""
+    if not (judged and platform.configuration == "production"):
+        row = measure(load)
+        _rpc_targets(bench, row, judged=judged)
+        return row
+    fair = TARGETS[load.name.split()[0]][1]
+    sides = ["echo-platform", fair, load.name]
+    rounds: dict[str, list[Row]] = {side: [] for side in sides}
+    groups: dict[str, str] = {}
+    seconds = max(1.0, bench.seconds / JUDGED_ROUNDS)  # single-use loads: each its share
+    for number, side in alternating(sides, JUDGED_ROUNDS):
+        scenario = f"{load.name} (round {number + 1})"
+        if side == load.name:
+            share = round_load(load, scenario, number, JUDGED_ROUNDS, seconds)
+            # What the warm-up pass put in memory (binding's document indexes) stays there.
+            row = measure(replace(share, warm_up_calls=0) if number else share)
+        else:
+            (row,) = measure_ceilings(bench, platform, [side], beside=scenario)
+        groups[side] = row.group
+        row.group = ROUNDS
+        rounds[side].append(row)
+    echo, fair_row, row = (
+        rounds_together(groups[side], f"{side} beside {load.name}", rounds[side]) for side in sides
+    )
+    row.name = load.name
+    bench.rows += [echo, fair_row, row]
+    _rpc_targets(bench, row, judged=True, ceilings=[echo, fair_row])
     return row
 
 

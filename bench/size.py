@@ -35,6 +35,7 @@ from etax.common.v1 import types_pb2
 from bench import bulk, ghz
 from bench.dataset import (
     CALL_TIMEOUT,
+    GROUP_SIZE,
     PASSWORD,
     PROJECT_PROVINCE,
     PROVINCE,
@@ -95,9 +96,9 @@ def _sample(persons: int, parity: int, count: int = SAMPLE) -> list[int]:
     representative, whose relations differ from the rest of the group's): both sizes'
     samples hold the same kind of person. With even persons every 20th, the old sample
     of 10k held nothing but first persons, where the 1M one held none."""
-    step = max(bulk.GROUP_SIZE, persons // count // bulk.GROUP_SIZE * bulk.GROUP_SIZE)
-    offsets = [o for o in range(1, bulk.GROUP_SIZE) if o % 2 == parity]
-    starts = range(0, persons - bulk.GROUP_SIZE + 1, step)
+    step = max(GROUP_SIZE, persons // count // GROUP_SIZE * GROUP_SIZE)
+    offsets = [o for o in range(1, GROUP_SIZE) if o % 2 == parity]
+    starts = range(0, persons - GROUP_SIZE + 1, step)
     return [start + offsets[k % len(offsets)] for k, start in enumerate(starts)][:count]
 
 
