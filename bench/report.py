@@ -291,7 +291,8 @@ def _method(results: dict[str, Any]) -> list[str]:
         "**Why ratios.** Absolute figures move with whatever else runs on the machine; "
         "a ceiling measured minutes apart in the same run moves with them. Each scenario "
         f"runs {results['seconds_per_scenario']:g} s at {results['in_flight']} in flight "
-        "over 4 connections (the first 200 calls, 50 for login, are served but not "
+        "over 4 connections, a judged one as two rounds of half that between its "
+        "ceilings' (the first 200 calls of each, 50 for login, are served but not "
         "counted); single-use requests (refresh tokens, login challenges) run once each"
         + (
             f" (the {results['refresh_tokens_in_bulk']:,} refresh tokens are sessions written "
