@@ -315,13 +315,15 @@ def measure_ceilings(
     kinds = {name: (kind, what) for name, kind, what in FAIR_CEILINGS}
     kinds["echo-platform"] = ("platform", "(the platform echo)")
     rows = []
-    # The hop's far end runs on the other core, as sms, face and binding do for auth.
-    with echo_server("sync", bench.workdir, cpus=OTHER_CPUS) as (downstream, _pid):
+    with contextlib.ExitStack() as stack:
         env = {
             "ETAX_BENCH_REDIS_URL": platform.env["ETAX_KV_URL"],
             "ETAX_BENCH_DATABASE_URL": platform.env["ETAX_BINDING_DATABASE_URL"],
-            "ETAX_BENCH_DOWNSTREAM": downstream,
         }
+        if any(kinds[name][0] == "platform-grpc" for name in names):
+            # The hop's far end runs on the other core, as sms, face and binding do for auth.
+            far_end = echo_server("sync", bench.workdir, cpus=OTHER_CPUS)
+            env["ETAX_BENCH_DOWNSTREAM"], _pid = stack.enter_context(far_end)
         platform.set_aside()
         for name in names:
             kind, what = kinds[name]
@@ -375,9 +377,11 @@ def measured_against_ceilings(
         row.group = ROUNDS
         rounds[side].append(row)
     echo, fair_row, row = (
-        rounds_together(groups[side], f"{side} beside {load.name}", rounds[side]) for side in sides
+        rounds_together(
+            groups[side], side if side == load.name else f"{side} beside {load.name}", rounds[side]
+        )
+        for side in sides
     )
-    row.name = load.name
     bench.rows += [echo, fair_row, row]
     _rpc_targets(bench, row, judged=True, ceilings=[echo, fair_row])
     return row

@@ -94,8 +94,7 @@ def _sample(persons: int, parity: int, count: int = SAMPLE) -> list[int]:
     """`count` persons spread over [0, persons), odd or even ones (single-use material of
     the two sizes never meets), none of them a group's first person (the client's legal
     representative, whose relations differ from the rest of the group's): both sizes'
-    samples hold the same kind of person. With even persons every 20th, the old sample
-    of 10k held nothing but first persons, where the 1M one held none."""
+    samples hold the same kind of person."""
     step = max(GROUP_SIZE, persons // count // GROUP_SIZE * GROUP_SIZE)
     offsets = [o for o in range(1, GROUP_SIZE) if o % 2 == parity]
     starts = range(0, persons - GROUP_SIZE + 1, step)

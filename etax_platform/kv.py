@@ -490,7 +490,7 @@ def _redis_client(url: str, max_connections: int) -> redis.Redis | redis.RedisCl
     )
 
 
-_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # redis-py's Connection (untyped methods).
 _Connection = Any
 
@@ -573,14 +573,14 @@ class _Connections:
         translation) cost twice this loop's CPU. The socket and reader are the ones
         redis-py keeps on the connection (`_sock`, `_parser._reader`, with its error
         replies as ResponseError subclasses; redis is pinned)."""
-        sock = connection._sock
-        if sock is None:
-            connection.connect()
-            sock = connection._sock
-            _timeouts_in_the_kernel(sock, connection.socket_timeout)
-        parser = connection._parser
-        reader, buffer = parser._reader, parser._buffer
         try:
+            sock = connection._sock
+            if sock is None:
+                connection.connect()
+                sock = connection._sock
+                _timeouts_in_the_kernel(sock, connection.socket_timeout)
+            parser = connection._parser
+            reader, buffer = parser._reader, parser._buffer
             sock.sendall(hiredis.pack_command(args))
             reply = reader.gets()
             while reply is _NOT_ENOUGH_DATA:
@@ -589,7 +589,8 @@ class _Connections:
                     raise redis.exceptions.ConnectionError("Redis closed the connection")
                 reader.feed(buffer, 0, received)
                 reply = reader.gets()
-        # As redis-py names them, so that callers see STORE_UNAVAILABLE, not an OSError.
+        # As redis-py names them (its connect does too), so that callers see
+        # STORE_UNAVAILABLE, not an OSError, and `execute` retries only these two.
         except (BlockingIOError, TimeoutError) as error:
             raise redis.exceptions.TimeoutError("Redis did not answer in time") from error
         except OSError as error:
