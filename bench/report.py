@@ -157,6 +157,17 @@ def _overhead_chart(results: dict[str, Any], path: Path) -> None:
 # --- markdown -----------------------------------------------------------------------------
 
 
+def _side_by_side(rows: list[dict[str, Any]]) -> list[str]:
+    """The rounds' side-by-side ratios behind each median verdict, one line per row."""
+    lines = [
+        f"- {r['name']} over {r['ceiling']}, round by round: "
+        + ", ".join(_num(x) for x in r["extra"]["cpu_ratios"])
+        for r in rows
+        if r["extra"].get("cpu_ratios")
+    ]
+    return [*lines, ""] if lines else []
+
+
 def _table(rows: list[dict[str, Any]], *, ratio: bool = True, cpu: bool = False) -> list[str]:
     """Measured figures; `ratio`: beside a ceiling and a target; `cpu`: the CPU ratios and
     the fair ceiling too."""
@@ -434,23 +445,28 @@ def markdown(results: dict[str, Any], analysis: str) -> str:
         "`ETAX_OTEL_ENDPOINT` unset) and on one started with `ETAX_METRICS_ENABLED=false`; "
         "the target is at most 5 % more service CPU per call. Two such platforms run at "
         "once, and of two the one started first measures more CPU per call (bench/analysis.md), "
-        "so the comparison runs on two pairs, one started on then off (rounds 1 and 2) and "
-        "one started off then on (rounds 3 and 4): each RPC is measured in two short rounds "
-        "on each platform of a pair, in the order on, off, off, on and then off, on, on, off, "
-        "so the machine's drift and the start order fall on both alike; each row is a "
-        "state's four rounds together (calls and CPU summed, percentiles the calls-weighted "
-        "mean; the rounds themselves are under Rounds below).",
+        "so the comparison runs on two pairs, one started on then off (rounds 1 to 4) and "
+        "one started off then on (rounds 5 to 8): each RPC is measured in four short rounds "
+        "on each platform of a pair, in the order on, off, off, on, on, off, off, on and "
+        "then off, on, on, off, off, on, on, off, so the machine's drift and the start order "
+        "fall on both alike. Each round is compared with the other state's round next to "
+        "it, and the ratio (the verdict) is the median of those eight side-by-side ratios, "
+        "listed below the table: one round in four or five runs a third faster or slower "
+        "than the one beside it, which a sum carries into its figure and a median does not. "
+        "Each row is a state's rounds together (calls and CPU summed, percentiles the "
+        "calls-weighted mean; the rounds themselves are under Rounds below).",
         "",
         *_table(_rows(results, "observability"), cpu=False),
         "",
+        *_side_by_side(_rows(results, "observability")),
         "## Rounds",
         "",
         "The measurements whose sums the judged, login-start and metrics rows compare: each "
         "judged RPC and its ceilings in the order echo, fair, RPC, RPC, fair, echo; "
         "login-start and the raw Argon2id rate beside it in the order raw, login, login, raw; "
         "metrics on "
-        "and off in the order on, off, off, on, then on a new pair off, on, on, off. A rate "
-        "that drifts steadily over the rounds falls on both sides alike.",
+        "and off in the order on, off, off, on, ..., then on a new pair off, on, on, off, "
+        "... A rate that drifts steadily over the rounds falls on both sides alike.",
         "",
         *_table(_rows(results, "rounds"), ratio=False),
         "",

@@ -4,11 +4,13 @@ CPU per call at N over at 10,000. Target: <= 1.1 for each (index scans everywher
 per-call work must not grow with the number of persons).
 
 Two platforms run at once, one loaded with 10,000 persons and one with N, and each RPC is
-measured on them in alternating rounds (small, large, large, small): this machine's speed
-drifts by up to a third within a run (bench/analysis.md), more than the 10% the target
-allows, and measured minutes apart the sizes would compare the machine's moments rather
-than the sizes. While one platform is measured (its service on core 0, the rest on core 1,
-login step 1 on every core) every process of the other waits on core 1.
+measured on them in alternating rounds (small, large, large, small, ...): this machine's
+speed drifts by up to a third within a run and one round in four or five runs a third
+faster or slower than the one beside it (bench/analysis.md), more than the 10% the target
+allows. So the sizes are compared round by round, each round beside the other size's
+next to it, and the verdict is the median of those ratios. While one platform is
+measured (its service on core 0, the rest on core 1, login step 1 on every core) every
+process of the other waits on core 1.
 
 Writes bench/size-report.md and bench/size-results.json (bench/report.md stays the main
 run's). Requests go to persons spread over the whole loaded range: CheckAccess targets of
@@ -56,6 +58,8 @@ from bench.run import (
     Row,
     alternating,
     machine,
+    median_ratio,
+    ratios_side_by_side,
     round_load,
     rounds_together,
 )
@@ -78,7 +82,13 @@ REFRESHES = 2_000
 POSTGRES_SETTINGS = {"shared_buffers": "4GB"}
 CHALLENGES = 1_000
 SIZE_RATIO = 1.1
-SIZE_ROUNDS = 2  # per size and RPC: small, large, large, small
+# Rounds per size and RPC (small, large, large, small, ...): a load of a duration in
+# SIZE_ROUNDS rounds of a third of a scenario each (the time of two whole scenarios), a
+# load of single-use requests in SINGLE_USE_ROUNDS shares (at the small size a sample
+# holds a person per group, 500: 250 refreshes a round). The verdict is the median of the
+# rounds' side-by-side ratios (of two, their mean).
+SIZE_ROUNDS = 6
+SINGLE_USE_ROUNDS = 2
 SERVICE = {
     "sms-send": "sms",
     "face-get-ticket": "face",
@@ -271,18 +281,23 @@ def _challenge_load(size: _Size) -> ghz.Load:
 
 
 def _measure_in_rounds(bench: Bench, sizes: list[_Size], loads: list[ghz.Load]) -> None:
-    """One RPC (a load per size, in the order of `sizes`) in SIZE_ROUNDS rounds on each
-    size, alternating; the rounds of a size together are its figure."""
+    """One RPC (a load per size, in the order of `sizes`, small then large) in rounds on
+    each size, alternating; the rounds of a size together are its figure, and the large
+    size's row holds the rounds' side-by-side ratios (large over small)."""
     base = loads[0].name.split()[0]
     service = SERVICE[base]
     hashing = base == "login-start"
+    single_use = loads[0].total is not None
+    count = SINGLE_USE_ROUNDS if single_use else SIZE_ROUNDS
+    seconds = None if single_use else 2 * bench.seconds / SIZE_ROUNDS
     rounds: dict[str, list[Row]] = {size.label: [] for size in sizes}
     pairs = list(zip(sizes, loads, strict=True))
-    for number, (size, load) in alternating(pairs, SIZE_ROUNDS):
+    for number, (size, load) in alternating(pairs, count):
         size.platform.place_beside(_platforms(sizes), None if hashing else service)
-        name = f"{load.name} (round {number + 1})"
+        share = round_load(load, f"{load.name} (round {number + 1})", number, count, seconds)
         row = bench.measure(
-            round_load(load, name, number, SIZE_ROUNDS),
+            # What the first round's warm-up put in memory (binding's indexes) stays there.
+            replace(share, warm_up_calls=0) if number else share,
             group=ROUNDS,
             path="direct",
             placement="every process on every core"
@@ -293,10 +308,15 @@ def _measure_in_rounds(bench: Bench, sizes: list[_Size], loads: list[ghz.Load]) 
         )
         row.extra["persons"] = size.persons
         rounds[size.label].append(row)
+    together = []
     for size, load in zip(sizes, loads, strict=True):
         row = rounds_together(size.label, load.name, rounds[size.label])
         row.extra["persons"] = size.persons
-        bench.rows.append(row)
+        together.append(row)
+    bench.rows += together
+    small, large = (rounds[size.label] for size in sizes)
+    together[1].extra["p50_ratios"] = ratios_side_by_side(large, small, lambda r: r.p50_ms)
+    together[1].extra["cpu_ratios"] = ratios_side_by_side(large, small, lambda r: r.server_cpu_us)
 
 
 def _open_statement_connections(
@@ -305,11 +325,16 @@ def _open_statement_connections(
     """Refreshes of other persons' sessions, as many at once as the measured ones: auth
     opens its statement connections as calls need them, and a round of single-use
     refreshes would otherwise pay for opening up to 50 (a first round cost twice the
-    second at 1M)."""
+    second at 1M). Never a person of the samples: the measured refreshes, and the one
+    whose session `_loads` refreshed for its access token (at 20,000 persons, two further
+    on from the refresh sample is often in it)."""
     size.platform.place_beside(_platforms(sizes), "auth")
+    refreshes = _sample(size.persons, size.parity, REFRESHES)
+    taken = {*refreshes, *_sample(size.persons, size.parity)}
     tokens = [
         {"refresh_token": bulk.refresh_token(i + 2)}
-        for i in _sample(size.persons, size.parity, REFRESHES)
+        for i in refreshes
+        if i + 2 not in taken and i + 2 < size.persons
     ]
     warm = replace(refresh, name=f"{refresh.name} warm-up", data=tokens, total=len(tokens))
     ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", OTHER_CPUS)
@@ -330,14 +355,14 @@ def _over(large: float | None, small: float | None) -> float | None:
 
 
 def compare(bench: Bench, small: str, large: str) -> list[dict[str, Any]]:
-    """Per RPC: p50 and CPU per call at the large size over the small one, each over all
-    its rounds."""
+    """Per RPC: p50 and CPU per call at the large size over the small one, the median of
+    its rounds' side-by-side ratios (the verdict), beside its rounds summed."""
     found = []
     for row in [r for r in bench.rows if r.group == large]:
         base = row.name.split()[0]
         before = bench.row(f"{base} {small}")
-        p50 = _over(row.p50_ms, before.p50_ms)
-        cpu = _over(row.server_cpu_us, before.server_cpu_us)
+        p50s, cpus = row.extra["p50_ratios"], row.extra["cpu_ratios"]
+        p50, cpu = median_ratio(p50s), median_ratio(cpus)
         found.append(
             {
                 "rpc": base,
@@ -347,6 +372,10 @@ def compare(bench: Bench, small: str, large: str) -> list[dict[str, Any]]:
                 "cpu_large_us": row.server_cpu_us,
                 "p50_ratio": p50,
                 "cpu_ratio": cpu,
+                "p50_ratios": p50s,
+                "cpu_ratios": cpus,
+                "p50_summed_ratio": _over(row.p50_ms, before.p50_ms),
+                "cpu_summed_ratio": _over(row.server_cpu_us, before.server_cpu_us),
                 "met": p50 is not None and cpu is not None and max(p50, cpu) <= SIZE_RATIO,
             }
         )
@@ -425,6 +454,13 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
+def _ratio(median: float | None, ratios: list[float] | None) -> str:
+    """The median ratio and, for more than one round, the range of the rounds' ratios."""
+    if not ratios or len(ratios) < 2:
+        return _num(median)
+    return f"{_num(median)} ({_num(min(ratios))}–{_num(max(ratios))})"
+
+
 def markdown(results: dict[str, Any]) -> str:
     meta = results["machine"]
     small, large = results["small"], results["large"]
@@ -453,9 +489,15 @@ def markdown(results: dict[str, Any]) -> str:
         f"## {large} over {small} (target: p50 and CPU per call <= {SIZE_RATIO:g} x)",
         "",
         "Both platforms run at once; each RPC is measured on them in alternating rounds "
-        f"({small}, {large}, {large}, {small}), so the machine's drift within the run falls "
-        "on both sizes alike, and each figure is a size's rounds together (calls and CPU "
-        "summed, percentiles the calls-weighted mean).",
+        f"({small}, {large}, {large}, {small}, ...; {SIZE_ROUNDS} a size for a load of a "
+        f"duration, each a third of a scenario, {SINGLE_USE_ROUNDS} for single-use "
+        "requests). Each round is compared with the other size's round next to it, and "
+        "the ratio is the median of those side-by-side ratios (for two, their mean; "
+        "the lowest and highest in brackets): on this machine one round in four or five "
+        "runs a third faster or slower than the one beside it, which a sum of rounds "
+        "carries into its figure and a median does not. The milliseconds and microseconds "
+        "are a size's rounds together (calls and CPU summed, percentiles the calls-weighted "
+        "mean).",
         "",
         f"| RPC | p50 ms at {small} | at {large} | ratio | CPU µs/call at {small} | at {large} "
         "| ratio | verdict |",
@@ -464,8 +506,8 @@ def markdown(results: dict[str, Any]) -> str:
     for c in results["comparison"]:
         lines.append(
             f"| {c['rpc']} | {_num(c['p50_small_ms'])} | {_num(c['p50_large_ms'])} | "
-            f"{_num(c['p50_ratio'])} | {_num(c['cpu_small_us'], 0)} | "
-            f"{_num(c['cpu_large_us'], 0)} | {_num(c['cpu_ratio'])} | "
+            f"{_ratio(c['p50_ratio'], c.get('p50_ratios'))} | {_num(c['cpu_small_us'], 0)} | "
+            f"{_num(c['cpu_large_us'], 0)} | {_ratio(c['cpu_ratio'], c.get('cpu_ratios'))} | "
             f"{'met' if c['met'] else '**missed**'} |"
         )
     lines += [
