@@ -937,14 +937,7 @@ def login(
         ("direct", platform.address("auth"), direct),
         ("gateway", platform.gateway.public_address, gateway),
     ):
-        load = ghz.Load(
-            f"login-complete-sms {where}",
-            "etax.auth.v1.AuthService.CompleteLoginWithCode",
-            address,
-            base="login-complete-sms",
-            data=[as_json(c) for c in half],
-            total=len(half),
-        )
+        load = login_complete_load(f"login-complete-sms {where}", address, half)
 
         def measure(load: ghz.Load = load, where: str = where) -> Row:
             platform.place("auth")
@@ -960,6 +953,20 @@ def login(
         measured_against_ceilings(bench, platform, load, measure, judged=where == "direct")
 
 
+def login_complete_load(
+    name: str, address: str, challenges: Sequence[auth_pb2.CompleteLoginWithCodeRequest]
+) -> ghz.Load:
+    """Login step 2 of started logins, each once (single-use)."""
+    return ghz.Load(
+        name,
+        "etax.auth.v1.AuthService.CompleteLoginWithCode",
+        address,
+        base="login-complete-sms",
+        data=[as_json(c) for c in challenges],
+        total=len(challenges),
+    )
+
+
 def _warm_logins(
     bench: Bench, platform: Platform, challenges: list[auth_pb2.CompleteLoginWithCodeRequest]
 ) -> None:
@@ -968,14 +975,7 @@ def _warm_logins(
     as calls need them, and a first round paid for opening them all: 930-1,030 µs per
     call against 720-820 for the round after it, in development runs on the Intel Xeon
     (bench/analysis.md). A service at a filing peak has them open."""
-    load = ghz.Load(
-        "login-complete-sms warm-up",
-        "etax.auth.v1.AuthService.CompleteLoginWithCode",
-        platform.address("auth"),
-        base="login-complete-sms",
-        data=[as_json(c) for c in challenges],
-        total=len(challenges),
-    )
+    load = login_complete_load("login-complete-sms warm-up", platform.address("auth"), challenges)
     platform.place("auth")
     ghz.run(GHZ, load, bench.workdir / "ghz-warm-up", OTHER_CPUS)
 

@@ -58,6 +58,7 @@ from bench.run import (
     Bench,
     Row,
     alternating,
+    login_complete_load,
     machine,
     median_ratio,
     ratios_side_by_side,
@@ -268,6 +269,7 @@ def _challenge_loads(size: _Size) -> tuple[ghz.Load, ghz.Load]:
     there was none). Challenges expire after 5 minutes, so they are made just before."""
     platform = size.platform
     platform.place(None)
+    address = platform.address("auth")
     channels = Channels.direct(platform.address)
     try:
         made = [
@@ -280,14 +282,7 @@ def _challenge_loads(size: _Size) -> tuple[ghz.Load, ghz.Load]:
     finally:
         channels.close()
     warm, measured = (
-        ghz.Load(
-            f"login-complete-sms {size.label}{suffix}",
-            "etax.auth.v1.AuthService.CompleteLoginWithCode",
-            platform.address("auth"),
-            base="login-complete-sms",
-            data=[as_json(c) for c in challenges],
-            total=len(challenges),
-        )
+        login_complete_load(f"login-complete-sms {size.label}{suffix}", address, challenges)
         for suffix, challenges in zip((" warm-up", ""), made, strict=True)
     )
     return warm, measured
@@ -302,7 +297,7 @@ def _measure_in_rounds(bench: Bench, sizes: list[_Size], loads: list[ghz.Load]) 
     hashing = base == "login-start"
     single_use = loads[0].total is not None
     count = SINGLE_USE_ROUNDS if single_use else SIZE_ROUNDS
-    seconds = None if single_use else 2 * bench.seconds / SIZE_ROUNDS
+    seconds = None if single_use else max(1.0, 2 * bench.seconds / SIZE_ROUNDS)
     rounds: dict[str, list[Row]] = {size.label: [] for size in sizes}
     pairs = list(zip(sizes, loads, strict=True))
     for number, (size, load) in alternating(pairs, count):
@@ -341,7 +336,6 @@ def _open_statement_connections(
     second at 1M). Never a person of the samples: the measured refreshes, and the one
     whose session `_loads` refreshed for its access token (at 20,000 persons, two further
     on from the refresh sample is often in it)."""
-    size.platform.place_beside(_platforms(sizes), "auth")
     refreshes = _sample(size.persons, size.parity, REFRESHES)
     taken = {*refreshes, *_sample(size.persons, size.parity)}
     tokens = [
@@ -349,8 +343,18 @@ def _open_statement_connections(
         for i in refreshes
         if i + 2 not in taken and i + 2 < size.persons
     ]
-    warm = replace(refresh, name=f"{refresh.name} warm-up", data=tokens, total=len(tokens))
-    ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", OTHER_CPUS)
+    _unmeasured(
+        bench,
+        sizes,
+        size,
+        replace(refresh, name=f"{refresh.name} warm-up", data=tokens, total=len(tokens)),
+    )
+
+
+def _unmeasured(bench: Bench, sizes: list[_Size], size: _Size, load: ghz.Load) -> None:
+    """A warm-up pass of auth on `size`'s platform, the other waiting on core 1."""
+    size.platform.place_beside(_platforms(sizes), "auth")
+    ghz.run(GHZ, load, bench.workdir / "ghz-warm-up", OTHER_CPUS)
 
 
 def _measure_sizes(bench: Bench, sizes: list[_Size]) -> None:
@@ -362,8 +366,7 @@ def _measure_sizes(bench: Bench, sizes: list[_Size]) -> None:
         _measure_in_rounds(bench, sizes, list(loads))
     warm_ups, logins = zip(*(_challenge_loads(size) for size in sizes), strict=True)
     for size, warm in zip(sizes, warm_ups, strict=True):
-        size.platform.place_beside(_platforms(sizes), "auth")
-        ghz.run(GHZ, warm, bench.workdir / "ghz-warm-up", OTHER_CPUS)
+        _unmeasured(bench, sizes, size, warm)
     _measure_in_rounds(bench, sizes, list(logins))
 
 
